@@ -1,0 +1,209 @@
+// The process-wide token cache (SPEC §6): one per process, shared by every
+// client, keyed by source, ID kind, ID value and resource (both compared
+// case-insensitively). It also coordinates the two ways callers share work:
+// one proactive refresh per entry, and one request per concurrent miss
+// ("flights"). A hit takes a shared lock and copies the token; nothing on that
+// path allocates except the copy the caller returns.
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+constexpr std::chrono::minutes kExpiryMargin{5};  // a token is usable only while it lives longer
+
+struct CachedToken {
+  std::string access_token;
+  std::string token_type;
+  SysClock::time_point expires_on;
+  SysClock::time_point refresh_on;  // epoch: no proactive refresh
+};
+
+struct CacheKey {
+  Source source;
+  IDKind kind;
+  std::string_view id;        // compared case-insensitively
+  std::string_view resource;  // after the /.default trim; compared case-insensitively
+};
+
+// One request in flight for a key; concurrent misses wait on it (SPEC §6, coalescing).
+struct Flight {
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  bool leader_stopped = false;  // the leader's own context ended: waiters must try themselves
+  std::unique_ptr<Result<AuthResult>> outcome;
+};
+
+class TokenCache {
+ public:
+  // Never destroyed, so threads still running at exit never touch a dead cache.
+  static TokenCache& instance() {
+    static TokenCache* cache = new TokenCache();
+    return *cache;
+  }
+
+  enum class Hit { miss, fresh, refresh };
+
+  // A usable token (expiring more than 5 minutes after `now`) is copied to `out`.
+  // `refresh` means it is past its refresh time and this caller won the right to
+  // refresh it; it must call end_refresh(key) afterwards.
+  Hit find(const CacheKey& key, SysClock::time_point now, CachedToken& out) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    Entry* entry = lookup(key, hash(key));
+    if (entry == nullptr || entry->token.expires_on <= now + kExpiryMargin) return Hit::miss;
+    out = entry->token;
+    if (entry->token.refresh_on != SysClock::time_point() && now >= entry->token.refresh_on) {
+      bool expected = false;
+      if (entry->refreshing.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) return Hit::refresh;
+    }
+    return Hit::fresh;
+  }
+
+  // Any cached token for the key, usable or not (Service Fabric's revocation hash).
+  bool peek(const CacheKey& key, CachedToken& out) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    Entry* entry = lookup(key, hash(key));
+    if (entry == nullptr) return false;
+    out = entry->token;
+    return true;
+  }
+
+  void end_refresh(const CacheKey& key) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    if (Entry* entry = lookup(key, hash(key))) entry->refreshing.store(false, std::memory_order_release);
+  }
+
+  // Stores the token if it lives more than 5 minutes past `now`; returns whether it did.
+  bool store(const CacheKey& key, const CachedToken& token, SysClock::time_point now) {
+    if (token.expires_on <= now + kExpiryMargin) return false;
+    uint64_t h = hash(key);
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    Entry* entry = lookup(key, h);
+    if (entry == nullptr) {
+      entries_.push_back(std::unique_ptr<Entry>(new Entry()));
+      entry = entries_.back().get();
+      entry->source = key.source;
+      entry->kind = key.kind;
+      entry->id.assign(key.id);
+      entry->resource.assign(key.resource);
+      entry->hash = h;
+    }
+    entry->token = token;
+    return true;
+  }
+
+  // Joins the flight for `key` or, when there is none and no usable token was
+  // stored meanwhile, starts one (leader = true). With a usable token, returns
+  // nullptr and fills `out`.
+  std::shared_ptr<Flight> join_or_lead(const CacheKey& key, SysClock::time_point now, bool& leader, CachedToken& out) {
+    std::lock_guard<std::mutex> lock(flights_mutex_);
+    // Leaders store before they land, so this re-check closes the miss/land race.
+    if (find_usable(key, now, out)) return nullptr;
+    uint64_t h = hash(key);
+    for (auto& f : flights_)
+      if (f.hash == h && same(f.source, f.kind, f.id, f.resource, key)) {
+        leader = false;
+        return f.flight;
+      }
+    FlightSlot slot;
+    slot.source = key.source;
+    slot.kind = key.kind;
+    slot.id.assign(key.id);
+    slot.resource.assign(key.resource);
+    slot.hash = h;
+    slot.flight = std::make_shared<Flight>();
+    flights_.push_back(slot);
+    leader = true;
+    return slot.flight;
+  }
+
+  // The leader publishes its outcome (after storing a success) and removes the flight.
+  void land(const CacheKey& key, const std::shared_ptr<Flight>& flight, const Result<AuthResult>& outcome,
+            bool leader_stopped) {
+    {
+      std::lock_guard<std::mutex> lock(flights_mutex_);
+      for (size_t i = 0; i < flights_.size(); ++i)
+        if (flights_[i].flight == flight) {
+          flights_.erase(flights_.begin() + static_cast<std::ptrdiff_t>(i));
+          break;
+        }
+    }
+    (void)key;
+    std::lock_guard<std::mutex> lock(flight->mutex);
+    flight->outcome.reset(new Result<AuthResult>(outcome));
+    flight->leader_stopped = leader_stopped;
+    flight->done = true;
+    flight->done_cv.notify_all();
+  }
+
+  // Forgets every token (for tests and for programs that must drop tokens).
+  void clear() {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    entries_.clear();
+  }
+
+  size_t size() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    return entries_.size();
+  }
+
+ private:
+  struct Entry {
+    Source source = Source::DefaultToIMDS;
+    IDKind kind = IDKind::SystemAssigned;
+    std::string id, resource;
+    uint64_t hash = 0;
+    CachedToken token;
+    std::atomic<bool> refreshing{false};
+  };
+  struct FlightSlot {
+    Source source = Source::DefaultToIMDS;
+    IDKind kind = IDKind::SystemAssigned;
+    std::string id, resource;
+    uint64_t hash = 0;
+    std::shared_ptr<Flight> flight;
+  };
+
+  // FNV-1a over the key with ASCII case folded, so look-ups need no lowered copy.
+  static uint64_t hash(const CacheKey& key) noexcept {
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&h](unsigned char c) {
+      h ^= c;
+      h *= 1099511628211ull;
+    };
+    mix(static_cast<unsigned char>(key.source));
+    mix(static_cast<unsigned char>(key.kind));
+    for (char c : key.id) mix(static_cast<unsigned char>(ascii_lower(c)));
+    mix(0);
+    for (char c : key.resource) mix(static_cast<unsigned char>(ascii_lower(c)));
+    return h;
+  }
+
+  static bool same(Source source, IDKind kind, const std::string& id, const std::string& resource,
+                   const CacheKey& key) noexcept {
+    return source == key.source && kind == key.kind && iequals(id, key.id) && iequals(resource, key.resource);
+  }
+
+  Entry* lookup(const CacheKey& key, uint64_t h) const noexcept {
+    for (const auto& e : entries_)
+      if (e->hash == h && same(e->source, e->kind, e->id, e->resource, key)) return e.get();
+    return nullptr;
+  }
+
+  bool find_usable(const CacheKey& key, SysClock::time_point now, CachedToken& out) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    Entry* entry = lookup(key, hash(key));
+    if (entry == nullptr || entry->token.expires_on <= now + kExpiryMargin) return false;
+    out = entry->token;
+    return true;
+  }
+
+  mutable std::shared_mutex mutex_;
+  std::vector<std::unique_ptr<Entry>> entries_;
+  std::mutex flights_mutex_;
+  std::vector<FlightSlot> flights_;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi

@@ -1,0 +1,149 @@
+// Shared helpers for the tests: a clean identity environment, token bodies, and
+// an injected mi::HttpClient that records requests and sends nothing.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "loopback_server.hpp"
+
+namespace support {
+
+inline void set_env(const char* name, const std::string& value) {
+#if defined(_WIN32)
+  _putenv_s(name, value.c_str());
+#else
+  setenv(name, value.c_str(), 1);
+#endif
+}
+inline void unset_env(const char* name) {
+#if defined(_WIN32)
+  _putenv_s(name, "");
+#else
+  unsetenv(name);
+#endif
+}
+
+// Every variable that selects a source or feeds a request.
+inline const std::vector<const char*>& identity_variables() {
+  static const std::vector<const char*> names = {
+      "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET",
+      "IMDS_ENDPOINT",     "AZURE_POD_IDENTITY_AUTHORITY_HOST",              "DEFAULT_IDENTITY_CLIENT_ID"};
+  return names;
+}
+
+// Clears the identity environment for the scope of a test and restores it afterwards.
+class CleanEnv {
+ public:
+  CleanEnv() {
+    for (const char* name : identity_variables()) {
+      const char* v = std::getenv(name);
+      saved_.emplace_back(name, v ? std::string(v) : std::string(), v != nullptr);
+      unset_env(name);
+    }
+  }
+  ~CleanEnv() {
+    for (auto& s : saved_) {
+      if (std::get<2>(s)) set_env(std::get<0>(s), std::get<1>(s));
+      else unset_env(std::get<0>(s));
+    }
+  }
+  CleanEnv(const CleanEnv&) = delete;
+  CleanEnv& operator=(const CleanEnv&) = delete;
+
+ private:
+  std::vector<std::tuple<const char*, std::string, bool>> saved_;
+};
+
+inline long long now_unix() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// An IMDS-shaped success body (every value a string, as IMDS sends them).
+inline std::string imds_body(const std::string& token, long long expires_in = 3600, const std::string& extra = "") {
+  long long now = now_unix();
+  return "{\"access_token\":\"" + token + "\",\"client_id\":\"9d3f2d6c-3c41-4d2f-9a66-4c3e5e1c9f10\",\"expires_in\":\"" +
+         std::to_string(expires_in) + "\",\"expires_on\":\"" + std::to_string(now + expires_in) +
+         "\",\"ext_expires_in\":\"" + std::to_string(expires_in) + "\",\"not_before\":\"" + std::to_string(now) +
+         "\",\"resource\":\"https://management.azure.com/\",\"token_type\":\"Bearer\"" + extra + "}";
+}
+
+// Issues "<prefix>-1", "<prefix>-2", ... as tokens.
+class TokenMint {
+ public:
+  explicit TokenMint(std::string prefix) : prefix_(std::move(prefix)) {}
+  std::string next() { return prefix_ + "-" + std::to_string(++count_); }
+  int count() const { return count_.load(); }
+
+ private:
+  std::string prefix_;
+  std::atomic<int> count_{0};
+};
+
+// An injected transport: records each request and answers from a function, without any I/O.
+class RecordingHttpClient : public mi::HttpClient {
+ public:
+  using Responder = std::function<mi::Result<mi::HttpResponse>(const mi::HttpRequest&)>;
+  explicit RecordingHttpClient(Responder responder) : responder_(std::move(responder)) {}
+
+  mi::Result<mi::HttpResponse> Do(const mi::Context&, const mi::HttpRequest& request) override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      requests_.push_back(request);
+    }
+    return responder_(request);
+  }
+  std::vector<mi::HttpRequest> requests() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return requests_;
+  }
+  size_t count() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return requests_.size();
+  }
+
+ private:
+  Responder responder_;
+  mutable std::mutex mutex_;
+  std::vector<mi::HttpRequest> requests_;
+};
+
+inline mi::HttpResponse response(int status, const std::string& body,
+                                 std::vector<std::pair<std::string, std::string>> headers = {}) {
+  mi::HttpResponse r;
+  r.status = status;
+  r.body = body;
+  r.headers = std::move(headers);
+  return r;
+}
+
+inline std::string header_of(const mi::HttpRequest& request, const std::string& name) {
+  for (const auto& h : request.headers)
+    if (testsrv::lower(h.first) == testsrv::lower(name)) return h.second;
+  return "";
+}
+
+// Records the waits the retry loop asks for instead of sleeping.
+struct SleepRecorder {
+  std::shared_ptr<std::vector<long long>> waits = std::make_shared<std::vector<long long>>();
+  std::shared_ptr<std::mutex> mutex = std::make_shared<std::mutex>();
+  std::function<void(std::chrono::milliseconds)> hook() const {
+    auto w = waits;
+    auto m = mutex;
+    return [w, m](std::chrono::milliseconds d) {
+      std::lock_guard<std::mutex> lock(*m);
+      w->push_back(d.count());
+    };
+  }
+  std::vector<long long> get() const {
+    std::lock_guard<std::mutex> lock(*mutex);
+    return *waits;
+  }
+};
+
+}  // namespace support
