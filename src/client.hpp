@@ -126,7 +126,8 @@ std::string redact(std::string text, const std::vector<std::string>& secrets) {
 std::string body_excerpt(std::string_view body) {
   std::string out;
   bool space = false;
-  for (unsigned char c : body) {
+  for (char ch : body) {
+    unsigned char c = static_cast<unsigned char>(ch);
     if (out.size() >= 160) {
       out += "...";
       break;

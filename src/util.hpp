@@ -61,8 +61,10 @@ inline std::string_view trim(std::string_view s) noexcept {
 
 // True if any byte is a C0 control character or DEL (never allowed on the wire).
 inline bool has_control_char(std::string_view s) noexcept {
-  for (unsigned char c : s)
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
     if (c < 0x20 || c == 0x7f) return true;
+  }
   return false;
 }
 
@@ -71,7 +73,8 @@ inline std::string percent_encode(std::string_view s) {
   static const char hex[] = "0123456789ABCDEF";
   std::string out;
   out.reserve(s.size() + s.size() / 2);
-  for (unsigned char c : s) {
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
     if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
         c == '_' || c == '~') {
       out.push_back(static_cast<char>(c));

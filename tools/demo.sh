@@ -19,4 +19,4 @@ grep -q READY "$workdir/out" || { echo "the emulator did not start:"; cat "$work
 echo "emulator: $AZURE_POD_IDENTITY_AUTHORITY_HOST (AZURE_POD_IDENTITY_AUTHORITY_HOST points IMDS there)"
 echo "\$ mi-token --repeat 2 https://vault.azure.net"
 "$build/examples/mi-token" --repeat 2 https://vault.azure.net
-echo "requests that reached the emulator: $(python3 -c "import json,urllib.request;print(json.load(urllib.request.urlopen('$AZURE_POD_IDENTITY_AUTHORITY_HOST/__emulator/stats'))['token_requests'])")"
+echo "requests that reached the emulator: $(python3 -c "import json,urllib.request;print(json.load(urllib.request.build_opener(urllib.request.ProxyHandler({})).open('$AZURE_POD_IDENTITY_AUTHORITY_HOST/__emulator/stats'))['token_requests'])")"

@@ -1,0 +1,823 @@
+#!/usr/bin/env python3
+"""End-to-end test: the mi-token tool against tools/mi_emulator.py.
+
+    python3 tests/e2e_mi_token.py PATH/TO/mi-token [CASE_SUBSTRING...]
+
+Each source has one function (imds, appservice, azureml, cloudshell, arc, servicefabric) that
+starts the emulator for that source, runs mi-token with only the emulator's exports added to a
+clean environment, and checks the JSON lines, the cache, the emulator's request counters, the
+identity echo, retries (only when they wait at most 3 s of real time), errors and exit codes.
+
+Nothing is ever sent to 169.254.169.254: IMDS runs always set AZURE_POD_IDENTITY_AUTHORITY_HOST
+to the emulator, and every other run sets it to a local trap listener, so an unexpected IMDS
+fallback is caught (the trap must see no connection) instead of leaving the machine.
+
+Prints `N passed, M failed` last and exits 1 if anything failed.
+"""
+import base64
+import datetime
+import hashlib
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+EMULATOR = os.path.join(ROOT, "tools", "mi_emulator.py")
+RESOURCE = "https://vault.azure.net"
+LIFETIME = 86400
+EXPIRES_ON_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$")
+ARC_TOKEN_DIR = "/var/opt/azcmagent/tokens"   # the library's Linux default
+ARC_HIMDS = "/opt/azcmagent/bin/himds"
+# Retry waits per source (SPEC §8): IMDS 1 s, 2 s, 4 s; the others 1 s each; up to +20 % jitter.
+RETRY_WAITS = {"imds": [1, 2, 4], "default": [1, 1, 1]}
+MAX_REAL_WAIT = 3.0
+# Everything a client could take an identity or a proxy from: never inherited.
+KEEP_VARS = ("PATH", "SYSTEMROOT", "SystemRoot", "WINDIR", "TZ", "LANG", "LC_ALL", "TMPDIR", "TEMP", "TMP",
+             "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS")
+
+SOURCE_NAMES = {"imds": "DefaultToIMDS", "appservice": "AppService", "azureml": "AzureML",
+                "cloudshell": "CloudShell", "arc": "AzureArc", "servicefabric": "ServiceFabric"}
+SECRET_VARS = ("IDENTITY_HEADER", "MSI_SECRET")
+
+
+# ---- bookkeeping ----------------------------------------------------------------
+
+class Results:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+        self.skipped = 0
+
+
+RESULTS = Results()
+FILTERS = []
+
+
+class Case:
+    """One test case: a set of checks that pass or fail together."""
+
+    def __init__(self, name):
+        self.name = name
+        self.errors = []
+
+    def check(self, cond, what):
+        if not cond:
+            self.errors.append(what)
+        return bool(cond)
+
+    def eq(self, actual, expected, what):
+        return self.check(actual == expected, "%s: got %r, expected %r" % (what, actual, expected))
+
+
+def case(fn):
+    """Runs fn(Case) as a test case (unless filtered out) and records the outcome."""
+    name = fn.__name__
+    if FILTERS and not any(f in name for f in FILTERS):
+        return
+    c = Case(name)
+    try:
+        skip = fn(c)
+    except Exception:  # a crash in a case is a failure of that case, not of the run
+        c.errors.append("exception:\n" + traceback.format_exc())
+        skip = None
+    if isinstance(skip, str) and not c.errors:
+        RESULTS.skipped += 1
+        print("SKIP %s: %s" % (name, skip))
+    elif c.errors:
+        RESULTS.failed += 1
+        print("FAIL %s" % name)
+        for e in c.errors:
+            print("     - " + e.replace("\n", "\n       "))
+    else:
+        RESULTS.passed += 1
+        print("ok   %s" % name)
+    sys.stdout.flush()
+
+
+# ---- the IMDS trap ----------------------------------------------------------------
+
+class Trap:
+    """A listener on 127.0.0.1:0 that counts connections and closes them. Non-IMDS runs point
+    AZURE_POD_IDENTITY_AUTHORITY_HOST here so a fallback to IMDS is seen and stays local."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.stopped = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def run(self):
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.stopped:
+                conn.close()
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self):
+        self.stopped = True
+        try:
+            # Wake accept() up.
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            pass
+        self.sock.close()
+
+
+TRAP = None
+
+
+# ---- the emulator -------------------------------------------------------------------
+
+class Emulator:
+    def __init__(self, source, *args):
+        self.source = source
+        cmd = [sys.executable, EMULATOR, "--source", source] + [str(a) for a in args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killer = threading.Timer(30, self.proc.kill)  # never wait forever for READY
+        killer.start()
+        self.exports = {}
+        try:
+            for line in self.proc.stdout:
+                line = line.strip()
+                if line == "READY":
+                    break
+                if line.startswith("export "):
+                    name, _, value = line[len("export "):].partition("=")
+                    self.exports[name] = value.strip("'")
+            else:
+                err = self.proc.stderr.read()
+                raise RuntimeError("emulator %s did not start: %s" % (source, err.strip()))
+        finally:
+            killer.cancel()
+        if source == "imds":
+            self.base = self.exports["AZURE_POD_IDENTITY_AUTHORITY_HOST"]
+        else:
+            url = self.exports.get("IDENTITY_ENDPOINT") or self.exports.get("MSI_ENDPOINT")
+            m = re.match(r"^(https?://[^/]+)", url)
+            self.base = m.group(1)
+
+    def stats(self):
+        ctx = None
+        if self.base.startswith("https:"):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        with urllib.request.urlopen(self.base + "/__emulator/stats", timeout=10, context=ctx) as r:
+            return json.loads(r.read().decode("utf-8"))
+
+    def env(self, **overrides):
+        """A clean environment holding only the emulator's exports (plus the IMDS trap)."""
+        env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
+        env.update(self.exports)
+        if self.source != "imds":
+            env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = TRAP.url
+        for k, v in overrides.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        return env
+
+    def secrets(self):
+        return [self.exports[k] for k in SECRET_VARS if k in self.exports]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# ---- running mi-token ------------------------------------------------------------------
+
+class Run:
+    def __init__(self, proc, elapsed):
+        self.rc = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.elapsed = elapsed
+        self.lines = []
+        self.json_error = None
+        for line in self.stdout.splitlines():
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError as e:
+                self.json_error = "not JSON: %r (%s)" % (line[:200], e)
+
+    def describe(self):
+        return "rc=%s stdout=%r stderr=%r" % (self.rc, self.stdout[-600:], self.stderr[-1200:])
+
+
+def mi_token(args, env, timeout=60):
+    start = time.monotonic()
+    proc = subprocess.run([MI_TOKEN] + [str(a) for a in args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    return Run(proc, time.monotonic() - start)
+
+
+def token_payload(token):
+    try:
+        part = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode("utf-8"))
+    except (IndexError, ValueError):
+        return {}
+
+
+def check_no_secrets(c, run, emu, tokens=()):
+    """No token (other than in the JSON on stdout) and no secret anywhere it must not be."""
+    for t in tokens:
+        c.check(t not in run.stderr, "stderr contains an access token")
+    for s in emu.secrets():
+        c.check(s not in run.stderr and s not in run.stdout, "output contains a secret header value")
+
+
+def check_tokens(c, run, emu, source, resource=RESOURCE, repeat=2, t0=None, lifetime=LIFETIME):
+    """The common success checks; returns the parsed lines (or [])."""
+    if not c.eq(run.rc, 0, "exit status (%s)" % run.describe()):
+        return []
+    c.check(run.json_error is None, "stdout: %s" % run.json_error)
+    if not c.eq(len(run.lines), repeat, "number of JSON lines"):
+        return []
+    first = run.lines[0]
+    expected_keys = {"accessToken", "expiresOn", "expires_on", "tokenType", "resource", "tokenSource", "source"}
+    c.eq(set(first), expected_keys, "JSON keys")
+    c.eq(first.get("tokenSource"), "IdentityProvider", "first tokenSource")
+    for later in run.lines[1:]:
+        c.eq(later.get("tokenSource"), "Cache", "later tokenSource")
+        c.eq(later.get("accessToken"), first.get("accessToken"), "cached accessToken")
+    for line in run.lines:
+        c.eq(line.get("source"), SOURCE_NAMES[source], "source")
+        c.eq(line.get("resource"), resource, "resource")
+        c.eq(line.get("tokenType"), "Bearer", "tokenType")
+        exp = line.get("expires_on")
+        c.check(isinstance(exp, int), "expires_on is not an integer: %r" % (exp,))
+        if isinstance(exp, int) and t0 is not None:
+            c.check(abs(exp - (t0 + lifetime)) <= 60,
+                    "expires_on %d is not now + %d s (+-60): now=%d" % (exp, lifetime, int(t0)))
+        text = line.get("expiresOn", "")
+        if c.check(EXPIRES_ON_RE.match(text or ""), "expiresOn format: %r" % (text,)) and isinstance(exp, int):
+            local = datetime.datetime.fromtimestamp(exp).strftime("%Y-%m-%d %H:%M:%S")
+            c.eq(text[:19], local, "expiresOn as local time of expires_on")
+    payload = token_payload(first.get("accessToken", ""))
+    c.eq(payload.get("aud"), resource, "token audience")
+    check_no_secrets(c, run, emu, [first.get("accessToken", "x" * 64)])
+    return run.lines
+
+
+def check_stats(c, emu, token_requests=None, tokens_issued=None, **more):
+    st = emu.stats()
+    if token_requests is not None:
+        c.eq(st["token_requests"], token_requests, "emulator token_requests")
+    if tokens_issued is not None:
+        c.eq(st["tokens_issued"], tokens_issued, "emulator tokens_issued")
+    for k, v in more.items():
+        c.eq(st[k], v, "emulator " + k)
+    c.eq(st["unexpected"], 0, "emulator requests to unexpected paths")
+    return st
+
+
+def retry_wait(source, failures):
+    waits = RETRY_WAITS.get(source, RETRY_WAITS["default"])
+    return sum(waits[:failures]) * 1.2
+
+
+# ---- shared case bodies --------------------------------------------------------------------
+
+def basic(c, source, *emu_args, arc=False):
+    """--repeat 2: one request, then the cache."""
+    with Emulator(source, *emu_args) as emu:
+        t0 = time.time()
+        run = mi_token(["--repeat", 2, "--verbose", RESOURCE], emu.env())
+        check_tokens(c, run, emu, source, t0=t0)
+        if arc:
+            check_stats(c, emu, token_requests=2, tokens_issued=1, challenges=1)
+        else:
+            check_stats(c, emu, token_requests=1, tokens_issued=1)
+        src = mi_token(["--source"], emu.env())
+        c.eq((src.rc, src.stdout.strip()), (0, SOURCE_NAMES[source]), "mi-token --source")
+
+
+def user_assigned(c, source, flag, value, param, claim, *emu_args):
+    """A user-assigned ID reaches the endpoint in `param` (percent-encoded on the wire, so it
+    arrives intact), and the token (cached for the second call) names it in `claim`."""
+    with Emulator(source, *emu_args) as emu:
+        t0 = time.time()
+        run = mi_token([flag, value, "--repeat", 2, RESOURCE], emu.env())
+        lines = check_tokens(c, run, emu, source, t0=t0)
+        st = emu.stats()
+        last = st.get("last_token_request") or {}
+        params = last.get("query") or {}
+        if source == "cloudshell":
+            params = last.get("body_params") or {}
+        c.eq(params.get(param), value, "request parameter %s" % param)
+        c.eq(st["tokens_issued"], 1, "emulator tokens_issued")
+        if lines:
+            c.eq(token_payload(lines[0]["accessToken"]).get(claim), value, "token identity claim %s" % claim)
+
+
+def retries(c, source, failures, *emu_args):
+    """--fail N --fail-status 503: succeeds after N retries, skipped if that would wait > 3 s."""
+    wait = retry_wait(source, failures)
+    if wait > MAX_REAL_WAIT:
+        return "%d retries on %s would wait %.1f s of real time (> %.0f s)" % (failures, source, wait,
+                                                                               MAX_REAL_WAIT)
+    with Emulator(source, "--fail", failures, "--fail-status", 503, *emu_args) as emu:
+        t0 = time.time()
+        run = mi_token([RESOURCE], emu.env())
+        check_tokens(c, run, emu, source, repeat=1, t0=t0)
+        c.check(run.elapsed < 30, "retries took %.1f s" % run.elapsed)
+        check_stats(c, emu, tokens_issued=1, failures=failures)
+        st = emu.stats()
+        if source == "cloudshell":
+            # Beyond Go: a retried POST sends the same body again.
+            c.eq((st["last_token_request"] or {}).get("body_params", {}).get("resource"), RESOURCE,
+                 "resource in the retried POST body")
+
+
+def no_retry(c, source, *emu_args):
+    """--no-retry: one attempt, the 503 comes back at once."""
+    with Emulator(source, "--fail", 5, "--fail-status", 503, *emu_args) as emu:
+        run = mi_token(["--no-retry", RESOURCE], emu.env())
+        c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+        c.eq(run.stdout, "", "stdout")
+        c.check("status: 503" in run.stderr, "stderr names status 503: %r" % run.stderr)
+        check_stats(c, emu, token_requests=1, tokens_issued=0)
+
+
+def endpoint_400(c, source, *emu_args):
+    """An endpoint answering 400 in its own error shape: exit 1, `error:` on stderr, no token."""
+    with Emulator(source, "--fail", 100, "--fail-status", 400, *emu_args) as emu:
+        run = mi_token(["--repeat", 2, RESOURCE], emu.env())
+        c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+        c.eq(run.stdout, "", "stdout (no token)")
+        c.check(run.stderr.startswith("error: "), "stderr starts with 'error: ': %r" % run.stderr)
+        c.check("status: 400" in run.stderr, "stderr has 'status: 400': %r" % run.stderr)
+        c.check("code: http_status" in run.stderr, "stderr has 'code: http_status': %r" % run.stderr)
+        c.check("eyJ" not in run.stderr, "stderr looks like it holds a token")
+        check_no_secrets(c, run, emu)
+        # 400 is final: one attempt (Arc: the challenge leg is the one that failed).
+        check_stats(c, emu, token_requests=1, tokens_issued=0)
+
+
+def unsupported(c, source, flag, *emu_args):
+    """mi::New refuses an ID kind the source cannot take, before any request."""
+    with Emulator(source, *emu_args) as emu:
+        run = mi_token([flag, "some-id", RESOURCE], emu.env())
+        c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+        c.check("code: unsupported_identity" in run.stderr, "stderr: %r" % run.stderr)
+        st = emu.stats()
+        c.eq(st["requests"], 0, "emulator requests")
+
+
+# ---- IMDS ------------------------------------------------------------------------------------
+
+def imds():
+    if os.path.exists(ARC_HIMDS):
+        print("SKIP imds: %s exists, so the environment selects Azure Arc" % ARC_HIMDS)
+        RESULTS.skipped += 1
+        return
+
+    @case
+    def imds_system_assigned(c):
+        basic(c, "imds")
+
+    @case
+    def imds_client_id(c):
+        user_assigned(c, "imds", "--client-id", "9d3f2d6c-3c41-4d2f-9a66-4c3e5e1c9f10", "client_id",
+                      "appid")
+
+    @case
+    def imds_object_id(c):
+        user_assigned(c, "imds", "--object-id", "0b2c7a5e-1111-2222-3333-444455556666", "object_id",
+                      "oid")
+
+    @case
+    def imds_resource_id(c):
+        rid = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/"
+               "Microsoft.ManagedIdentity/userAssignedIdentities/my identity&x=1")
+        user_assigned(c, "imds", "--resource-id", rid, "msi_res_id", "xms_mirid")
+
+    @case
+    def imds_default_scope_trimmed(c):
+        with Emulator("imds") as emu:
+            run = mi_token([RESOURCE + "/.default"], emu.env())
+            check_tokens(c, run, emu, "imds", repeat=1)
+            st = check_stats(c, emu, token_requests=1, tokens_issued=1)
+            c.eq((st["last_token_request"] or {}).get("query", {}).get("resource"), RESOURCE, "sent resource")
+
+    @case
+    def imds_retry_fail_2(c):
+        return retries(c, "imds", 2)
+
+    @case
+    def imds_retry_fail_1(c):
+        return retries(c, "imds", 1, "--fail-body", "plain")
+
+    @case
+    def imds_no_retry(c):
+        no_retry(c, "imds")
+
+    @case
+    def imds_endpoint_400(c):
+        endpoint_400(c, "imds")
+
+    @case
+    def imds_examples(c):
+        # The seed's examples, built next to mi-token: a token, its length and expiry, never the token.
+        exe_dir, exe_name = os.path.split(MI_TOKEN)
+        suffix = os.path.splitext(exe_name)[1]
+        found = 0
+        for name, args in (("system_assigned", []), ("user_assigned", ["my-client-id"])):
+            path = os.path.join(exe_dir, name + suffix)
+            if not os.path.exists(path):
+                continue
+            found += 1
+            with Emulator("imds") as emu:
+                proc = subprocess.run([path] + args, env=emu.env(), capture_output=True, text=True, timeout=60)
+                c.eq(proc.returncode, 0, "%s exit status (stderr %r)" % (name, proc.stderr))
+                c.check(re.search(r"token of \d+ characters", proc.stdout), "%s output: %r" % (name, proc.stdout))
+                c.check("eyJ" not in proc.stdout + proc.stderr, "%s printed the token" % name)
+                check_stats(c, emu, token_requests=1, tokens_issued=1)
+                if args:
+                    q = (emu.stats()["last_token_request"] or {}).get("query", {})
+                    c.eq(q.get("client_id"), args[0], "%s client_id" % name)
+        if not found:
+            return "the examples are not built next to mi-token"
+
+    @case
+    def imds_timeout(c):
+        with Emulator("imds", "--delay-ms", 5000) as emu:
+            run = mi_token(["--timeout-ms", 300, "--no-retry", RESOURCE], emu.env())
+            c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+            c.check("code: timeout" in run.stderr, "stderr: %r" % run.stderr)
+            c.check(run.elapsed < 4.0, "took %.1f s; the deadline was 0.3 s" % run.elapsed)
+
+    @case
+    def imds_claims_bypass_cache(c):
+        with Emulator("imds") as emu:
+            run = mi_token(["--claims", '{"access_token":{"xms_cc":{"values":["cp1"]}}}', "--repeat", 2,
+                            RESOURCE], emu.env())
+            if c.eq(run.rc, 0, "exit status (%s)" % run.describe()) and c.eq(len(run.lines), 2, "lines"):
+                c.eq([x["tokenSource"] for x in run.lines], ["IdentityProvider"] * 2, "tokenSource")
+                c.check(run.lines[0]["accessToken"] != run.lines[1]["accessToken"], "claims reused a token")
+            check_stats(c, emu, token_requests=2, tokens_issued=2)
+
+    @case
+    def imds_refresh_in(c):
+        # A server-chosen refresh time far ahead changes nothing for the second call (cache).
+        with Emulator("imds", "--refresh-in", 3600) as emu:
+            t0 = time.time()
+            run = mi_token(["--repeat", 2, RESOURCE], emu.env())
+            check_tokens(c, run, emu, "imds", t0=t0)
+            check_stats(c, emu, token_requests=1, tokens_issued=1)
+
+    @case
+    def imds_short_lifetime_not_cached(c):
+        # A token expiring within 5 minutes is returned but not cached.
+        with Emulator("imds", "--lifetime", 120) as emu:
+            t0 = time.time()
+            run = mi_token(["--repeat", 2, RESOURCE], emu.env())
+            if c.eq(run.rc, 0, "exit status (%s)" % run.describe()) and c.eq(len(run.lines), 2, "lines"):
+                c.eq([x["tokenSource"] for x in run.lines], ["IdentityProvider"] * 2, "tokenSource")
+                c.check(abs(run.lines[0]["expires_on"] - (t0 + 120)) <= 60, "expires_on")
+            check_stats(c, emu, token_requests=2, tokens_issued=2)
+
+
+# ---- App Service -----------------------------------------------------------------------------
+
+def appservice():
+    @case
+    def appservice_system_assigned(c):
+        basic(c, "appservice")
+
+    @case
+    def appservice_client_id(c):
+        user_assigned(c, "appservice", "--client-id", "5E29463D-71DA-4FE0-8E69-999B57DB23B0", "client_id",
+                      "appid")
+
+    @case
+    def appservice_object_id(c):
+        user_assigned(c, "appservice", "--object-id", "0b2c7a5e-1111-2222-3333-444455556666", "object_id",
+                      "oid")
+
+    @case
+    def appservice_resource_id(c):
+        rid = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/"
+               "Microsoft.ManagedIdentity/userAssignedIdentities/id1")
+        user_assigned(c, "appservice", "--resource-id", rid, "mi_res_id", "xms_mirid")
+
+    @case
+    def appservice_expires_on_iso(c):
+        basic(c, "appservice", "--expires-on-format", "iso")
+
+    @case
+    def appservice_retry_fail_2(c):
+        return retries(c, "appservice", 2, "--retry-after", 1)
+
+    @case
+    def appservice_endpoint_400(c):
+        endpoint_400(c, "appservice")
+
+    @case
+    def appservice_wrong_secret(c):
+        with Emulator("appservice") as emu:
+            run = mi_token([RESOURCE], emu.env(IDENTITY_HEADER="not-the-secret"))
+            c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+            c.check("status: 401" in run.stderr, "stderr: %r" % run.stderr)
+            c.check("not-the-secret" not in run.stderr, "stderr holds the secret header value")
+
+
+# ---- Azure ML --------------------------------------------------------------------------------
+
+def azureml():
+    @case
+    def azureml_system_assigned(c):
+        basic(c, "azureml")
+        with Emulator("azureml") as emu:
+            run = mi_token([RESOURCE], emu.env())
+            check_tokens(c, run, emu, "azureml", repeat=1)
+            st = emu.stats()
+            c.eq((st["last_token_request"] or {}).get("query", {}).get("clientid"), "",
+                 "clientid sent empty without DEFAULT_IDENTITY_CLIENT_ID")
+
+    @case
+    def azureml_default_client_id(c):
+        with Emulator("azureml", "--default-client-id", "dflt-1234") as emu:
+            run = mi_token([RESOURCE], emu.env())
+            lines = check_tokens(c, run, emu, "azureml", repeat=1)
+            st = emu.stats()
+            c.eq((st["last_token_request"] or {}).get("query", {}).get("clientid"), "dflt-1234",
+                 "clientid = DEFAULT_IDENTITY_CLIENT_ID")
+            if lines:
+                c.eq(token_payload(lines[0]["accessToken"]).get("appid"), "dflt-1234", "token identity")
+
+    @case
+    def azureml_client_id(c):
+        user_assigned(c, "azureml", "--client-id", "c0ffee00-0000-0000-0000-000000000001", "clientid",
+                      "appid", "--default-client-id", "dflt-1234")
+
+    @case
+    def azureml_expires_on_24h(c):
+        basic(c, "azureml", "--expires-on-format", "ml-24h")
+
+    @case
+    def azureml_expires_on_epoch(c):
+        basic(c, "azureml", "--expires-on-format", "epoch")
+
+    @case
+    def azureml_object_id_unsupported(c):
+        unsupported(c, "azureml", "--object-id")
+
+    @case
+    def azureml_endpoint_400(c):
+        endpoint_400(c, "azureml")
+
+
+# ---- Cloud Shell -------------------------------------------------------------------------------
+
+def cloudshell():
+    @case
+    def cloudshell_system_assigned(c):
+        basic(c, "cloudshell")
+        with Emulator("cloudshell") as emu:
+            run = mi_token([RESOURCE], emu.env())
+            check_tokens(c, run, emu, "cloudshell", repeat=1)
+            last = emu.stats()["last_token_request"] or {}
+            c.eq(last.get("method"), "POST", "method")
+            c.eq(last.get("body_params"), {"resource": RESOURCE}, "form body")
+
+    @case
+    def cloudshell_client_id_unsupported(c):
+        unsupported(c, "cloudshell", "--client-id")
+
+    @case
+    def cloudshell_retry_fail_1(c):
+        return retries(c, "cloudshell", 1)
+
+    @case
+    def cloudshell_endpoint_400(c):
+        endpoint_400(c, "cloudshell")
+
+
+# ---- Azure Arc ---------------------------------------------------------------------------------
+
+def arc_token_dir_ready():
+    """The library reads Arc keys only from its platform directory. Create it if we may; returns
+    (ok, dirs this run created, to remove afterwards)."""
+    if not sys.platform.startswith("linux"):
+        return False, []
+    created = []
+    path = ARC_TOKEN_DIR
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    try:
+        for d in reversed(missing):
+            os.mkdir(d, 0o755)
+            created.append(d)
+    except OSError:
+        remove_dirs(created)
+        return False, []
+    if not os.access(ARC_TOKEN_DIR, os.W_OK):
+        remove_dirs(created)
+        return False, []
+    return True, created
+
+
+def remove_dirs(created):
+    for d in reversed(created):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
+def arc():
+    ok, created = arc_token_dir_ready()
+    if not ok:
+        print("SKIP arc: cannot write the Azure Arc key directory %s (run as root on Linux)" % ARC_TOKEN_DIR)
+        RESULTS.skipped += 1
+        return
+    try:
+        d = ("--arc-token-dir", ARC_TOKEN_DIR)
+
+        @case
+        def arc_system_assigned(c):
+            basic(c, "arc", *d, arc=True)
+
+        @case
+        def arc_client_id(c):
+            user_assigned(c, "arc", "--client-id", "9d3f2d6c-3c41-4d2f-9a66-4c3e5e1c9f10", "client_id",
+                          "appid", *d)
+
+        @case
+        def arc_resource_id(c):
+            user_assigned(c, "arc", "--resource-id", "/subscriptions/x/resourceGroups/rg/providers/"
+                          "Microsoft.ManagedIdentity/userAssignedIdentities/id1", "msi_res_id",
+                          "xms_mirid", *d)
+
+        @case
+        def arc_user_assigned_not_confirmed(c):
+            # An agent that ignores the selector (no echo): fail closed, nothing cached.
+            with Emulator("arc", "--no-echo", *d) as emu:
+                run = mi_token(["--client-id", "9d3f2d6c-3c41-4d2f-9a66-4c3e5e1c9f10", RESOURCE], emu.env())
+                c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+                c.eq(run.stdout, "", "stdout (no token)")
+                c.check("code: arc_challenge" in run.stderr, "stderr: %r" % run.stderr)
+                c.check("eyJ" not in run.stderr, "stderr looks like it holds a token")
+
+        @case
+        def arc_endpoint_400(c):
+            endpoint_400(c, "arc", *d)
+
+        @case
+        def arc_retry_fail_2(c):
+            return retries(c, "arc", 2, *d)
+    finally:
+        remove_dirs(created)
+
+
+# ---- Service Fabric ---------------------------------------------------------------------------
+
+def servicefabric():
+    try:
+        subprocess.run(["openssl", "version"], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        print("SKIP servicefabric: the openssl command-line tool is missing")
+        RESULTS.skipped += 1
+        return
+    with Emulator("servicefabric") as emu:
+        probe = mi_token(["--no-retry", RESOURCE], emu.env())
+    if probe.rc != 0 and "code: tls" in probe.stderr and "MI_USE_CURL" in probe.stderr:
+        print("SKIP servicefabric: mi-token was built without the libcurl HTTPS transport")
+        RESULTS.skipped += 1
+        return
+
+    @case
+    def servicefabric_system_assigned(c):
+        basic(c, "servicefabric")
+
+    @case
+    def servicefabric_client_id_unsupported(c):
+        unsupported(c, "servicefabric", "--client-id")
+
+    @case
+    def servicefabric_claims_token_hash(c):
+        with Emulator("servicefabric") as emu:
+            run = mi_token(["--claims", "c", "--repeat", 2, RESOURCE], emu.env())
+            if c.eq(run.rc, 0, "exit status (%s)" % run.describe()) and c.eq(len(run.lines), 2, "lines"):
+                first = run.lines[0]["accessToken"]
+                want = hashlib.sha256(first.encode("utf-8")).hexdigest()
+                q = (emu.stats()["last_token_request"] or {}).get("query", {})
+                c.eq(q.get("token_sha256_to_refresh"), want, "token_sha256_to_refresh")
+                c.check("claims" not in q, "the claims text must not be sent")
+
+    @case
+    def servicefabric_thumbprint_mismatch(c):
+        with Emulator("servicefabric") as emu:
+            run = mi_token(["--no-retry", RESOURCE], emu.env(IDENTITY_SERVER_THUMBPRINT="00" * 20))
+            c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+            c.check("code: tls" in run.stderr, "stderr: %r" % run.stderr)
+            c.eq(emu.stats()["requests"], 0, "HTTP requests that reached the server")
+            check_no_secrets(c, run, emu)
+
+    @case
+    def servicefabric_endpoint_400(c):
+        endpoint_400(c, "servicefabric")
+
+
+# ---- mi-token's own contract ---------------------------------------------------------------------
+
+def usage():
+    env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
+    env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = TRAP.url
+
+    def expect_usage(c, args):
+        run = mi_token(args, env)
+        c.eq(run.rc, 2, "exit status of %r (%s)" % (args, run.describe()))
+        c.eq(run.stdout, "", "stdout of %r" % (args,))
+        c.check("usage:" in run.stderr, "usage text on stderr for %r: %r" % (args, run.stderr))
+
+    @case
+    def usage_errors(c):
+        for args in ([], ["--bogus", RESOURCE], ["--client-id", "a", "--object-id", "b", RESOURCE],
+                     ["--repeat", "x", RESOURCE], ["--repeat", "0", RESOURCE], ["--repeat", "-1", RESOURCE],
+                     ["--timeout-ms", "1.5", RESOURCE], ["--client-id"], ["--verbose"], [RESOURCE, "extra"]):
+            expect_usage(c, args)
+
+    @case
+    def usage_help(c):
+        run = mi_token(["--help"], env)
+        c.eq(run.rc, 0, "exit status")
+        c.check("usage:" in run.stdout, "usage on stdout: %r" % run.stdout)
+
+    @case
+    def source_detection(c):
+        run = mi_token(["--source"], env)
+        expected = "AzureArc" if os.path.exists(ARC_HIMDS) else "DefaultToIMDS"
+        c.eq((run.rc, run.stdout.strip()), (0, expected), "mi-token --source in a clean environment")
+
+
+SOURCES = [imds, appservice, azureml, cloudshell, arc, servicefabric]
+
+
+def main(argv):
+    global MI_TOKEN, TRAP
+    if len(argv) < 2:
+        sys.stderr.write("usage: e2e_mi_token.py PATH/TO/mi-token [CASE_SUBSTRING...]\n")
+        return 2
+    MI_TOKEN = os.path.abspath(argv[1])
+    FILTERS.extend(argv[2:])
+    TRAP = Trap()
+    try:
+        usage()
+        for source in SOURCES:
+            source()
+        # No run may have fallen back to IMDS.
+        if TRAP.connections:
+            RESULTS.failed += 1
+            print("FAIL imds_fallback_trap: %d connection(s) reached the IMDS trap" % TRAP.connections)
+    finally:
+        TRAP.close()
+    if RESULTS.skipped:
+        print("(%d skipped)" % RESULTS.skipped)
+    print("%d passed, %d failed" % (RESULTS.passed, RESULTS.failed))
+    return 1 if RESULTS.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
