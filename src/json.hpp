@@ -1,0 +1,388 @@
+// A strict RFC 8259 JSON parser for the small bodies the endpoints send.
+// Grammar exactly as the RFC (no comments, trailing commas, leading zeros,
+// NaN or single quotes), strings validated as UTF-8 with every escape decoded
+// (surrogate pairs joined, lone ones rejected), numbers kept as their literal
+// text, nesting limited to kMaxJsonDepth before recursing. Error messages give
+// a byte offset and never quote the input (it may hold a token).
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+struct JsonValue {
+  enum class Type : unsigned char { Null, Bool, Number, String, Array, Object };
+  Type type = Type::Null;
+  bool boolean = false;
+  std::string text;  // String: the decoded UTF-8 value; Number: the literal exactly as written
+  std::vector<JsonValue> items;                            // Array elements
+  std::vector<std::pair<std::string, JsonValue>> members;  // Object members in document order
+
+  // Special members are defined after the class: their definitions need
+  // std::pair<std::string, JsonValue>, which needs JsonValue complete (clang
+  // with libstdc++ in C++20 mode rejects the implicit inline ones).
+  JsonValue();
+  JsonValue(const JsonValue& other);
+  JsonValue(JsonValue&& other) noexcept;
+  JsonValue& operator=(const JsonValue& other);
+  JsonValue& operator=(JsonValue&& other) noexcept;
+  ~JsonValue();
+
+  // The first member with that key (objects only), else nullptr.
+  const JsonValue* find(std::string_view key) const noexcept;
+  bool is_null() const noexcept { return type == Type::Null; }
+  bool is_bool() const noexcept { return type == Type::Bool; }
+  bool is_number() const noexcept { return type == Type::Number; }
+  bool is_string() const noexcept { return type == Type::String; }
+  bool is_array() const noexcept { return type == Type::Array; }
+  bool is_object() const noexcept { return type == Type::Object; }
+};
+
+JsonValue::JsonValue() = default;
+JsonValue::JsonValue(const JsonValue& other) = default;
+JsonValue::JsonValue(JsonValue&& other) noexcept = default;
+JsonValue& JsonValue::operator=(const JsonValue& other) = default;
+JsonValue& JsonValue::operator=(JsonValue&& other) noexcept = default;
+JsonValue::~JsonValue() = default;
+
+const JsonValue* JsonValue::find(std::string_view key) const noexcept {
+  if (type != Type::Object) return nullptr;
+  for (const auto& member : members)
+    if (member.first == key) return &member.second;
+  return nullptr;
+}
+
+constexpr int kMaxJsonDepth = 64;
+
+class JsonParser {
+ public:
+  explicit JsonParser(std::string_view text) noexcept
+      : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()) {}
+
+  // Parses the whole input as one document; on failure error() and offset() say why and where.
+  bool parse_document(JsonValue& out);
+  const char* error() const noexcept { return error_; }
+  size_t offset() const noexcept { return offset_; }
+
+ private:
+  bool fail(const char* what, const char* at) noexcept {
+    error_ = what;
+    offset_ = static_cast<size_t>(at - begin_);
+    return false;
+  }
+  void skip_whitespace() noexcept {
+    while (p_ < end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
+  }
+  bool parse_value(JsonValue& out, int depth);
+  bool parse_array(JsonValue& out, int depth);
+  bool parse_object(JsonValue& out, int depth);
+  bool parse_string(std::string& out);
+  bool parse_escaped(std::string& out, const char* start);
+  bool parse_number(JsonValue& out);
+  bool parse_literal(const char* word, size_t length);
+  bool parse_hex4(const char* at, unsigned& out) noexcept;
+  bool skip_utf8_sequence() noexcept;
+
+  const char* begin_;
+  const char* p_;
+  const char* end_;
+  const char* error_ = nullptr;
+  size_t offset_ = 0;
+};
+
+bool JsonParser::parse_document(JsonValue& out) {
+  out = JsonValue();
+  skip_whitespace();
+  if (!parse_value(out, 0)) return false;
+  skip_whitespace();
+  if (p_ != end_) return fail("unexpected data after the JSON document", p_);
+  return true;
+}
+
+bool JsonParser::parse_value(JsonValue& out, int depth) {
+  if (p_ == end_) return fail("unexpected end of input, expected a value", p_);
+  switch (*p_) {
+    case '{': return parse_object(out, depth);
+    case '[': return parse_array(out, depth);
+    case '"': out.type = JsonValue::Type::String; return parse_string(out.text);
+    case 't': out.type = JsonValue::Type::Bool; out.boolean = true; return parse_literal("true", 4);
+    case 'f': out.type = JsonValue::Type::Bool; out.boolean = false; return parse_literal("false", 5);
+    case 'n': out.type = JsonValue::Type::Null; return parse_literal("null", 4);
+    default:
+      if (*p_ == '-' || (*p_ >= '0' && *p_ <= '9')) return parse_number(out);
+      return fail("unexpected character, expected a value", p_);
+  }
+}
+
+bool JsonParser::parse_literal(const char* word, size_t length) {
+  if (static_cast<size_t>(end_ - p_) < length) {
+    // Report the first mismatching byte, or the end of input for a truncated literal.
+    for (const char* q = p_; q < end_; ++q)
+      if (*q != word[static_cast<size_t>(q - p_)]) return fail("invalid literal", q);
+    return fail("unexpected end of input in a literal", end_);
+  }
+  for (size_t i = 0; i < length; ++i)
+    if (p_[i] != word[i]) return fail("invalid literal", p_ + i);
+  p_ += length;
+  return true;
+}
+
+bool JsonParser::parse_number(JsonValue& out) {
+  const char* start = p_;
+  auto is_digit = [this]() noexcept { return p_ < end_ && *p_ >= '0' && *p_ <= '9'; };
+  if (*p_ == '-') ++p_;
+  if (!is_digit()) return fail(p_ == end_ ? "unexpected end of input in a number" : "invalid number", p_);
+  if (*p_ == '0') {
+    ++p_;
+    if (is_digit()) return fail("invalid number (leading zero)", p_);
+  } else {
+    while (is_digit()) ++p_;
+  }
+  if (p_ < end_ && *p_ == '.') {
+    ++p_;
+    if (!is_digit()) return fail(p_ == end_ ? "unexpected end of input in a number" : "invalid number", p_);
+    while (is_digit()) ++p_;
+  }
+  if (p_ < end_ && (*p_ == 'e' || *p_ == 'E')) {
+    ++p_;
+    if (p_ < end_ && (*p_ == '+' || *p_ == '-')) ++p_;
+    if (!is_digit()) return fail(p_ == end_ ? "unexpected end of input in a number" : "invalid number", p_);
+    while (is_digit()) ++p_;
+  }
+  out.type = JsonValue::Type::Number;
+  out.text.assign(start, static_cast<size_t>(p_ - start));
+  return true;
+}
+
+bool JsonParser::parse_hex4(const char* at, unsigned& out) noexcept {
+  if (end_ - at < 4) {
+    for (const char* q = at; q < end_; ++q)
+      if (hex_value(*q) < 0) return fail("invalid \\u escape", q);
+    return fail("unexpected end of input in a \\u escape", end_);
+  }
+  unsigned v = 0;
+  for (int i = 0; i < 4; ++i) {
+    int h = hex_value(at[i]);
+    if (h < 0) return fail("invalid \\u escape", at + i);
+    v = (v << 4) | static_cast<unsigned>(h);
+  }
+  out = v;
+  return true;
+}
+
+// Validates one multi-byte UTF-8 sequence at p_ (RFC 3629: no overlongs, no
+// surrogates, nothing above U+10FFFF) and moves past it.
+bool JsonParser::skip_utf8_sequence() noexcept {
+  const unsigned char* s = reinterpret_cast<const unsigned char*>(p_);
+  const unsigned char* e = reinterpret_cast<const unsigned char*>(end_);
+  unsigned char c = s[0];
+  size_t need;
+  unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    need = 1;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    need = 2;
+    if (c == 0xE0) lo = 0xA0;       // overlong
+    else if (c == 0xED) hi = 0x9F;  // UTF-16 surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    need = 3;
+    if (c == 0xF0) lo = 0x90;       // overlong
+    else if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+  } else {
+    return fail("invalid UTF-8 in a string", p_);
+  }
+  for (size_t i = 1; i <= need; ++i) {
+    if (s + i >= e) return fail("unexpected end of input in a UTF-8 sequence", end_);
+    unsigned char b = s[i];
+    unsigned char b_lo = i == 1 ? lo : static_cast<unsigned char>(0x80);
+    unsigned char b_hi = i == 1 ? hi : static_cast<unsigned char>(0xBF);
+    if (b < b_lo || b > b_hi) return fail("invalid UTF-8 in a string", p_ + i);
+  }
+  p_ += need + 1;
+  return true;
+}
+
+bool JsonParser::parse_string(std::string& out) {
+  ++p_;  // the opening quote
+  const char* start = p_;
+  // Fast path: no escapes, so the value is the raw bytes (validated in place).
+  while (p_ < end_) {
+    unsigned char c = static_cast<unsigned char>(*p_);
+    if (c == '"') {
+      out.assign(start, static_cast<size_t>(p_ - start));
+      ++p_;
+      return true;
+    }
+    if (c == '\\') return parse_escaped(out, start);
+    if (c < 0x20) return fail("unescaped control character in a string", p_);
+    if (c < 0x80) {
+      ++p_;
+    } else if (!skip_utf8_sequence()) {
+      return false;
+    }
+  }
+  return fail("unexpected end of input in a string", end_);
+}
+
+// The slow path, from the first backslash on; [start, p_) is already validated.
+bool JsonParser::parse_escaped(std::string& out, const char* start) {
+  out.clear();
+  out.reserve(static_cast<size_t>(p_ - start) + 16);
+  out.append(start, static_cast<size_t>(p_ - start));
+  while (p_ < end_) {
+    unsigned char c = static_cast<unsigned char>(*p_);
+    if (c == '"') {
+      ++p_;
+      return true;
+    }
+    if (c < 0x20) return fail("unescaped control character in a string", p_);
+    if (c >= 0x80) {
+      const char* run = p_;
+      if (!skip_utf8_sequence()) return false;
+      out.append(run, static_cast<size_t>(p_ - run));
+      continue;
+    }
+    if (c != '\\') {
+      // Copy the run of plain ASCII up to the next special byte at once.
+      const char* run = p_;
+      while (p_ < end_) {
+        unsigned char d = static_cast<unsigned char>(*p_);
+        if (d == '"' || d == '\\' || d < 0x20 || d >= 0x80) break;
+        ++p_;
+      }
+      out.append(run, static_cast<size_t>(p_ - run));
+      continue;
+    }
+    const char* escape = p_;
+    if (++p_ == end_) return fail("unexpected end of input in an escape", end_);
+    char e = *p_++;
+    switch (e) {
+      case '"': out.push_back('"'); break;
+      case '\\': out.push_back('\\'); break;
+      case '/': out.push_back('/'); break;
+      case 'b': out.push_back('\b'); break;
+      case 'f': out.push_back('\f'); break;
+      case 'n': out.push_back('\n'); break;
+      case 'r': out.push_back('\r'); break;
+      case 't': out.push_back('\t'); break;
+      case 'u': {
+        unsigned cp;
+        if (!parse_hex4(p_, cp)) return false;
+        p_ += 4;
+        if (cp >= 0xDC00 && cp <= 0xDFFF) return fail("lone low surrogate in a \\u escape", escape);
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+          if (end_ - p_ < 2) {
+            if (p_ == end_ || (*p_ == '\\' && p_ + 1 == end_))
+              return fail("unexpected end of input after a high surrogate", end_);
+            return fail("lone high surrogate in a \\u escape", escape);
+          }
+          if (p_[0] != '\\' || p_[1] != 'u') return fail("lone high surrogate in a \\u escape", escape);
+          unsigned low;
+          if (!parse_hex4(p_ + 2, low)) return false;
+          if (low < 0xDC00 || low > 0xDFFF) return fail("high surrogate not followed by a low surrogate", p_);
+          p_ += 6;
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+        }
+        if (cp < 0x80) {
+          out.push_back(static_cast<char>(cp));
+        } else if (cp < 0x800) {
+          out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+          out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+        } else if (cp < 0x10000) {
+          out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+          out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+          out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+        } else {
+          out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+          out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+          out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+          out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+        }
+        break;
+      }
+      default: return fail("invalid escape in a string", escape);
+    }
+  }
+  return fail("unexpected end of input in a string", end_);
+}
+
+bool JsonParser::parse_array(JsonValue& out, int depth) {
+  if (depth >= kMaxJsonDepth) return fail("JSON nested too deeply", p_);
+  ++p_;  // '['
+  out.type = JsonValue::Type::Array;
+  skip_whitespace();
+  if (p_ < end_ && *p_ == ']') {
+    ++p_;
+    return true;
+  }
+  for (;;) {
+    out.items.emplace_back();
+    if (!parse_value(out.items.back(), depth + 1)) return false;
+    skip_whitespace();
+    if (p_ == end_) return fail("unexpected end of input in an array", p_);
+    if (*p_ == ']') {
+      ++p_;
+      return true;
+    }
+    if (*p_ != ',') return fail("expected ',' or ']' in an array", p_);
+    ++p_;
+    skip_whitespace();
+  }
+}
+
+bool JsonParser::parse_object(JsonValue& out, int depth) {
+  if (depth >= kMaxJsonDepth) return fail("JSON nested too deeply", p_);
+  ++p_;  // '{'
+  out.type = JsonValue::Type::Object;
+  skip_whitespace();
+  if (p_ < end_ && *p_ == '}') {
+    ++p_;
+    return true;
+  }
+  out.members.reserve(8);
+  for (;;) {
+    if (p_ == end_) return fail("unexpected end of input in an object", p_);
+    if (*p_ != '"') return fail("expected a string key in an object", p_);
+    out.members.emplace_back();
+    auto& member = out.members.back();
+    if (!parse_string(member.first)) return false;
+    skip_whitespace();
+    if (p_ == end_) return fail("unexpected end of input in an object", p_);
+    if (*p_ != ':') return fail("expected ':' after an object key", p_);
+    ++p_;
+    skip_whitespace();
+    if (!parse_value(member.second, depth + 1)) return false;
+    skip_whitespace();
+    if (p_ == end_) return fail("unexpected end of input in an object", p_);
+    if (*p_ == '}') {
+      ++p_;
+      return true;
+    }
+    if (*p_ != ',') return fail("expected ',' or '}' in an object", p_);
+    ++p_;
+    skip_whitespace();
+  }
+}
+
+// Parses one whole document (whitespace around it allowed, nothing else). On
+// failure returns false with `message` saying what was wrong (no input quoted)
+// and `offset` the byte where it was found.
+bool parse_json(std::string_view text, JsonValue& out, std::string& message, size_t& offset) {
+  JsonParser parser(text);
+  if (parser.parse_document(out)) return true;
+  message = parser.error();
+  offset = parser.offset();
+  return false;
+}
+
+// As above, with the offset folded into `error` ("... at byte N").
+bool parse_json(std::string_view text, JsonValue& out, std::string& error) {
+  size_t offset = 0;
+  if (parse_json(text, out, error, offset)) return true;
+  error += " at byte ";
+  error += std::to_string(offset);
+  return false;
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
