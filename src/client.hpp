@@ -298,7 +298,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
                         make_error(Errc::tls,
                                    "Service Fabric's endpoint is HTTPS, and this program was built without HTTPS "
                                    "support: define MI_USE_CURL where MI_IMPLEMENTATION is defined and link libcurl "
-                                   "(CMake: -DMI_USE_CURL=ON)"),
+                                   "and OpenSSL (-lcurl -lssl -lcrypto; CMake: -DMI_USE_CURL=ON)"),
                         extras.request_id);
   }
 

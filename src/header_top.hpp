@@ -31,7 +31,7 @@
 //   MI_NO_EXCEPTIONS         all TUs   never throw (auto-detected from -fno-exceptions);
 //                                      Result::value() on an error then aborts
 //   MI_USE_CURL              impl TU   HTTPS through libcurl (needed by Service Fabric);
-//                                      link with -lcurl
+//                                      libcurl must use OpenSSL; link -lcurl -lssl -lcrypto
 //   MI_MAX_RESPONSE_BYTES    impl TU   largest accepted response body (1 MiB)
 //   MI_MAX_HEADER_BYTES      impl TU   largest accepted response head (64 KiB)
 //   MI_AZURE_ARC_TOKEN_DIR   impl TU   directory the Arc key file must be in

@@ -1,0 +1,643 @@
+// HTTPS for Service Fabric through libcurl (only with MI_USE_CURL), and the
+// IDENTITY_SERVER_THUMBPRINT helpers every build needs (SPEC §4).
+//
+// Pinning: with a thumbprint, libcurl's own chain and host-name checks are off
+// and an OpenSSL certificate-verification callback installed through
+// CURLOPT_SSL_CTX_FUNCTION compares the SHA-1 of the server's leaf certificate
+// (over its DER encoding) with the pin, in constant time, during the handshake:
+// on a mismatch the handshake fails and no HTTP request byte is written. A
+// CURLOPT_PREREQFUNCTION check refuses to send the request if, for any reason,
+// the pin was not confirmed (fail closed). Only libcurl built on OpenSSL can do
+// this; any other TLS backend fails closed with a tls error.
+
+#if defined(MI_USE_CURL)
+#if defined(__has_include)
+#if !__has_include(<openssl/ssl.h>)
+#error "MI_USE_CURL needs the OpenSSL headers (e.g. libssl-dev) and linking OpenSSL (-lssl -lcrypto): Service Fabric certificate pinning uses libcurl's OpenSSL backend"
+#endif
+#endif
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/opensslv.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
+#if !defined(_WIN32)
+#include <pthread.h>
+#include <signal.h>
+#endif
+#endif
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+// Compares without an early exit, so the time taken does not depend on where the
+// inputs differ (the lengths are not secret).
+bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    diff = static_cast<unsigned char>(diff | (static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i])));
+  return diff == 0;
+}
+
+// IDENTITY_SERVER_THUMBPRINT: drop ':' and white space, then exactly 40 hex digits
+// (either case) -> 20 raw bytes. `sha1_bytes` is only written on success.
+bool parse_thumbprint(std::string_view text, std::string& sha1_bytes) {
+  std::string digits;
+  digits.reserve(text.size());
+  for (char c : text) {
+    if (c == ':' || c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f') continue;
+    if (hex_value(c) < 0) return false;
+    if (digits.size() == 40) return false;
+    digits.push_back(c);
+  }
+  if (digits.size() != 40) return false;
+  std::string out(20, '\0');
+  for (size_t i = 0; i < 20; ++i)
+    out[i] = static_cast<char>(hex_value(digits[2 * i]) * 16 + hex_value(digits[2 * i + 1]));
+  sha1_bytes = std::move(out);
+  return true;
+}
+
+#if defined(MI_USE_CURL)
+
+// Checks that libcurl's active TLS backend (curl_version_info()->ssl_version, e.g.
+// "OpenSSL/3.0.19"; in a multi-backend build the inactive ones are in parentheses)
+// is OpenSSL and of the same major (before 3.0: major.minor) version as the OpenSSL
+// this code was linked with (`linked_version_num`, OpenSSL_version_num()), so the
+// SSL_CTX that libcurl hands over is one this code may touch. On failure `why`
+// says what was found.
+bool curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned long linked_version_num,
+                                       std::string& why) {
+  std::string_view active = trim(ssl_version);
+  size_t end = active.find(' ');
+  if (end != std::string_view::npos) active = active.substr(0, end);
+  if (active.empty() || active.front() == '(') {
+    why = "the libcurl TLS backend is none; Service Fabric certificate pinning needs libcurl built with OpenSSL";
+    return false;
+  }
+  const std::string_view prefix = "OpenSSL/";
+  if (!starts_with(active, prefix)) {
+    why = "the libcurl TLS backend is " + std::string(active) +
+          "; Service Fabric certificate pinning needs libcurl built with OpenSSL";
+    return false;
+  }
+  // "OpenSSL/3.0.19" -> 3 and 0.
+  std::string_view numbers = active.substr(prefix.size());
+  unsigned long major = 0, minor = 0;
+  size_t i = 0;
+  bool have_major = false;
+  while (i < numbers.size() && numbers[i] >= '0' && numbers[i] <= '9' && major < 1000) {
+    major = major * 10 + static_cast<unsigned long>(numbers[i++] - '0');
+    have_major = true;
+  }
+  if (i < numbers.size() && numbers[i] == '.') {
+    ++i;
+    while (i < numbers.size() && numbers[i] >= '0' && numbers[i] <= '9' && minor < 1000)
+      minor = minor * 10 + static_cast<unsigned long>(numbers[i++] - '0');
+  }
+  unsigned long linked_major = (linked_version_num >> 28) & 0xfUL;
+  unsigned long linked_minor = (linked_version_num >> 20) & 0xffUL;
+  bool same = have_major && major == linked_major && (major >= 3 || minor == linked_minor);
+  if (!same) {
+    why = "libcurl uses " + std::string(active) + " but this program is linked with OpenSSL " +
+          std::to_string(linked_major) + "." + std::to_string(linked_minor) +
+          "; build and link libcurl and managed_identity.hpp against the same OpenSSL";
+    return false;
+  }
+  return true;
+}
+
+namespace curl_impl {
+
+CURLcode curl_global() {
+  static std::once_flag once;
+  static CURLcode code = CURLE_OK;
+  std::call_once(once, [] { code = curl_global_init(CURL_GLOBAL_DEFAULT); });
+  return code;
+}
+
+// State of one request, shared with libcurl's callbacks (all run on the calling thread).
+struct CurlCall {
+  const Context* ctx = nullptr;
+  std::string_view pin;         // 20 bytes, or empty for "no pin"
+  bool pin_installed = false;   // the OpenSSL callback was put on the connection's SSL_CTX
+  bool pin_matched = false;     // the leaf certificate matched
+  bool pin_mismatch = false;    // a leaf certificate did not match
+  bool pin_unreadable = false;  // no leaf certificate or no digest
+  bool pin_unchecked = false;   // the request was about to go out without a match: refused
+  ContextStatus stopped = ContextStatus::ok;
+  HttpResponse response;
+  bool interim = false;         // inside a 1xx head (skipped)
+  bool body_started = false;    // header lines after this are trailers (ignored)
+  size_t header_bytes = 0;
+  bool headers_too_large = false;
+  bool body_too_large = false;
+
+  static int on_verify(X509_STORE_CTX* store, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    X509* leaf = X509_STORE_CTX_get0_cert(store);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    if (leaf == nullptr || X509_digest(leaf, EVP_sha1(), md, &len) != 1 || len != 20) {
+      call->pin_unreadable = true;
+      call->pin_matched = false;
+      X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+      return 0;
+    }
+    bool match = constant_time_equal(std::string_view(reinterpret_cast<const char*>(md), len), call->pin);
+    call->pin_matched = match;
+    if (!match) {
+      call->pin_mismatch = true;
+      X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+      return 0;
+    }
+    return 1;
+  }
+
+  static CURLcode on_ssl_ctx(CURL*, void* ssl_ctx, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    SSL_CTX* tls = static_cast<SSL_CTX*>(ssl_ctx);
+    if (tls == nullptr) return CURLE_SSL_CONNECT_ERROR;
+    // VERIFY_PEER makes a failed verification abort the handshake; the callback
+    // replaces chain building altogether, so only the pin decides.
+    SSL_CTX_set_verify(tls, SSL_VERIFY_PEER, nullptr);
+    SSL_CTX_set_cert_verify_callback(tls, &CurlCall::on_verify, arg);
+    call->pin_installed = true;
+    return CURLE_OK;
+  }
+
+#if LIBCURL_VERSION_NUM >= 0x075000
+  static int on_prereq(void* arg, char*, char*, int, int) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    if (!call->pin.empty() && !(call->pin_installed && call->pin_matched)) {
+      call->pin_unchecked = true;
+      return CURL_PREREQFUNC_ABORT;
+    }
+    ContextStatus status = context_status(*call->ctx);
+    if (status != ContextStatus::ok) {
+      call->stopped = status;
+      return CURL_PREREQFUNC_ABORT;
+    }
+    return CURL_PREREQFUNC_OK;
+  }
+#endif
+
+  static int on_progress(void* arg, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    ContextStatus status = context_status(*call->ctx);
+    if (status == ContextStatus::ok) return 0;
+    call->stopped = status;
+    return 1;
+  }
+
+  void header_line(std::string_view line) {
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
+    if (starts_with(line, "HTTP/")) {  // a new status line: a new head begins
+      size_t sp = line.find(' ');
+      int status = 0;
+      if (sp != std::string_view::npos && line.size() >= sp + 4) {
+        for (size_t i = sp + 1; i < sp + 4; ++i) {
+          char c = line[i];
+          if (c < '0' || c > '9') { status = 0; break; }
+          status = status * 10 + (c - '0');
+        }
+      }
+      response.headers.clear();
+      interim = status >= 100 && status < 200;
+      response.status = interim ? 0 : status;
+      return;
+    }
+    if (line.empty() || interim || body_started) return;
+    if (line.front() == ' ' || line.front() == '\t') {  // obsolete line folding
+      if (!response.headers.empty()) {
+        std::string& value = response.headers.back().second;
+        std::string_view more = trim(line);
+        if (!more.empty()) {
+          if (!value.empty()) value.push_back(' ');
+          value.append(more.data(), more.size());
+        }
+      }
+      return;
+    }
+    size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0) return;
+    response.headers.emplace_back(std::string(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
+  }
+
+  static size_t on_header(char* data, size_t size, size_t count, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    size_t n = size * count;
+    call->header_bytes += n;
+    if (call->header_bytes > static_cast<size_t>(MI_MAX_HEADER_BYTES)) {
+      call->headers_too_large = true;
+      return 0;  // aborts the transfer (CURLE_WRITE_ERROR)
+    }
+#if MI_DETAIL_EXCEPTIONS
+    try {
+      call->header_line(std::string_view(data, n));
+    } catch (...) {
+      return 0;
+    }
+#else
+    call->header_line(std::string_view(data, n));
+#endif
+    return n;
+  }
+
+  static size_t on_body(char* data, size_t size, size_t count, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    size_t n = size * count;
+    call->body_started = true;
+    if (n > static_cast<size_t>(MI_MAX_RESPONSE_BYTES) - call->response.body.size()) {
+      call->body_too_large = true;
+      return 0;
+    }
+#if MI_DETAIL_EXCEPTIONS
+    try {
+      call->response.body.append(data, n);
+    } catch (...) {
+      return 0;
+    }
+#else
+    call->response.body.append(data, n);
+#endif
+    return n;
+  }
+};
+
+struct CurlEasyDeleter {
+  void operator()(CURL* easy) const noexcept { curl_easy_cleanup(easy); }
+};
+struct CurlMultiDeleter {
+  void operator()(CURLM* multi) const noexcept { curl_multi_cleanup(multi); }
+};
+struct CurlSlistDeleter {
+  void operator()(curl_slist* list) const noexcept { curl_slist_free_all(list); }
+};
+// Removes the easy handle from the multi handle before either is cleaned up.
+struct CurlAttachment {
+  CURLM* multi = nullptr;
+  CURL* easy = nullptr;
+  ~CurlAttachment() {
+    if (multi != nullptr && easy != nullptr) curl_multi_remove_handle(multi, easy);
+  }
+};
+
+// With CURLOPT_NOSIGNAL libcurl leaves SIGPIPE alone, and a write to a connection the
+// peer closed can still raise it in corner cases (and in older libcurl, whose OpenSSL
+// backend wrote with plain write()). Block it in this thread only for the transfer and
+// swallow one that the transfer raised, as libpq does; the process-wide disposition is
+// never changed.
+class SigpipeGuard {
+ public:
+#if MI_DETAIL_WINDOWS
+  SigpipeGuard() {}  // no SIGPIPE on Windows
+#else
+  SigpipeGuard() {
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    active_ = pthread_sigmask(SIG_BLOCK, &pipe_set, &old_) == 0;
+    if (!active_) return;
+    sigset_t pending;
+    sigemptyset(&pending);
+    was_pending_ = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+  }
+  ~SigpipeGuard() {
+    if (!active_) return;
+    if (!was_pending_) {
+      sigset_t pending;
+      sigemptyset(&pending);
+      if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+        sigset_t pipe_set;
+        sigemptyset(&pipe_set);
+        sigaddset(&pipe_set, SIGPIPE);
+        int signal_number = 0;
+        sigwait(&pipe_set, &signal_number);  // pending, so it returns at once
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+#endif
+  SigpipeGuard(const SigpipeGuard&) = delete;
+  SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+
+#if !MI_DETAIL_WINDOWS
+ private:
+  sigset_t old_;
+  bool active_ = false;
+  bool was_pending_ = false;
+#endif
+};
+
+bool is_http_token(std::string_view s) noexcept {
+  if (s.empty()) return false;
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
+    if (!ok || c == 0) return false;
+  }
+  return true;
+}
+
+// curl's own message for errors whose text can only name the peer, never response bytes.
+std::string curl_detail(CURLcode code, const char* errbuf) {
+  std::string out = curl_easy_strerror(code);
+  bool safe_buffer = code == CURLE_COULDNT_RESOLVE_HOST || code == CURLE_COULDNT_CONNECT ||
+                     code == CURLE_OPERATION_TIMEDOUT || code == CURLE_SSL_CONNECT_ERROR ||
+                     code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CERTPROBLEM ||
+                     code == CURLE_SSL_CIPHER || code == CURLE_SSL_CACERT_BADFILE;
+  if (safe_buffer && errbuf != nullptr && errbuf[0] != '\0') {
+    std::string text;
+    for (const char* p = errbuf; *p != '\0' && text.size() < 240; ++p)
+      text.push_back(static_cast<unsigned char>(*p) < 0x20 || *p == 0x7f ? ' ' : *p);
+    text = std::string(trim(text));
+    if (!text.empty() && text != out) out += ": " + text;
+  }
+  return out;
+}
+
+Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, const char* errbuf) {
+  if (call.pin_mismatch)
+    return make_error(Errc::tls, "the Service Fabric endpoint's TLS certificate does not match IDENTITY_SERVER_THUMBPRINT");
+  if (call.pin_unreadable)
+    return make_error(Errc::tls,
+                      "the Service Fabric endpoint presented no usable TLS certificate to compare with "
+                      "IDENTITY_SERVER_THUMBPRINT");
+  if (call.pin_unchecked)
+    return make_error(Errc::tls,
+                      "the TLS connection to the Service Fabric endpoint was not verified against "
+                      "IDENTITY_SERVER_THUMBPRINT, so the request was not sent");
+  if (call.headers_too_large)
+    return make_error(Errc::invalid_response, "the HTTPS response head is larger than MI_MAX_HEADER_BYTES (" +
+                                                  std::to_string(MI_MAX_HEADER_BYTES) + " bytes)");
+  if (call.body_too_large || code == CURLE_FILESIZE_EXCEEDED)
+    return make_error(Errc::invalid_response, "the HTTPS response body is larger than MI_MAX_RESPONSE_BYTES (" +
+                                                  std::to_string(MI_MAX_RESPONSE_BYTES) + " bytes)");
+  if (call.stopped != ContextStatus::ok) return context_error(call.stopped, "waiting for the HTTPS endpoint");
+  ContextStatus status = context_status(ctx);
+  if (code == CURLE_ABORTED_BY_CALLBACK || code == CURLE_OPERATION_TIMEDOUT) {
+    if (status != ContextStatus::ok) return context_error(status, "waiting for the HTTPS endpoint");
+  }
+  std::string detail = " (libcurl: " + curl_detail(code, errbuf) + ")";
+  switch (code) {
+    case CURLE_OPERATION_TIMEDOUT:
+      return make_error(Errc::timeout, "the HTTPS request timed out" + detail +
+                                           "; check that the endpoint is reachable or allow more time (mi::WithTimeouts)");
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+      return make_error(Errc::network, "the HTTPS request to the endpoint failed" + detail);
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_USE_SSL_FAILED:
+      return make_error(Errc::tls, "the TLS handshake with the HTTPS endpoint failed" + detail);
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+      return make_error(Errc::invalid_argument, "the HTTPS endpoint URL was rejected" + detail);
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_WRITE_ERROR:
+      return make_error(Errc::invalid_response, "the HTTPS endpoint sent a response that is not valid HTTP" + detail);
+    default:
+      return make_error(Errc::network, "the HTTPS request failed" + detail);
+  }
+}
+
+long curl_millis(Millis value) noexcept {
+  const int64_t cap = 24LL * 24 * 3600 * 1000;  // fits a 32-bit long
+  int64_t ms = static_cast<int64_t>(value.count());
+  if (ms < 1) ms = 1;
+  if (ms > cap) ms = cap;
+  return static_cast<long>(ms);
+}
+
+}  // namespace curl_impl
+
+class CurlTransport final : public HttpClient {
+ public:
+  // pinned_sha1: 20 bytes (the normalised IDENTITY_SERVER_THUMBPRINT), or empty
+  // for "no pin" (then libcurl's normal verification applies).
+  CurlTransport(std::string pinned_sha1, Millis connect_timeout);
+  Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
+
+ private:
+  std::string pin_;
+  Millis connect_timeout_;
+  CURLcode init_ = CURLE_OK;
+  std::string backend_problem_;  // non-empty: pinning is impossible with this libcurl
+};
+
+CurlTransport::CurlTransport(std::string pinned_sha1, Millis connect_timeout)
+    : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout) {
+  init_ = curl_impl::curl_global();
+  if (!pin_.empty()) {
+    const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
+    const char* ssl_version = info != nullptr ? info->ssl_version : nullptr;
+    std::string why;
+    if (!curl_tls_backend_supports_pinning(ssl_version != nullptr ? ssl_version : "", OpenSSL_version_num(), why))
+      backend_problem_ = std::move(why);
+  }
+}
+
+Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& request) {
+  if (init_ != CURLE_OK)
+    return make_error(Errc::network, std::string("libcurl could not be initialised (curl_global_init: ") +
+                                         curl_easy_strerror(init_) + ")");
+  if (!pin_.empty() && pin_.size() != 20)
+    return make_error(Errc::invalid_argument, "the certificate pin must be the 20 bytes of a SHA-1 thumbprint");
+  if (!backend_problem_.empty()) return make_error(Errc::tls, backend_problem_);
+  if (!starts_with(ascii_lowercase(request.url.substr(0, 8)), "https://") || has_control_char(request.url))
+    return make_error(Errc::invalid_argument, "the libcurl transport only sends https:// requests with a well-formed URL");
+  if (!curl_impl::is_http_token(request.method))
+    return make_error(Errc::invalid_argument, "the HTTP method is not a valid token");
+  bool has_expect = false;
+  for (const auto& header : request.headers) {
+    if (!curl_impl::is_http_token(header.first))
+      return make_error(Errc::invalid_argument, "a request header name is not a valid HTTP token");
+    if (has_control_char(header.second))
+      return make_error(Errc::invalid_argument,
+                        "the value of request header " + header.first + " contains a control character");
+    if (iequals(header.first, "Expect")) has_expect = true;
+  }
+  ContextStatus status = context_status(ctx);
+  if (status != ContextStatus::ok) return context_error(status, "starting the HTTPS request");
+
+  curl_impl::SigpipeGuard sigpipe_guard;  // declared first, destroyed last: after every handle is cleaned up
+  curl_impl::CurlCall call;
+  call.ctx = &ctx;
+  call.pin = pin_;
+
+  std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(curl_easy_init());
+  std::unique_ptr<CURLM, curl_impl::CurlMultiDeleter> multi(curl_multi_init());
+  if (!easy || !multi) return make_error(Errc::network, "libcurl could not create a request handle (out of memory?)");
+  CURL* h = easy.get();
+
+  // Request headers; "Name;" is libcurl's way to send an empty value, "Expect:" stops 100-continue.
+  std::unique_ptr<curl_slist, curl_impl::CurlSlistDeleter> headers;
+  auto add_header = [&headers](const std::string& line) -> bool {
+    curl_slist* next = curl_slist_append(headers.get(), line.c_str());
+    if (next == nullptr) return false;
+    headers.release();
+    headers.reset(next);
+    return true;
+  };
+  for (const auto& header : request.headers) {
+    std::string_view value = trim(header.second);
+    if (!add_header(value.empty() ? header.first + ";" : header.first + ": " + std::string(value)))
+      return make_error(Errc::network, "libcurl could not store a request header (out of memory?)");
+  }
+  if (!request.body.empty() && !has_expect && !add_header("Expect:"))
+    return make_error(Errc::network, "libcurl could not store a request header (out of memory?)");
+
+  char errbuf[CURL_ERROR_SIZE];
+  errbuf[0] = '\0';
+  CURLcode rc = CURLE_OK;
+  auto set = [&rc](CURLcode r) {
+    if (rc == CURLE_OK) rc = r;
+  };
+  set(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf));
+  set(curl_easy_setopt(h, CURLOPT_URL, request.url.c_str()));
+#if LIBCURL_VERSION_NUM >= 0x075500
+  set(curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https"));
+  set(curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "https"));
+#else
+  set(curl_easy_setopt(h, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
+  set(curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
+#endif
+  set(curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L));
+  set(curl_easy_setopt(h, CURLOPT_PROXY, ""));
+  set(curl_easy_setopt(h, CURLOPT_NOPROXY, "*"));
+  set(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
+  set(curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1)));
+  set(curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L));
+  set(curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L));
+  set(curl_easy_setopt(h, CURLOPT_SSL_SESSIONID_CACHE, 0L));
+  set(curl_easy_setopt(h, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2)));
+  set(curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.get()));
+  set(curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(MI_MAX_RESPONSE_BYTES)));
+  set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &curl_impl::CurlCall::on_header));
+  set(curl_easy_setopt(h, CURLOPT_HEADERDATA, static_cast<void*>(&call)));
+  set(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &curl_impl::CurlCall::on_body));
+  set(curl_easy_setopt(h, CURLOPT_WRITEDATA, static_cast<void*>(&call)));
+  set(curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L));
+  set(curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &curl_impl::CurlCall::on_progress));
+  set(curl_easy_setopt(h, CURLOPT_XFERINFODATA, static_cast<void*>(&call)));
+#if LIBCURL_VERSION_NUM >= 0x075000
+  set(curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, &curl_impl::CurlCall::on_prereq));
+  set(curl_easy_setopt(h, CURLOPT_PREREQDATA, static_cast<void*>(&call)));
+#endif
+  if (iequals(request.method, "GET") && request.body.empty()) {
+    set(curl_easy_setopt(h, CURLOPT_HTTPGET, 1L));
+  } else if (iequals(request.method, "HEAD") && request.body.empty()) {
+    set(curl_easy_setopt(h, CURLOPT_NOBODY, 1L));
+  } else {
+    if (iequals(request.method, "POST") || !request.body.empty()) {
+      set(curl_easy_setopt(h, CURLOPT_POST, 1L));
+      set(curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size())));
+      set(curl_easy_setopt(h, CURLOPT_POSTFIELDS, request.body.c_str()));
+    }
+    if (!iequals(request.method, "POST")) set(curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, request.method.c_str()));
+  }
+  Millis left = time_left(ctx, Millis::max());
+  Millis connect = connect_timeout_ > Millis(0) && connect_timeout_ < left ? connect_timeout_ : left;
+  set(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, curl_impl::curl_millis(connect)));
+  if (left != Millis::max()) set(curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, curl_impl::curl_millis(left)));
+  if (pin_.empty()) {
+    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L));
+    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L));
+  } else {
+    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L));
+    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L));
+    set(curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, &curl_impl::CurlCall::on_ssl_ctx));
+    set(curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call)));
+  }
+  if (rc != CURLE_OK) {
+    if (!pin_.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
+      return make_error(Errc::tls,
+                        "this libcurl cannot install the certificate check Service Fabric needs; "
+                        "use libcurl built with OpenSSL");
+    return make_error(Errc::network, std::string("libcurl rejected an option: ") + curl_easy_strerror(rc));
+  }
+
+  curl_impl::CurlAttachment attachment;
+  if (curl_multi_add_handle(multi.get(), h) != CURLM_OK)
+    return make_error(Errc::network, "libcurl could not start the request");
+  attachment.multi = multi.get();
+  attachment.easy = h;
+
+  // Drive the transfer in short slices so a Cancel() or the deadline is seen promptly,
+  // whatever libcurl is blocked on (connect, handshake, response).
+  bool done = false;
+  CURLcode result = CURLE_OK;
+  for (;;) {
+    int running = 0;
+    CURLMcode mc = curl_multi_perform(multi.get(), &running);
+    if (mc != CURLM_OK)
+      return make_error(Errc::network, std::string("libcurl failed: ") + curl_multi_strerror(mc));
+    int queued = 0;
+    while (CURLMsg* msg = curl_multi_info_read(multi.get(), &queued)) {
+      if (msg->msg == CURLMSG_DONE && msg->easy_handle == h) {
+        result = msg->data.result;
+        done = true;
+      }
+    }
+    if (done) break;
+    if (running == 0) return make_error(Errc::network, "libcurl stopped the request without a result");
+    status = context_status(ctx);
+    if (status != ContextStatus::ok) {
+      call.stopped = status;
+      break;
+    }
+    int wait_ms = static_cast<int>(time_left(ctx, kContextSlice).count());
+    if (wait_ms < 1) wait_ms = 1;
+#if LIBCURL_VERSION_NUM >= 0x074200
+    mc = curl_multi_poll(multi.get(), nullptr, 0, wait_ms, nullptr);
+#else
+    int fds = 0;
+    mc = curl_multi_wait(multi.get(), nullptr, 0, wait_ms, &fds);
+    if (mc == CURLM_OK && fds == 0) std::this_thread::sleep_for(Millis(1));
+#endif
+    if (mc != CURLM_OK)
+      return make_error(Errc::network, std::string("libcurl failed: ") + curl_multi_strerror(mc));
+  }
+  if (!done) return context_error(call.stopped, "waiting for the HTTPS endpoint");
+  if (result != CURLE_OK) return curl_impl::curl_failure(result, call, ctx, errbuf);
+  if (!pin_.empty() && !(call.pin_installed && call.pin_matched))
+    return make_error(Errc::tls,
+                      "the TLS connection to the Service Fabric endpoint was not verified against "
+                      "IDENTITY_SERVER_THUMBPRINT");
+  long code = 0;
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+  if (code >= 100 && code <= 999) call.response.status = static_cast<int>(code);
+  if (call.response.status < 100 || call.response.status > 999)
+    return make_error(Errc::invalid_response, "the HTTPS endpoint's response has no valid status line");
+  return std::move(call.response);
+}
+
+#endif  // MI_USE_CURL
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
