@@ -122,13 +122,13 @@ std::string redact(std::string text, const std::vector<std::string>& secrets) {
   return text;
 }
 
-// A short, printable excerpt of a non-JSON error body (HTML from a proxy, plain text).
-std::string body_excerpt(std::string_view body) {
+// A printable excerpt of at most `limit` bytes: control characters become one space.
+std::string body_excerpt(std::string_view body, size_t limit) {
   std::string out;
   bool space = false;
   for (char ch : body) {
     unsigned char c = static_cast<unsigned char>(ch);
-    if (out.size() >= 160) {
+    if (out.size() >= limit) {
       out += "...";
       break;
     }
@@ -174,27 +174,32 @@ std::string status_hint(Source source, int status, bool json_body) {
   return "check the resource and the identity";
 }
 
+// Text from the endpoint made safe for a message: control characters folded to
+// spaces, secrets replaced, length capped (a hostile endpoint may send megabytes).
+std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
+  return body_excerpt(redact(std::string(text), secrets), 512);
+}
+
 Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
                         const std::vector<std::string>& secrets) {
   ErrorBody details = parse_error_body(response.body);
-  JsonValue ignored;
-  std::string json_error;
-  bool json_body = parse_json(response.body, ignored, json_error);
+  std::string code = endpoint_text(details.code, secrets);
+  std::string description = endpoint_text(details.description, secrets);
   std::string message = std::string(source_label(st.source)) + " answered HTTP " + std::to_string(response.status);
-  if (!details.code.empty() || !details.description.empty()) {
-    message += " (" + details.code;
-    if (!details.code.empty() && !details.description.empty()) message += ": ";
-    message += details.description + ")";
-  } else if (!json_body && !trim(response.body).empty()) {
-    message += " (\"" + body_excerpt(response.body) + "\")";
+  if (!code.empty() || !description.empty()) {
+    message += " (" + code;
+    if (!code.empty() && !description.empty()) message += ": ";
+    message += description + ")";
+  } else if (!details.json && !trim(response.body).empty()) {
+    message += " (\"" + endpoint_text(response.body, secrets) + "\")";
   }
   if (attempts > 1) message += " after " + std::to_string(attempts) + " attempts";
-  message += "; " + status_hint(st.source, response.status, json_body);
+  message += "; " + status_hint(st.source, response.status, details.json);
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
   ErrorAccess::set_retryable(e, retryable_status(st.source, response.status));
-  ErrorAccess::set_server_details(e, redact(details.code, secrets), redact(details.description, secrets),
-                                  redact(details.correlation_id, secrets));
+  ErrorAccess::set_server_details(e, std::move(code), std::move(description),
+                                  endpoint_text(details.correlation_id, secrets));
   return e;
 }
 

@@ -17,6 +17,7 @@ struct TokenResponse {
 
 struct ErrorBody {
   std::string code, description, correlation_id;
+  bool json = false;  // the body was a JSON document (of any shape)
 };
 
 // The latest instant (in seconds since the epoch) accepted anywhere: 9999-12-31T23:59:59Z,
@@ -273,7 +274,9 @@ ErrorBody parse_error_body(std::string_view body) {
   JsonValue root;
   std::string why;
   size_t at = 0;
-  if (!parse_json(body, root, why, at) || !root.is_object()) return out;
+  if (!parse_json(body, root, why, at)) return out;
+  out.json = true;
+  if (!root.is_object()) return out;
   auto text = [](const JsonValue* v) -> std::string { return v != nullptr && v->is_string() ? v->text : std::string(); };
   auto code = [](const JsonValue* v) -> std::string {
     return v != nullptr && (v->is_string() || v->is_number()) ? v->text : std::string();

@@ -756,3 +756,17 @@ TEST_CASE("logs never contain the token") {
   REQUIRE_FALSE(logs->empty());
   for (const auto& line : *logs) CHECK(line.find(token->access_token) == std::string::npos);
 }
+
+TEST_CASE("endpoint text in errors is made printable and capped") {
+  std::string huge(100000, 'd');
+  ImdsFixture fx([huge](const Request&, support::TokenMint&) {
+    return Reply::http(400, "{\"error\":\"bad\\r\\nline\",\"error_description\":\"" + huge + "\"}");
+  });
+  auto client = mi::New(mi::SystemAssigned());
+  auto token = client->AcquireToken(mi::Context::Background(), "https://sanitized");
+  REQUIRE_FALSE(token);
+  CHECK(token.error().error_code() == "bad line");
+  CHECK(token.error().error_description().size() < 600);
+  CHECK(token.error().message().size() < 2000);
+  for (char c : token.error().message()) CHECK(static_cast<unsigned char>(c) >= 0x20);
+}
