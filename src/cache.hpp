@@ -2,8 +2,10 @@
 // client, keyed by source, ID kind, ID value and resource (both compared
 // case-insensitively). It also coordinates the two ways callers share work:
 // one proactive refresh per entry, and one request per concurrent miss
-// ("flights"). A hit takes a shared lock and copies the token; nothing on that
-// path allocates except the copy the caller returns.
+// ("flights"). A hit is served from a small per-thread copy of the entry,
+// valid while the cache's generation counter has not moved, so it takes no lock
+// and writes no shared memory: it scales with threads, and it allocates only
+// the strings the caller gets back.
 
 namespace mi {
 inline namespace v1 {
@@ -44,14 +46,26 @@ class TokenCache {
 
   enum class Hit { miss, fresh, refresh };
 
-  // A usable token (expiring more than 5 minutes after `now`) is copied to `out`.
-  // `refresh` means it is past its refresh time and this caller won the right to
-  // refresh it; it must call end_refresh(key) afterwards.
-  Hit find(const CacheKey& key, SysClock::time_point now, CachedToken& out) {
+  // A usable token (expiring more than 5 minutes after `now`) is copied into `out`
+  // (access_token, token_type, expires_on, refresh_on). `refresh` means it is past
+  // its refresh time and this caller won the right to refresh it; it must call
+  // end_refresh(key) afterwards.
+  Hit find(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
+    const uint64_t generation = generation_.load(std::memory_order_acquire);
+    for (LocalCopy& local : local_copies()) {
+      if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
+      const CachedToken& t = local.token;
+      if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
+      if (t.refresh_on != SysClock::time_point() && now >= t.refresh_on) break;  // claim under the lock
+      copy_to(t, out);
+      return Hit::fresh;
+    }
     std::shared_lock<std::shared_mutex> lock(mutex_);
     Entry* entry = lookup(key, hash(key));
-    if (entry == nullptr || entry->token.expires_on <= now + kExpiryMargin) return Hit::miss;
-    out = entry->token;
+    if (entry == nullptr) return Hit::miss;
+    remember(generation, *entry);
+    if (entry->token.expires_on <= now + kExpiryMargin) return Hit::miss;
+    copy_to(entry->token, out);
     if (entry->token.refresh_on != SysClock::time_point() && now >= entry->token.refresh_on) {
       bool expected = false;
       if (entry->refreshing.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) return Hit::refresh;
@@ -89,13 +103,14 @@ class TokenCache {
       entry->hash = h;
     }
     entry->token = token;
+    generation_.fetch_add(1, std::memory_order_release);
     return true;
   }
 
   // Joins the flight for `key` or, when there is none and no usable token was
   // stored meanwhile, starts one (leader = true). With a usable token, returns
   // nullptr and fills `out`.
-  std::shared_ptr<Flight> join_or_lead(const CacheKey& key, SysClock::time_point now, bool& leader, CachedToken& out) {
+  std::shared_ptr<Flight> join_or_lead(const CacheKey& key, SysClock::time_point now, bool& leader, AuthResult& out) {
     std::lock_guard<std::mutex> lock(flights_mutex_);
     // Leaders store before they land, so this re-check closes the miss/land race.
     if (find_usable(key, now, out)) return nullptr;
@@ -140,6 +155,7 @@ class TokenCache {
   void clear() {
     std::unique_lock<std::shared_mutex> lock(mutex_);
     entries_.clear();
+    generation_.fetch_add(1, std::memory_order_release);
   }
 
   size_t size() const {
@@ -156,6 +172,48 @@ class TokenCache {
     CachedToken token;
     std::atomic<bool> refreshing{false};
   };
+  // A thread's copy of an entry, valid only while generation_ has not moved.
+  struct LocalCopy {
+    uint64_t generation = 0;
+    Source source = Source::DefaultToIMDS;
+    IDKind kind = IDKind::SystemAssigned;
+    std::string id, resource;
+    CachedToken token;
+  };
+  static constexpr size_t kLocalCopies = 8;
+
+  static std::vector<LocalCopy>& local_copies() {
+    static thread_local std::vector<LocalCopy> copies;
+    return copies;
+  }
+
+  // Keeps a per-thread copy of `entry` stamped with the generation read before the
+  // lookup: if a store raced with us, the stamp is already stale and the copy unused.
+  static void remember(uint64_t generation, const Entry& entry) {
+    std::vector<LocalCopy>& copies = local_copies();
+    LocalCopy* slot = nullptr;
+    for (LocalCopy& c : copies)
+      if (c.source == entry.source && c.kind == entry.kind && c.id == entry.id && c.resource == entry.resource) slot = &c;
+    if (slot == nullptr) {
+      if (copies.size() >= kLocalCopies) copies.erase(copies.begin());
+      copies.emplace_back();
+      slot = &copies.back();
+      slot->source = entry.source;
+      slot->kind = entry.kind;
+      slot->id = entry.id;
+      slot->resource = entry.resource;
+    }
+    slot->generation = generation;
+    slot->token = entry.token;
+  }
+
+  static void copy_to(const CachedToken& token, AuthResult& out) {
+    out.access_token = token.access_token;
+    out.token_type = token.token_type;
+    out.expires_on = token.expires_on;
+    out.refresh_on = token.refresh_on;
+  }
+
   struct FlightSlot {
     Source source = Source::DefaultToIMDS;
     IDKind kind = IDKind::SystemAssigned;
@@ -190,16 +248,17 @@ class TokenCache {
     return nullptr;
   }
 
-  bool find_usable(const CacheKey& key, SysClock::time_point now, CachedToken& out) {
+  bool find_usable(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
     std::shared_lock<std::shared_mutex> lock(mutex_);
     Entry* entry = lookup(key, hash(key));
     if (entry == nullptr || entry->token.expires_on <= now + kExpiryMargin) return false;
-    out = entry->token;
+    copy_to(entry->token, out);
     return true;
   }
 
   mutable std::shared_mutex mutex_;
   std::vector<std::unique_ptr<Entry>> entries_;
+  std::atomic<uint64_t> generation_{1};  // moves on every store and clear
   std::mutex flights_mutex_;
   std::vector<FlightSlot> flights_;
 };

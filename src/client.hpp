@@ -286,11 +286,11 @@ Error finish_error(const ClientState& st, Error e, const std::string& request_id
 // Fetches a token from the endpoint (no cache read). `cached` is the token cached for this
 // key, if any (Service Fabric's revocation hash with claims).
 Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::string_view resource,
-                               const AcquireConfig& options, const CachedToken* cached) {
+                               const AcquireConfig& options, const std::string* cached_token) {
   RequestExtras extras;
   if (st.source == Source::DefaultToIMDS) extras.request_id = uuid4();
   if (st.source == Source::ServiceFabric) {
-    if (!options.claims.empty() && cached != nullptr) extras.token_sha256 = sha256_hex(cached->access_token);
+    if (!options.claims.empty() && cached_token != nullptr) extras.token_sha256 = sha256_hex(*cached_token);
     extras.capabilities = st.config.capabilities;
   }
   BuiltRequest built;
@@ -358,17 +358,6 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   return result;
 }
 
-AuthResult from_cache(const CachedToken& token, std::string_view resource) {
-  AuthResult result;
-  result.access_token = token.access_token;
-  result.token_type = token.token_type;
-  result.resource.assign(resource);
-  result.expires_on = token.expires_on;
-  result.refresh_on = token.refresh_on;
-  result.token_source = TokenSource::Cache;
-  return result;
-}
-
 void store_token(const ClientState& st, const CacheKey& key, const AuthResult& result) {
   CachedToken token;
   token.access_token = result.access_token;
@@ -395,23 +384,27 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
   if (!options.claims.empty()) {
     CachedToken cached;
     bool have = cache.peek(key, cached);
-    Result<AuthResult> result = fetch_token(st, ctx, resource, options, have ? &cached : nullptr);
+    Result<AuthResult> result = fetch_token(st, ctx, resource, options, have ? &cached.access_token : nullptr);
     if (result) store_token(st, key, *result);
     return result;
   }
 
-  CachedToken cached;
+  AuthResult cached;
+  cached.token_source = TokenSource::Cache;
   switch (cache.find(key, st.now(), cached)) {
-    case TokenCache::Hit::fresh: return from_cache(cached, resource);
+    case TokenCache::Hit::fresh:
+      cached.resource.assign(resource);
+      return Result<AuthResult>(std::move(cached));
     case TokenCache::Hit::refresh: {
       // This caller refreshes; the others keep getting the cached token meanwhile.
-      Result<AuthResult> result = fetch_token(st, ctx, resource, options, &cached);
+      Result<AuthResult> result = fetch_token(st, ctx, resource, options, &cached.access_token);
       if (result) store_token(st, key, *result);
       cache.end_refresh(key);
       if (result) return result;
       st.log(LogLevel::Warning, "proactive token refresh failed, using the cached token until it expires: " +
                                     result.error().message());
-      return from_cache(cached, resource);
+      cached.resource.assign(resource);
+      return Result<AuthResult>(std::move(cached));
     }
     case TokenCache::Hit::miss: break;
   }
@@ -420,7 +413,10 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
   for (;;) {
     bool leader = false;
     std::shared_ptr<Flight> flight = cache.join_or_lead(key, st.now(), leader, cached);
-    if (!flight) return from_cache(cached, resource);
+    if (!flight) {
+      cached.resource.assign(resource);
+      return Result<AuthResult>(std::move(cached));
+    }
     if (leader) {
       Result<AuthResult> result = fetch_token(st, ctx, resource, options, nullptr);
       if (result) store_token(st, key, *result);

@@ -39,6 +39,7 @@ inline std::string ascii_lowercase(std::string_view s) {
 
 inline bool iequals(std::string_view a, std::string_view b) noexcept {
   if (a.size() != b.size()) return false;
+  if (a == b) return true;  // the common case (same spelling), a vectorised compare
   for (size_t i = 0; i < a.size(); ++i)
     if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
   return true;
