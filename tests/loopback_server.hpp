@@ -7,6 +7,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -236,7 +238,7 @@ class Server {
       pos = e + 2;
     }
     size_t length = 0;
-    if (req.has_header("Content-Length")) length = std::stoul(req.header("Content-Length"));
+    if (req.has_header("Content-Length")) length = std::strtoul(req.header("Content-Length").c_str(), nullptr, 10);
     std::string body = data.substr(head_end + 4);
     while (body.size() < length) {
       if (!wait_readable(s)) return false;
@@ -264,12 +266,28 @@ class Server {
     return false;
   }
 
+  // Gives up when the server stops or the client has not read for 10 s, so stop() never hangs.
   void send_all(testsrv_socket s, const char* data, size_t n) {
-    while (n > 0) {
+    auto idle_since = std::chrono::steady_clock::now();
+    while (n > 0 && !stopping_) {
 #if defined(_WIN32)
-      int sent = ::send(s, data, static_cast<int>(n), 0);
+      WSAPOLLFD p{s, POLLWRNORM, 0};
+      int r = WSAPoll(&p, 1, 20);
 #else
-      long sent = ::send(s, data, n, MSG_NOSIGNAL);
+      pollfd p{s, POLLOUT, 0};
+      int r = ::poll(&p, 1, 20);
+#endif
+      if (r < 0) return;
+      if (r == 0) {
+        if (std::chrono::steady_clock::now() - idle_since > std::chrono::seconds(10)) return;
+        continue;
+      }
+      idle_since = std::chrono::steady_clock::now();
+      size_t chunk = n < 16384 ? n : 16384;  // small enough not to block after POLLOUT
+#if defined(_WIN32)
+      int sent = ::send(s, data, static_cast<int>(chunk), 0);
+#else
+      long sent = ::send(s, data, chunk, MSG_NOSIGNAL);
 #endif
       if (sent <= 0) return;
       data += sent;

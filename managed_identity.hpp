@@ -1,0 +1,4676 @@
+// managed_identity.hpp -- GENERATED FILE, DO NOT EDIT.
+// Built by amalgamate.py from the parts in src/; edit those and run
+// `python3 amalgamate.py`. Each part starts at a `// ---- src/<part> ----` line.
+
+// ---- src/header_top.hpp ----
+// SPDX-License-Identifier: MIT
+//
+// managed_identity.hpp -- Azure managed identity tokens for C++17, in one header.
+//
+// Gets OAuth access tokens for the managed identity of the Azure resource the
+// program runs on (VM, App Service, Functions, Arc server, Cloud Shell, Service
+// Fabric, Azure ML), with no secret in the program. Mirrors MSAL for Go's
+// `apps/managedidentity` package.
+//
+// USING THE HEADER
+//   In exactly ONE .cpp file of the program (never in a header):
+//       #define MI_IMPLEMENTATION
+//       #include "managed_identity.hpp"
+//   Everywhere else just #include "managed_identity.hpp" for the declarations.
+//   With CMake, link mi::managed_identity_impl instead and define nothing.
+//
+// QUICK START
+//   auto client = mi::New(mi::SystemAssigned());   // or mi::UserAssignedClientID("...")
+//   if (!client) { puts(client.error().message().c_str()); return 1; }
+//   auto token = client->AcquireToken(mi::Context::Background(),
+//                                     "https://vault.azure.net");
+//   if (!token) { puts(token.error().message().c_str()); return 1; }
+//   send_with_header("Authorization: Bearer " + token->access_token);
+//   // Tokens are cached process-wide and refreshed before they expire:
+//   // call AcquireToken before every use, it is cheap on a cache hit.
+//
+// CONFIGURATION (every macro has a default; "all TUs" = must be identical in
+// every translation unit that includes the header, "impl TU" = only matters in
+// the one that defines MI_IMPLEMENTATION)
+//   MI_IMPLEMENTATION        impl TU   compile the implementation here
+//   MI_NO_EXCEPTIONS         all TUs   never throw (auto-detected from -fno-exceptions);
+//                                      Result::value() on an error then aborts
+//   MI_USE_CURL              impl TU   HTTPS through libcurl (needed by Service Fabric);
+//                                      libcurl must use OpenSSL; link -lcurl -lssl -lcrypto
+//   MI_MAX_RESPONSE_BYTES    impl TU   largest accepted response body (1 MiB)
+//   MI_MAX_HEADER_BYTES      impl TU   largest accepted response head (64 KiB)
+//   MI_AZURE_ARC_TOKEN_DIR   impl TU   directory the Arc key file must be in
+//                                      (platform default; for tests)
+//   MI_AZURE_ARC_HIMDS_PATH  impl TU   file whose presence means "Arc agent installed"
+//                                      (platform default; for tests)
+//
+// TRANSPORTS
+//   http:// endpoints (IMDS, App Service, Arc, Cloud Shell, Azure ML) use a small
+//   HTTP/1.1 client over POSIX or WinSock sockets: no proxy, no redirects, bounded
+//   sizes and times. https:// (Service Fabric) needs MI_USE_CURL. Any transport
+//   can be replaced with mi::WithHTTPClient(std::shared_ptr<mi::HttpClient>).
+//
+// SOURCES (detected from the environment by mi::GetSource(), once per client)
+//   AppService     IDENTITY_ENDPOINT + IDENTITY_HEADER
+//   ServiceFabric  IDENTITY_ENDPOINT + IDENTITY_HEADER + IDENTITY_SERVER_THUMBPRINT
+//   AzureML        MSI_ENDPOINT + MSI_SECRET (+ DEFAULT_IDENTITY_CLIENT_ID)
+//   CloudShell     MSI_ENDPOINT
+//   AzureArc       IDENTITY_ENDPOINT + IMDS_ENDPOINT, or the Arc agent installed
+//   DefaultToIMDS  otherwise; AZURE_POD_IDENTITY_AUTHORITY_HOST overrides the host
+//
+// THREAD SAFETY
+//   mi::Client, mi::Context and the token cache may be used from any number of
+//   threads. Concurrent cache misses for one token make one request.
+//
+// ERRORS AND LOGGING
+//   Nothing throws. Calls return mi::Result<T>; on failure .error() is an
+//   mi::Error with a code (mi::Errc), a message saying what to fix, the HTTP
+//   status, the endpoint's error code, description and correlation id.
+//   mi::WithLogger receives diagnostics. Neither ever contains a token or secret.
+//
+// SECURITY NOTES
+//   Checked: Service Fabric's server certificate is pinned to
+//   IDENTITY_SERVER_THUMBPRINT during the handshake; Arc key files must be
+//   regular files of at most 4096 bytes in the agent's token directory; every
+//   value put in a URL is percent-encoded; response sizes are bounded.
+//   Not checked: that a plain-http metadata endpoint is genuine (nothing can be).
+//
+// LICENSE: MIT. Copyright (c) 2026 the managed_identity.hpp authors.
+
+#ifndef MI_MANAGED_IDENTITY_HPP
+#define MI_MANAGED_IDENTITY_HPP
+
+#define MI_VERSION_MAJOR 0
+#define MI_VERSION_MINOR 1
+#define MI_VERSION_PATCH 0
+#define MI_VERSION_STRING "0.1.0"
+
+// ---- configuration block -------------------------------------------------
+
+#ifndef MI_MAX_RESPONSE_BYTES
+#define MI_MAX_RESPONSE_BYTES (1024 * 1024)
+#endif
+#ifndef MI_MAX_HEADER_BYTES
+#define MI_MAX_HEADER_BYTES (64 * 1024)
+#endif
+#if (MI_MAX_RESPONSE_BYTES) < 1024 || (MI_MAX_HEADER_BYTES) < 1024
+#error "MI_MAX_RESPONSE_BYTES and MI_MAX_HEADER_BYTES must be at least 1024: token responses are larger"
+#endif
+
+// Exceptions: on unless the compiler has them off or MI_NO_EXCEPTIONS is defined.
+#if defined(MI_NO_EXCEPTIONS) || !(defined(__cpp_exceptions) || defined(__EXCEPTIONS) || defined(_CPPUNWIND))
+#define MI_DETAIL_EXCEPTIONS 0
+#else
+#define MI_DETAIL_EXCEPTIONS 1
+#endif
+
+#if defined(_MSVC_LANG)
+#define MI_DETAIL_CPLUSPLUS _MSVC_LANG
+#else
+#define MI_DETAIL_CPLUSPLUS __cplusplus
+#endif
+#if MI_DETAIL_CPLUSPLUS < 201703L
+#error "managed_identity.hpp needs C++17 or later (use -std=c++17 or /std:c++17)"
+#endif
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <new>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+#if MI_DETAIL_EXCEPTIONS
+#include <exception>
+#endif
+
+// ---- src/api.hpp ----
+// The public API (../shared/spec/API.md). Everything here is OS-free; state of
+// the heavier classes sits behind pointers so no macro changes a public layout.
+
+namespace mi {
+inline namespace v1 {
+
+namespace detail {
+struct ContextState;
+struct ClientState;
+struct ClientConfig;
+struct AcquireConfig;
+struct ErrorAccess;
+}  // namespace detail
+
+// ---- identities ------------------------------------------------------------
+
+enum class IDKind { SystemAssigned, ClientID, ObjectID, ResourceID };
+
+class ID {
+ public:
+  ID() = default;  // system-assigned
+  IDKind kind() const noexcept { return kind_; }
+  const std::string& value() const noexcept { return value_; }  // empty for system-assigned
+
+ private:
+  ID(IDKind kind, std::string value) : kind_(kind), value_(std::move(value)) {}
+  friend ID UserAssignedClientID(std::string);
+  friend ID UserAssignedObjectID(std::string);
+  friend ID UserAssignedResourceID(std::string);
+  IDKind kind_ = IDKind::SystemAssigned;
+  std::string value_;
+};
+
+inline ID SystemAssigned() { return ID(); }
+inline ID UserAssignedClientID(std::string client_id) { return ID(IDKind::ClientID, std::move(client_id)); }
+inline ID UserAssignedObjectID(std::string object_id) { return ID(IDKind::ObjectID, std::move(object_id)); }
+inline ID UserAssignedResourceID(std::string resource_id) {
+  return ID(IDKind::ResourceID, std::move(resource_id));
+}
+
+// ---- sources ---------------------------------------------------------------
+
+enum class Source { DefaultToIMDS, AppService, AzureArc, CloudShell, ServiceFabric, AzureML };
+
+inline std::string_view to_string(Source source) noexcept {
+  switch (source) {
+    case Source::DefaultToIMDS: return "DefaultToIMDS";
+    case Source::AppService: return "AppService";
+    case Source::AzureArc: return "AzureArc";
+    case Source::CloudShell: return "CloudShell";
+    case Source::ServiceFabric: return "ServiceFabric";
+    case Source::AzureML: return "AzureML";
+  }
+  return "Unknown";
+}
+
+// Reads the environment (and, for Azure Arc, whether the agent is installed).
+// No network I/O; an empty variable counts as unset.
+Source GetSource();
+
+enum class TokenSource { IdentityProvider, Cache };
+enum class LogLevel { Error, Warning, Info, Verbose };
+
+// ---- errors ----------------------------------------------------------------
+
+enum class Errc {
+  invalid_argument,        // empty ID, malformed endpoint URL, control character in env input
+  unsupported_identity,    // the source cannot take this kind of user-assigned ID
+  network,                 // resolve/connect/send/receive failed, or the peer closed early
+  timeout,                 // per-attempt timeout or the context's deadline passed
+  canceled,                // the context was canceled
+  http_status,             // the endpoint's final answer was not a success
+  invalid_response,        // not HTTP/1.x, too large, or an unusable success body
+  arc_challenge,           // the Azure Arc challenge failed or the identity was not confirmed
+  tls,                     // handshake or thumbprint failure, or HTTPS not compiled in
+  platform_not_supported,  // e.g. Azure Arc on an OS other than Linux or Windows
+};
+
+inline std::string_view to_string(Errc code) noexcept {
+  switch (code) {
+    case Errc::invalid_argument: return "invalid_argument";
+    case Errc::unsupported_identity: return "unsupported_identity";
+    case Errc::network: return "network";
+    case Errc::timeout: return "timeout";
+    case Errc::canceled: return "canceled";
+    case Errc::http_status: return "http_status";
+    case Errc::invalid_response: return "invalid_response";
+    case Errc::arc_challenge: return "arc_challenge";
+    case Errc::tls: return "tls";
+    case Errc::platform_not_supported: return "platform_not_supported";
+  }
+  return "unknown";
+}
+
+class Error {
+ public:
+  Error(Errc code, std::string message) : code_(code), message_(std::move(message)) {}
+  Errc code() const noexcept { return code_; }
+  const std::string& message() const noexcept { return message_; }  // actionable; no token or secret
+  int status_code() const noexcept { return status_code_; }          // HTTP status, 0 when none
+  const std::string& error_code() const noexcept { return error_code_; }
+  const std::string& error_description() const noexcept { return error_description_; }
+  const std::string& correlation_id() const noexcept { return correlation_id_; }
+  Source source() const noexcept { return source_; }
+  bool retryable() const noexcept { return retryable_; }
+
+ private:
+  friend struct detail::ErrorAccess;
+  Errc code_;
+  std::string message_;
+  int status_code_ = 0;
+  std::string error_code_;
+  std::string error_description_;
+  std::string correlation_id_;
+  Source source_ = Source::DefaultToIMDS;
+  bool retryable_ = false;
+};
+
+#if MI_DETAIL_EXCEPTIONS
+// Thrown by Result<T>::value() on a failed result (only when exceptions are on).
+class Exception : public std::exception {
+ public:
+  explicit Exception(Error error) : error_(std::move(error)) {}
+  const Error& error() const noexcept { return error_; }
+  const char* what() const noexcept override { return error_.message().c_str(); }
+
+ private:
+  Error error_;
+};
+#endif
+
+namespace detail {
+[[noreturn]] inline void bad_result_access(const Error& error) {
+#if MI_DETAIL_EXCEPTIONS
+  throw Exception(error);
+#else
+  std::fprintf(stderr, "mi::Result::value() called on an error result: %s\n", error.message().c_str());
+  std::abort();
+#endif
+}
+[[noreturn]] inline void bad_error_access() {
+  std::fprintf(stderr, "mi::Result::error() called on a successful result\n");
+  std::abort();
+}
+}  // namespace detail
+
+// A value or an Error, like std::expected<T, Error>.
+template <class T>
+class Result {
+ public:
+  Result(T value) : ok_(true) { ::new (static_cast<void*>(&value_)) T(std::move(value)); }  // NOLINT
+  Result(Error error) : ok_(false) { ::new (static_cast<void*>(&error_)) Error(std::move(error)); }  // NOLINT
+  Result(const Result& other) : ok_(other.ok_) {
+    if (ok_) ::new (static_cast<void*>(&value_)) T(other.value_);
+    else ::new (static_cast<void*>(&error_)) Error(other.error_);
+  }
+  Result(Result&& other) noexcept(std::is_nothrow_move_constructible<T>::value) : ok_(other.ok_) {
+    if (ok_) ::new (static_cast<void*>(&value_)) T(std::move(other.value_));
+    else ::new (static_cast<void*>(&error_)) Error(std::move(other.error_));
+  }
+  Result& operator=(const Result& other) {
+    if (this != &other) { Result copy(other); destroy(); construct_from(std::move(copy)); }
+    return *this;
+  }
+  Result& operator=(Result&& other) noexcept(std::is_nothrow_move_constructible<T>::value) {
+    if (this != &other) { destroy(); construct_from(std::move(other)); }
+    return *this;
+  }
+  ~Result() { destroy(); }
+
+  explicit operator bool() const noexcept { return ok_; }
+  bool ok() const noexcept { return ok_; }
+
+  T& value() & { check(); return value_; }
+  const T& value() const& { check(); return value_; }
+  T&& value() && { check(); return std::move(value_); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  const Error& error() const {  // precondition: !ok()
+    if (ok_) detail::bad_error_access();
+    return error_;
+  }
+
+ private:
+  void check() const { if (!ok_) detail::bad_result_access(error_); }
+  void destroy() noexcept {
+    if (ok_) value_.~T();
+    else error_.~Error();
+  }
+  void construct_from(Result&& other) {
+    ok_ = other.ok_;
+    if (ok_) ::new (static_cast<void*>(&value_)) T(std::move(other.value_));
+    else ::new (static_cast<void*>(&error_)) Error(std::move(other.error_));
+  }
+  union {
+    T value_;
+    Error error_;
+  };
+  bool ok_;
+};
+
+// ---- tokens ----------------------------------------------------------------
+
+struct AuthResult {
+  std::string access_token;
+  std::string token_type;                              // "Bearer" when the endpoint omits it
+  std::string resource;                                // the requested resource, /.default trimmed
+  std::chrono::system_clock::time_point expires_on;
+  std::chrono::system_clock::time_point refresh_on;    // epoch when there is none
+  TokenSource token_source = TokenSource::IdentityProvider;
+};
+
+// ---- context: deadline and cancellation -------------------------------------
+
+class Context {
+ public:
+  Context() = default;  // same as Background()
+  static Context Background() { return Context(); }
+  Context WithTimeout(std::chrono::milliseconds timeout) const;
+  Context WithDeadline(std::chrono::steady_clock::time_point deadline) const;
+  Context WithCancel() const;
+  void Cancel() const;  // cancels this context and its descendants; no effect on Background()
+
+  // Extras: the earliest deadline of this context and its ancestors
+  // (steady_clock::time_point::max() when none), and whether it was canceled.
+  std::chrono::steady_clock::time_point deadline() const noexcept;
+  bool canceled() const noexcept;
+  bool expired() const noexcept;  // the deadline has passed
+
+ private:
+  explicit Context(std::shared_ptr<detail::ContextState> state) : state_(std::move(state)) {}
+  friend struct detail::ContextState;
+  std::shared_ptr<detail::ContextState> state_;
+};
+
+// ---- HTTP transport seam ----------------------------------------------------
+
+struct HttpRequest {
+  std::string method, url;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+struct HttpResponse {
+  int status = 0;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+class HttpClient {
+ public:
+  virtual ~HttpClient() = default;
+  // Sends one request; never follows redirects. Transport failures are errors
+  // (network, timeout, canceled, tls, invalid_response); any status is a value.
+  virtual Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) = 0;
+};
+
+// ---- options -----------------------------------------------------------------
+
+class ClientOption {
+ public:
+  explicit ClientOption(std::function<void(detail::ClientConfig&)> apply) : apply_(std::move(apply)) {}
+  void apply(detail::ClientConfig& config) const { if (apply_) apply_(config); }
+
+ private:
+  std::function<void(detail::ClientConfig&)> apply_;
+};
+
+class AcquireTokenOption {
+ public:
+  explicit AcquireTokenOption(std::function<void(detail::AcquireConfig&)> apply) : apply_(std::move(apply)) {}
+  void apply(detail::AcquireConfig& config) const { if (apply_) apply_(config); }
+
+ private:
+  std::function<void(detail::AcquireConfig&)> apply_;
+};
+
+ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client);
+ClientOption WithRetryPolicyDisabled();
+ClientOption WithClientCapabilities(std::vector<std::string> capabilities);
+ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger);
+AcquireTokenOption WithClaims(std::string claims);
+
+// Extra options (beyond API.md).
+// Retries after the first attempt; the source's default when not given (IMDS 3, others 3).
+ClientOption WithMaxRetries(int retries);
+// Connect timeout and whole-attempt timeout of each request (defaults 5 s and 30 s).
+ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt);
+// Test hooks: the wall clock used for expiry and refresh times, and the function
+// that waits between retries (it receives the wait; the library has already made
+// sure the wait ends before the context's deadline).
+ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now);
+ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep);
+
+// ---- the client ----------------------------------------------------------------
+
+class Client {
+ public:
+  Result<AuthResult> AcquireToken(const Context& ctx, std::string_view resource) const;
+  Result<AuthResult> AcquireToken(const Context& ctx, std::string_view resource,
+                                  const std::vector<AcquireTokenOption>& options) const;
+  template <class First, class... Rest,
+            class = typename std::enable_if<std::is_convertible<First, AcquireTokenOption>::value>::type>
+  Result<AuthResult> AcquireToken(const Context& ctx, std::string_view resource, First&& first,
+                                  Rest&&... rest) const {
+    return AcquireToken(ctx, resource,
+                        std::vector<AcquireTokenOption>{AcquireTokenOption(std::forward<First>(first)),
+                                                        AcquireTokenOption(std::forward<Rest>(rest))...});
+  }
+  Source source() const noexcept;
+  const ID& id() const noexcept;
+
+ private:
+  explicit Client(std::shared_ptr<detail::ClientState> state) : state_(std::move(state)) {}
+  friend struct detail::ClientState;
+  std::shared_ptr<detail::ClientState> state_;
+};
+
+Result<Client> New(ID id, const std::vector<ClientOption>& options);
+inline Result<Client> New(ID id) { return New(std::move(id), std::vector<ClientOption>{}); }
+template <class First, class... Rest,
+          class = typename std::enable_if<std::is_convertible<First, ClientOption>::value>::type>
+Result<Client> New(ID id, First&& first, Rest&&... rest) {
+  return New(std::move(id), std::vector<ClientOption>{ClientOption(std::forward<First>(first)),
+                                                      ClientOption(std::forward<Rest>(rest))...});
+}
+
+}  // namespace v1
+}  // namespace mi
+
+#endif  // MI_MANAGED_IDENTITY_HPP (declarations)
+
+// ---- src/impl_begin.hpp ----
+// ============================================================================
+// IMPLEMENTATION. Compiled only where MI_IMPLEMENTATION is defined, once per
+// translation unit even if the header is included again.
+// ============================================================================
+#if defined(MI_IMPLEMENTATION) && !defined(MI_DETAIL_IMPLEMENTATION_INCLUDED)
+#define MI_DETAIL_IMPLEMENTATION_INCLUDED
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <condition_variable>
+#include <cstring>
+#include <ctime>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <random>
+#include <shared_mutex>
+#include <thread>
+
+#if defined(_WIN32)
+#define MI_DETAIL_WINDOWS 1
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#define MI_DETAIL_UNDEF_LEAN_AND_MEAN
+#endif
+#ifndef NOMINMAX
+#define NOMINMAX
+#define MI_DETAIL_UNDEF_NOMINMAX
+#endif
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+#if defined(_MSC_VER)
+#pragma comment(lib, "ws2_32.lib")
+#endif
+#else
+#define MI_DETAIL_WINDOWS 0
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+#endif
+
+#if defined(MI_USE_CURL)
+#include <curl/curl.h>
+#endif
+
+// ---- src/util.hpp ----
+// Small helpers shared by every part: errors, strings, environment, UUIDs,
+// hashes. Nothing here does I/O except reading the environment.
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+// Builds mi::Error values with the fields the public constructor does not take.
+struct ErrorAccess {
+  static Error make(Errc code, std::string message, Source source = Source::DefaultToIMDS) {
+    Error e(code, std::move(message));
+    e.source_ = source;
+    e.retryable_ = code == Errc::network || code == Errc::timeout;
+    return e;
+  }
+  static void set_status(Error& e, int status) { e.status_code_ = status; }
+  static void set_retryable(Error& e, bool retryable) { e.retryable_ = retryable; }
+  static void set_source(Error& e, Source source) { e.source_ = source; }
+  static void set_server_details(Error& e, std::string code, std::string description, std::string correlation_id) {
+    e.error_code_ = std::move(code);
+    e.error_description_ = std::move(description);
+    e.correlation_id_ = std::move(correlation_id);
+  }
+  static void set_correlation_id(Error& e, std::string id) { e.correlation_id_ = std::move(id); }
+  static void set_message(Error& e, std::string message) { e.message_ = std::move(message); }
+};
+
+inline Error make_error(Errc code, std::string message) { return ErrorAccess::make(code, std::move(message)); }
+
+// ---- strings -------------------------------------------------------------------
+
+inline char ascii_lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+inline std::string ascii_lowercase(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = ascii_lower(c);
+  return out;
+}
+
+inline bool iequals(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  if (a == b) return true;  // the common case (same spelling), a vectorised compare
+  for (size_t i = 0; i < a.size(); ++i)
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
+  return true;
+}
+
+inline bool starts_with(std::string_view s, std::string_view prefix) noexcept {
+  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
+}
+inline bool ends_with(std::string_view s, std::string_view suffix) noexcept {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+inline bool is_space(char c) noexcept { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+inline std::string_view trim(std::string_view s) noexcept {
+  while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
+  while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+// True if any byte is a C0 control character or DEL (never allowed on the wire).
+inline bool has_control_char(std::string_view s) noexcept {
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7f) return true;
+  }
+  return false;
+}
+
+// RFC 3986: unreserved characters stay, every other byte becomes %XX.
+inline std::string percent_encode(std::string_view s) {
+  static const char hex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size() + s.size() / 2);
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+        c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 15]);
+    }
+  }
+  return out;
+}
+
+inline int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Decodes %XX (and '+' as space when form is true); invalid escapes stay as they are.
+inline std::string percent_decode(std::string_view s, bool form) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == '%' && i + 2 < s.size() && hex_value(s[i + 1]) >= 0 && hex_value(s[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2])));
+      i += 2;
+    } else if (c == '+' && form) {
+      out.push_back(' ');
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+inline std::string to_hex(const unsigned char* data, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  std::string out(n * 2, '0');
+  for (size_t i = 0; i < n; ++i) {
+    out[2 * i] = hex[data[i] >> 4];
+    out[2 * i + 1] = hex[data[i] & 15];
+  }
+  return out;
+}
+
+// Parses a non-negative decimal integer that fits in int64; the whole view must be digits.
+inline bool parse_int64(std::string_view s, int64_t& out) noexcept {
+  if (s.empty() || s.size() > 18) return false;
+  int64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + (c - '0');
+  }
+  out = v;
+  return true;
+}
+
+// ---- environment -----------------------------------------------------------------
+
+// The variable's value; an unset and an empty variable both give "".
+inline std::string env(const char* name) {
+#if defined(_MSC_VER)
+  char* value = nullptr;
+  size_t len = 0;
+  if (_dupenv_s(&value, &len, name) != 0 || value == nullptr) return std::string();
+  std::string out(value);
+  std::free(value);
+  return out;
+#else
+  const char* value = std::getenv(name);
+  return value ? std::string(value) : std::string();
+#endif
+}
+
+// ---- randomness ---------------------------------------------------------------------
+
+inline uint64_t random_u64() {
+  static std::mutex mutex;
+  static std::mt19937_64 engine = [] {
+    std::random_device device;
+    std::seed_seq seq{device(), device(), device(), device(), device(), device(), device(), device()};
+    return std::mt19937_64(seq);
+  }();
+  std::lock_guard<std::mutex> lock(mutex);
+  return engine();
+}
+
+// A random (version 4, RFC 9562) UUID in lowercase 8-4-4-4-12 form.
+inline std::string uuid4() {
+  unsigned char b[16];
+  uint64_t hi = random_u64(), lo = random_u64();
+  for (int i = 0; i < 8; ++i) {
+    b[i] = static_cast<unsigned char>(hi >> (8 * i));
+    b[8 + i] = static_cast<unsigned char>(lo >> (8 * i));
+  }
+  b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);
+  b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);
+  std::string hex = to_hex(b, 16);
+  return hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" + hex.substr(16, 4) + "-" +
+         hex.substr(20, 12);
+}
+
+// ---- SHA-256 (FIPS 180-4), for Service Fabric's token_sha256_to_refresh ---------------
+
+inline std::string sha256_hex(std::string_view data) {
+  static const uint32_t k[64] = {
+      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+      0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+      0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+      0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+      0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+      0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+      0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+      0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  auto rotr = [](uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
+  std::string msg(data);
+  uint64_t bits = static_cast<uint64_t>(data.size()) * 8;
+  msg.push_back(static_cast<char>(0x80));
+  while (msg.size() % 64 != 56) msg.push_back('\0');
+  for (int i = 7; i >= 0; --i) msg.push_back(static_cast<char>(bits >> (8 * i)));
+  for (size_t off = 0; off < msg.size(); off += 64) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; ++i) {
+      const unsigned char* p = reinterpret_cast<const unsigned char*>(msg.data() + off + 4 * i);
+      w[i] = (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
+    }
+    for (int i = 16; i < 64; ++i) {
+      uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    for (int i = 0; i < 64; ++i) {
+      uint32_t s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25);
+      uint32_t ch = (e & f) ^ (~e & g);
+      uint32_t t1 = hh + s1 + ch + k[i] + w[i];
+      uint32_t s0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22);
+      uint32_t maj = (a & b) ^ (a & c) ^ (b & c);
+      uint32_t t2 = s0 + maj;
+      hh = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+  }
+  unsigned char out[32];
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < 4; ++j) out[4 * i + j] = static_cast<unsigned char>(h[i] >> (24 - 8 * j));
+  return to_hex(out, 32);
+}
+
+// ---- time --------------------------------------------------------------------------
+
+using SysClock = std::chrono::system_clock;
+using SteadyClock = std::chrono::steady_clock;
+using Millis = std::chrono::milliseconds;
+
+inline SysClock::time_point from_unix_seconds(int64_t s) {
+  return SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(s)));
+}
+inline int64_t to_unix_seconds(SysClock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+}
+
+// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+inline int64_t days_from_civil(int64_t y, unsigned m, unsigned d) noexcept {
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const unsigned yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m + (m > 2 ? static_cast<unsigned>(-3) : 9)) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<int64_t>(doe) - 719468;
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/json.hpp ----
+// A strict RFC 8259 JSON parser for the small bodies the endpoints send.
+// Grammar exactly as the RFC (no comments, trailing commas, leading zeros,
+// NaN or single quotes), strings validated as UTF-8 with every escape decoded
+// (surrogate pairs joined, lone ones rejected), numbers kept as their literal
+// text, nesting limited to kMaxJsonDepth before recursing. Error messages give
+// a byte offset and never quote the input (it may hold a token).
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+struct JsonValue {
+  enum class Type : unsigned char { Null, Bool, Number, String, Array, Object };
+  Type type = Type::Null;
+  bool boolean = false;
+  std::string text;  // String: the decoded UTF-8 value; Number: the literal exactly as written
+  std::vector<JsonValue> items;                            // Array elements
+  std::vector<std::pair<std::string, JsonValue>> members;  // Object members in document order
+
+  // Special members are defined after the class: their definitions need
+  // std::pair<std::string, JsonValue>, which needs JsonValue complete (clang
+  // with libstdc++ in C++20 mode rejects the implicit inline ones).
+  JsonValue();
+  JsonValue(const JsonValue& other);
+  JsonValue(JsonValue&& other) noexcept;
+  JsonValue& operator=(const JsonValue& other);
+  JsonValue& operator=(JsonValue&& other) noexcept;
+  ~JsonValue();
+
+  // The first member with that key (objects only), else nullptr.
+  const JsonValue* find(std::string_view key) const noexcept;
+  bool is_null() const noexcept { return type == Type::Null; }
+  bool is_bool() const noexcept { return type == Type::Bool; }
+  bool is_number() const noexcept { return type == Type::Number; }
+  bool is_string() const noexcept { return type == Type::String; }
+  bool is_array() const noexcept { return type == Type::Array; }
+  bool is_object() const noexcept { return type == Type::Object; }
+};
+
+JsonValue::JsonValue() = default;
+JsonValue::JsonValue(const JsonValue& other) = default;
+JsonValue::JsonValue(JsonValue&& other) noexcept = default;
+JsonValue& JsonValue::operator=(const JsonValue& other) = default;
+JsonValue& JsonValue::operator=(JsonValue&& other) noexcept = default;
+JsonValue::~JsonValue() = default;
+
+const JsonValue* JsonValue::find(std::string_view key) const noexcept {
+  if (type != Type::Object) return nullptr;
+  for (const auto& member : members)
+    if (member.first == key) return &member.second;
+  return nullptr;
+}
+
+constexpr int kMaxJsonDepth = 64;
+
+class JsonParser {
+ public:
+  explicit JsonParser(std::string_view text) noexcept
+      : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()) {}
+
+  // Parses the whole input as one document; on failure error() and offset() say why and where.
+  bool parse_document(JsonValue& out);
+  const char* error() const noexcept { return error_; }
+  size_t offset() const noexcept { return offset_; }
+
+ private:
+  bool fail(const char* what, const char* at) noexcept {
+    error_ = what;
+    offset_ = static_cast<size_t>(at - begin_);
+    return false;
+  }
+  void skip_whitespace() noexcept {
+    while (p_ < end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
+  }
+  bool parse_value(JsonValue& out, int depth);
+  bool parse_array(JsonValue& out, int depth);
+  bool parse_object(JsonValue& out, int depth);
+  bool parse_string(std::string& out);
+  bool parse_escaped(std::string& out, const char* start);
+  bool parse_number(JsonValue& out);
+  bool parse_literal(const char* word, size_t length);
+  bool parse_hex4(const char* at, unsigned& out) noexcept;
+  bool skip_utf8_sequence() noexcept;
+
+  const char* begin_;
+  const char* p_;
+  const char* end_;
+  const char* error_ = nullptr;
+  size_t offset_ = 0;
+};
+
+bool JsonParser::parse_document(JsonValue& out) {
+  out = JsonValue();
+  skip_whitespace();
+  if (!parse_value(out, 0)) return false;
+  skip_whitespace();
+  if (p_ != end_) return fail("unexpected data after the JSON document", p_);
+  return true;
+}
+
+bool JsonParser::parse_value(JsonValue& out, int depth) {
+  if (p_ == end_) return fail("unexpected end of input, expected a value", p_);
+  switch (*p_) {
+    case '{': return parse_object(out, depth);
+    case '[': return parse_array(out, depth);
+    case '"': out.type = JsonValue::Type::String; return parse_string(out.text);
+    case 't': out.type = JsonValue::Type::Bool; out.boolean = true; return parse_literal("true", 4);
+    case 'f': out.type = JsonValue::Type::Bool; out.boolean = false; return parse_literal("false", 5);
+    case 'n': out.type = JsonValue::Type::Null; return parse_literal("null", 4);
+    default:
+      if (*p_ == '-' || (*p_ >= '0' && *p_ <= '9')) return parse_number(out);
+      return fail("unexpected character, expected a value", p_);
+  }
+}
+
+bool JsonParser::parse_literal(const char* word, size_t length) {
+  if (static_cast<size_t>(end_ - p_) < length) {
+    // Report the first mismatching byte, or the end of input for a truncated literal.
+    for (const char* q = p_; q < end_; ++q)
+      if (*q != word[static_cast<size_t>(q - p_)]) return fail("invalid literal", q);
+    return fail("unexpected end of input in a literal", end_);
+  }
+  for (size_t i = 0; i < length; ++i)
+    if (p_[i] != word[i]) return fail("invalid literal", p_ + i);
+  p_ += length;
+  return true;
+}
+
+bool JsonParser::parse_number(JsonValue& out) {
+  const char* start = p_;
+  auto is_digit = [this]() noexcept { return p_ < end_ && *p_ >= '0' && *p_ <= '9'; };
+  if (*p_ == '-') ++p_;
+  if (!is_digit()) return fail(p_ == end_ ? "unexpected end of input in a number" : "invalid number", p_);
+  if (*p_ == '0') {
+    ++p_;
+    if (is_digit()) return fail("invalid number (leading zero)", p_);
+  } else {
+    while (is_digit()) ++p_;
+  }
+  if (p_ < end_ && *p_ == '.') {
+    ++p_;
+    if (!is_digit()) return fail(p_ == end_ ? "unexpected end of input in a number" : "invalid number", p_);
+    while (is_digit()) ++p_;
+  }
+  if (p_ < end_ && (*p_ == 'e' || *p_ == 'E')) {
+    ++p_;
+    if (p_ < end_ && (*p_ == '+' || *p_ == '-')) ++p_;
+    if (!is_digit()) return fail(p_ == end_ ? "unexpected end of input in a number" : "invalid number", p_);
+    while (is_digit()) ++p_;
+  }
+  out.type = JsonValue::Type::Number;
+  out.text.assign(start, static_cast<size_t>(p_ - start));
+  return true;
+}
+
+bool JsonParser::parse_hex4(const char* at, unsigned& out) noexcept {
+  if (end_ - at < 4) {
+    for (const char* q = at; q < end_; ++q)
+      if (hex_value(*q) < 0) return fail("invalid \\u escape", q);
+    return fail("unexpected end of input in a \\u escape", end_);
+  }
+  unsigned v = 0;
+  for (int i = 0; i < 4; ++i) {
+    int h = hex_value(at[i]);
+    if (h < 0) return fail("invalid \\u escape", at + i);
+    v = (v << 4) | static_cast<unsigned>(h);
+  }
+  out = v;
+  return true;
+}
+
+// Validates one multi-byte UTF-8 sequence at p_ (RFC 3629: no overlongs, no
+// surrogates, nothing above U+10FFFF) and moves past it.
+bool JsonParser::skip_utf8_sequence() noexcept {
+  const unsigned char* s = reinterpret_cast<const unsigned char*>(p_);
+  const unsigned char* e = reinterpret_cast<const unsigned char*>(end_);
+  unsigned char c = s[0];
+  size_t need;
+  unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    need = 1;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    need = 2;
+    if (c == 0xE0) lo = 0xA0;       // overlong
+    else if (c == 0xED) hi = 0x9F;  // UTF-16 surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    need = 3;
+    if (c == 0xF0) lo = 0x90;       // overlong
+    else if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+  } else {
+    return fail("invalid UTF-8 in a string", p_);
+  }
+  for (size_t i = 1; i <= need; ++i) {
+    if (s + i >= e) return fail("unexpected end of input in a UTF-8 sequence", end_);
+    unsigned char b = s[i];
+    unsigned char b_lo = i == 1 ? lo : static_cast<unsigned char>(0x80);
+    unsigned char b_hi = i == 1 ? hi : static_cast<unsigned char>(0xBF);
+    if (b < b_lo || b > b_hi) return fail("invalid UTF-8 in a string", p_ + i);
+  }
+  p_ += need + 1;
+  return true;
+}
+
+bool JsonParser::parse_string(std::string& out) {
+  ++p_;  // the opening quote
+  const char* start = p_;
+  // Fast path: no escapes, so the value is the raw bytes (validated in place).
+  while (p_ < end_) {
+    unsigned char c = static_cast<unsigned char>(*p_);
+    if (c == '"') {
+      out.assign(start, static_cast<size_t>(p_ - start));
+      ++p_;
+      return true;
+    }
+    if (c == '\\') return parse_escaped(out, start);
+    if (c < 0x20) return fail("unescaped control character in a string", p_);
+    if (c < 0x80) {
+      ++p_;
+    } else if (!skip_utf8_sequence()) {
+      return false;
+    }
+  }
+  return fail("unexpected end of input in a string", end_);
+}
+
+// The slow path, from the first backslash on; [start, p_) is already validated.
+bool JsonParser::parse_escaped(std::string& out, const char* start) {
+  out.clear();
+  out.reserve(static_cast<size_t>(p_ - start) + 16);
+  out.append(start, static_cast<size_t>(p_ - start));
+  while (p_ < end_) {
+    unsigned char c = static_cast<unsigned char>(*p_);
+    if (c == '"') {
+      ++p_;
+      return true;
+    }
+    if (c < 0x20) return fail("unescaped control character in a string", p_);
+    if (c >= 0x80) {
+      const char* run = p_;
+      if (!skip_utf8_sequence()) return false;
+      out.append(run, static_cast<size_t>(p_ - run));
+      continue;
+    }
+    if (c != '\\') {
+      // Copy the run of plain ASCII up to the next special byte at once.
+      const char* run = p_;
+      while (p_ < end_) {
+        unsigned char d = static_cast<unsigned char>(*p_);
+        if (d == '"' || d == '\\' || d < 0x20 || d >= 0x80) break;
+        ++p_;
+      }
+      out.append(run, static_cast<size_t>(p_ - run));
+      continue;
+    }
+    const char* escape = p_;
+    if (++p_ == end_) return fail("unexpected end of input in an escape", end_);
+    char e = *p_++;
+    switch (e) {
+      case '"': out.push_back('"'); break;
+      case '\\': out.push_back('\\'); break;
+      case '/': out.push_back('/'); break;
+      case 'b': out.push_back('\b'); break;
+      case 'f': out.push_back('\f'); break;
+      case 'n': out.push_back('\n'); break;
+      case 'r': out.push_back('\r'); break;
+      case 't': out.push_back('\t'); break;
+      case 'u': {
+        unsigned cp;
+        if (!parse_hex4(p_, cp)) return false;
+        p_ += 4;
+        if (cp >= 0xDC00 && cp <= 0xDFFF) return fail("lone low surrogate in a \\u escape", escape);
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+          if (end_ - p_ < 2) {
+            if (p_ == end_ || (*p_ == '\\' && p_ + 1 == end_))
+              return fail("unexpected end of input after a high surrogate", end_);
+            return fail("lone high surrogate in a \\u escape", escape);
+          }
+          if (p_[0] != '\\' || p_[1] != 'u') return fail("lone high surrogate in a \\u escape", escape);
+          unsigned low;
+          if (!parse_hex4(p_ + 2, low)) return false;
+          if (low < 0xDC00 || low > 0xDFFF) return fail("high surrogate not followed by a low surrogate", p_);
+          p_ += 6;
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+        }
+        if (cp < 0x80) {
+          out.push_back(static_cast<char>(cp));
+        } else if (cp < 0x800) {
+          out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+          out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+        } else if (cp < 0x10000) {
+          out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+          out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+          out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+        } else {
+          out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+          out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+          out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+          out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+        }
+        break;
+      }
+      default: return fail("invalid escape in a string", escape);
+    }
+  }
+  return fail("unexpected end of input in a string", end_);
+}
+
+bool JsonParser::parse_array(JsonValue& out, int depth) {
+  if (depth >= kMaxJsonDepth) return fail("JSON nested too deeply", p_);
+  ++p_;  // '['
+  out.type = JsonValue::Type::Array;
+  skip_whitespace();
+  if (p_ < end_ && *p_ == ']') {
+    ++p_;
+    return true;
+  }
+  for (;;) {
+    out.items.emplace_back();
+    if (!parse_value(out.items.back(), depth + 1)) return false;
+    skip_whitespace();
+    if (p_ == end_) return fail("unexpected end of input in an array", p_);
+    if (*p_ == ']') {
+      ++p_;
+      return true;
+    }
+    if (*p_ != ',') return fail("expected ',' or ']' in an array", p_);
+    ++p_;
+    skip_whitespace();
+  }
+}
+
+bool JsonParser::parse_object(JsonValue& out, int depth) {
+  if (depth >= kMaxJsonDepth) return fail("JSON nested too deeply", p_);
+  ++p_;  // '{'
+  out.type = JsonValue::Type::Object;
+  skip_whitespace();
+  if (p_ < end_ && *p_ == '}') {
+    ++p_;
+    return true;
+  }
+  out.members.reserve(8);
+  for (;;) {
+    if (p_ == end_) return fail("unexpected end of input in an object", p_);
+    if (*p_ != '"') return fail("expected a string key in an object", p_);
+    out.members.emplace_back();
+    auto& member = out.members.back();
+    if (!parse_string(member.first)) return false;
+    skip_whitespace();
+    if (p_ == end_) return fail("unexpected end of input in an object", p_);
+    if (*p_ != ':') return fail("expected ':' after an object key", p_);
+    ++p_;
+    skip_whitespace();
+    if (!parse_value(member.second, depth + 1)) return false;
+    skip_whitespace();
+    if (p_ == end_) return fail("unexpected end of input in an object", p_);
+    if (*p_ == '}') {
+      ++p_;
+      return true;
+    }
+    if (*p_ != ',') return fail("expected ',' or '}' in an object", p_);
+    ++p_;
+    skip_whitespace();
+  }
+}
+
+// Parses one whole document (whitespace around it allowed, nothing else). On
+// failure returns false with `message` saying what was wrong (no input quoted)
+// and `offset` the byte where it was found.
+bool parse_json(std::string_view text, JsonValue& out, std::string& message, size_t& offset) {
+  JsonParser parser(text);
+  if (parser.parse_document(out)) return true;
+  message = parser.error();
+  offset = parser.offset();
+  return false;
+}
+
+// As above, with the offset folded into `error` ("... at byte N").
+bool parse_json(std::string_view text, JsonValue& out, std::string& error) {
+  size_t offset = 0;
+  if (parse_json(text, out, error, offset)) return true;
+  error += " at byte ";
+  error += std::to_string(offset);
+  return false;
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/url.hpp ----
+// URL parsing (absolute http:// and https:// only) and query merging.
+// Strict on purpose: the URLs come from the environment and go on the wire, so
+// anything that could split a request or smuggle credentials is refused.
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+struct Url {
+  std::string scheme;  // "http" or "https", lowercased
+  std::string host;    // lowercased reg-name, IPv4, or IPv6 without brackets
+  uint16_t port = 0;   // explicit or the scheme default (80/443)
+  std::string path;    // starts with '/', "/" when empty
+  std::string query;   // raw, without '?', "" when none
+
+  // path + ("?" + query if non-empty): the request-target of an HTTP request.
+  std::string target() const;
+  // host (bracketed if IPv6) + (":port" unless the scheme's default): the Host header.
+  std::string host_header() const;
+  // host (bracketed if IPv6) + ":port", always with the port: for messages.
+  std::string authority() const;
+  // scheme://host_header()target(): the URL again, normalised, without a fragment.
+  std::string str() const;
+};
+
+std::string Url::target() const { return query.empty() ? path : path + "?" + query; }
+
+std::string Url::authority() const {
+  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  return out + ":" + std::to_string(port);
+}
+
+std::string Url::host_header() const {
+  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
+  if (!default_port) out += ":" + std::to_string(port);
+  return out;
+}
+
+std::string Url::str() const { return scheme + "://" + host_header() + target(); }
+
+namespace url_impl {
+
+inline bool is_alpha(char c) noexcept { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+inline bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
+
+// Dotted-quad IPv4 (inside an IPv6 literal): four decimal parts 0-255, no leading zeros.
+bool valid_ipv4(std::string_view s) {
+  int parts = 0;
+  size_t i = 0;
+  while (parts < 4) {
+    size_t start = i;
+    unsigned value = 0;
+    while (i < s.size() && is_digit(s[i]) && i - start < 4) value = value * 10 + static_cast<unsigned>(s[i++] - '0');
+    size_t len = i - start;
+    if (len == 0 || len > 3 || value > 255 || (len > 1 && s[start] == '0')) return false;
+    ++parts;
+    if (parts < 4) {
+      if (i >= s.size() || s[i] != '.') return false;
+      ++i;
+    }
+  }
+  return i == s.size();
+}
+
+// RFC 4291 text form: eight groups of 1-4 hex digits, one "::" at most, an optional
+// dotted-quad tail. Zone identifiers are not accepted.
+bool valid_ipv6(std::string_view s) {
+  if (s.empty()) return false;
+  int groups = 0;
+  bool compressed = false;
+  size_t i = 0;
+  if (s.size() >= 2 && s[0] == ':' && s[1] == ':') {
+    compressed = true;
+    i = 2;
+  } else if (s[0] == ':') {
+    return false;
+  }
+  while (i < s.size()) {
+    size_t start = i;
+    while (i < s.size() && hex_value(s[i]) >= 0 && i - start < 5) ++i;
+    if (i < s.size() && s[i] == '.') {  // the IPv4 tail ends the address
+      if (!valid_ipv4(s.substr(start))) return false;
+      groups += 2;
+      i = s.size();
+      break;
+    }
+    size_t len = i - start;
+    if (len == 0 || len > 4) return false;
+    ++groups;
+    if (i == s.size()) break;
+    if (s[i] != ':') return false;
+    ++i;
+    if (i < s.size() && s[i] == ':') {
+      if (compressed) return false;
+      compressed = true;
+      ++i;
+    } else if (i == s.size()) {
+      return false;  // a single trailing ':'
+    }
+  }
+  return compressed ? groups <= 7 : groups == 8;
+}
+
+// Characters allowed in a host name: letters, digits, '-', '.', '_', '~'.
+inline bool host_char(char c) noexcept { return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~'; }
+
+}  // namespace url_impl
+
+bool parse_url(std::string_view text, Url& out, std::string& why) {
+  out = Url();
+  for (char ch : text) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    if (c <= 0x20 || c >= 0x7f) {
+      why = "the URL contains a control character, a space or a non-ASCII byte";
+      return false;
+    }
+  }
+  size_t sep = text.find("://");
+  if (sep == std::string_view::npos || sep == 0) {
+    why = "not an absolute http:// or https:// URL";
+    return false;
+  }
+  std::string scheme = ascii_lowercase(text.substr(0, sep));
+  if (scheme != "http" && scheme != "https") {
+    why = "the scheme must be http or https";
+    return false;
+  }
+  std::string_view rest = text.substr(sep + 3);
+  size_t hash = rest.find('#');
+  if (hash != std::string_view::npos) rest = rest.substr(0, hash);  // a fragment is never sent
+
+  size_t authority_end = rest.find_first_of("/?");
+  std::string_view authority = rest.substr(0, authority_end);
+  std::string_view path_and_query = authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
+  if (authority.find('@') != std::string_view::npos) {
+    why = "the URL must not contain user information (user@host)";
+    return false;
+  }
+
+  std::string_view host, port_text;
+  bool has_port = false;
+  if (!authority.empty() && authority[0] == '[') {
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos) {
+      why = "bad IPv6 literal (missing ']')";
+      return false;
+    }
+    host = authority.substr(1, close - 1);
+    if (!url_impl::valid_ipv6(host)) {
+      why = "bad IPv6 literal";
+      return false;
+    }
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after[0] != ':') {
+        why = "unexpected characters after the IPv6 literal";
+        return false;
+      }
+      has_port = true;
+      port_text = after.substr(1);
+    }
+  } else {
+    size_t colon = authority.find(':');
+    host = authority.substr(0, colon);
+    if (colon != std::string_view::npos) {
+      has_port = true;
+      port_text = authority.substr(colon + 1);
+    }
+    for (char c : host) {
+      if (!url_impl::host_char(c)) {
+        why = "the host name contains a character that is not allowed";
+        return false;
+      }
+    }
+  }
+  if (host.empty()) {
+    why = "the URL has no host";
+    return false;
+  }
+
+  uint16_t port = scheme == "https" ? 443 : 80;
+  if (has_port && !port_text.empty()) {  // "host:" with an empty port means the default (RFC 3986)
+    unsigned value = 0;
+    if (port_text.size() > 5) {
+      why = "the port is out of range (1-65535)";
+      return false;
+    }
+    for (char c : port_text) {
+      if (!url_impl::is_digit(c)) {
+        why = "the port is not a number";
+        return false;
+      }
+      value = value * 10 + static_cast<unsigned>(c - '0');
+    }
+    if (value == 0 || value > 65535) {
+      why = "the port is out of range (1-65535)";
+      return false;
+    }
+    port = static_cast<uint16_t>(value);
+  }
+
+  std::string_view path = path_and_query, query;
+  size_t qmark = path_and_query.find('?');
+  if (qmark != std::string_view::npos) {
+    path = path_and_query.substr(0, qmark);
+    query = path_and_query.substr(qmark + 1);
+  }
+
+  out.scheme = std::move(scheme);
+  out.host = ascii_lowercase(host);
+  out.port = port;
+  out.path = path.empty() ? std::string("/") : std::string(path);
+  out.query = std::string(query);
+  why.clear();
+  return true;
+}
+
+std::string merge_query(std::string_view existing_raw,
+                        const std::vector<std::pair<std::string, std::string>>& params) {
+  std::vector<std::pair<std::string, std::string>> pairs;
+  size_t pos = 0;
+  while (pos <= existing_raw.size()) {
+    size_t amp = existing_raw.find('&', pos);
+    std::string_view part =
+        existing_raw.substr(pos, amp == std::string_view::npos ? std::string_view::npos : amp - pos);
+    if (!part.empty()) {
+      size_t eq = part.find('=');
+      std::string name = percent_decode(part.substr(0, eq), true);
+      std::string value = eq == std::string_view::npos ? std::string() : percent_decode(part.substr(eq + 1), true);
+      bool replaced = false;
+      for (const auto& p : params)
+        if (p.first == name) replaced = true;
+      if (!replaced) pairs.emplace_back(std::move(name), std::move(value));
+    }
+    if (amp == std::string_view::npos) break;
+    pos = amp + 1;
+  }
+  for (const auto& p : params) pairs.push_back(p);
+  std::stable_sort(pairs.begin(), pairs.end(),
+                   [](const std::pair<std::string, std::string>& a, const std::pair<std::string, std::string>& b) {
+                     return a.first < b.first;
+                   });
+  std::string out;
+  for (const auto& p : pairs) {
+    if (!out.empty()) out.push_back('&');
+    out += percent_encode(p.first);
+    out.push_back('=');
+    out += percent_encode(p.second);
+  }
+  return out;
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/http.hpp ----
+// HTTP/1.1 on the wire: request serialisation and an incremental response parser
+// with bounded memory. Strict about framing (RFC 9112): anything ambiguous is
+// refused rather than guessed at. Messages never quote header values or body bytes.
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+namespace http_impl {
+
+// RFC 9110 tchar.
+inline bool is_tchar(char c) noexcept {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  switch (c) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool is_token(std::string_view s) noexcept {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (!is_tchar(c)) return false;
+  return true;
+}
+
+// A name for a message: control and non-ASCII bytes escaped, at most 64 characters.
+std::string printable_name(std::string_view s) {
+  static const char hex[] = "0123456789abcdef";
+  std::string out;
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    if (out.size() >= 64) {
+      out += "...";
+      break;
+    }
+    if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+      out += "\\x";
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 15]);
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
+// True if a field value holds a control character other than HTAB (CR, LF, NUL, DEL...).
+inline bool bad_field_char(std::string_view s) noexcept {
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return true;
+  }
+  return false;
+}
+
+inline std::string_view trim_ows(std::string_view s) noexcept {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+// Appends without letting the string's capacity grow past `cap` (the caller has
+// checked that size() + n <= cap), so memory stays within the limit. Growth is
+// geometric, but done by hand: std::string::reserve may itself double a capacity
+// (libstdc++ does), while a fresh string reserves what it is asked for.
+void append_bounded(std::string& s, const char* data, size_t n, size_t cap) {
+  size_t need = s.size() + n;
+  if (need > s.capacity()) {
+    size_t grow = s.capacity() * 2;
+    if (grow < need) grow = need;
+    if (grow > cap) grow = cap < need ? need : cap;
+    std::string bigger;
+    bigger.reserve(grow);
+    bigger.append(s);
+    s.swap(bigger);
+  }
+  s.append(data, n);
+}
+
+}  // namespace http_impl
+
+bool serialize_request(const HttpRequest& request, const Url& url, std::string& out, std::string& why) {
+  out.clear();
+  if (!http_impl::is_token(request.method)) {
+    why = "the HTTP method is empty or not a valid token";
+    return false;
+  }
+  std::string target = url.target(), host = url.host_header();
+  for (std::string_view part : {std::string_view(target), std::string_view(host)}) {
+    for (char ch : part) {
+      unsigned char c = static_cast<unsigned char>(ch);
+      if (c <= 0x20 || c >= 0x7f) {
+        why = "the URL contains a control character, a space or a non-ASCII byte";
+        return false;
+      }
+    }
+  }
+  std::string text;
+  text.reserve(256 + request.body.size());
+  text += request.method;
+  text += ' ';
+  text += target;
+  text += " HTTP/1.1\r\nHost: ";
+  text += host;
+  text += "\r\n";
+  for (const auto& header : request.headers) {
+    if (!http_impl::is_token(header.first)) {
+      why = "the header name \"" + http_impl::printable_name(header.first) +
+            "\" is not a valid HTTP token (empty, or a control character, space or separator)";
+      return false;
+    }
+    if (has_control_char(header.second)) {  // never quote the value: it may be a secret
+      why = "the value of the header \"" + header.first + "\" contains a control character (such as CR or LF)";
+      return false;
+    }
+    // The transport owns the framing headers; the request's own copies are dropped.
+    if (iequals(header.first, "Host") || iequals(header.first, "Content-Length") ||
+        iequals(header.first, "Transfer-Encoding") || iequals(header.first, "Connection"))
+      continue;
+    text += header.first;
+    text += ": ";
+    text += header.second;
+    text += "\r\n";
+  }
+  if (!request.body.empty() || request.method == "POST" || request.method == "PUT" || request.method == "PATCH") {
+    text += "Content-Length: ";
+    text += std::to_string(request.body.size());
+    text += "\r\n";
+  }
+  text += "Connection: close\r\n\r\n";
+  text += request.body;
+  out = std::move(text);
+  why.clear();
+  return true;
+}
+
+// Incremental HTTP/1.x response parser. Feed it what the socket delivers; it
+// holds at most one pending line (bounded by max_header_bytes) and the body
+// (bounded by max_body_bytes), whatever the peer sends.
+class ResponseParser {
+ public:
+  enum class Status { need_more, done, error };
+
+  explicit ResponseParser(size_t max_header_bytes = MI_MAX_HEADER_BYTES, size_t max_body_bytes = MI_MAX_RESPONSE_BYTES)
+      : max_header_(max_header_bytes), max_body_(max_body_bytes) {}
+
+  // Consumes bytes; done once one final (non-1xx) response is complete. Bytes after
+  // it are ignored.
+  Status feed(const char* data, size_t size);
+  // The peer closed the connection: completes a close-delimited body, else an error.
+  Status finish();
+  Status status() const noexcept {
+    return state_ == State::done ? Status::done : state_ == State::failed ? Status::error : Status::need_more;
+  }
+  HttpResponse& response() noexcept { return response_; }  // valid after done
+  const Error& error() const noexcept { return error_; }   // valid after error
+  // Memory held for the pending line and the body (capacities), for tests.
+  size_t buffered_bytes() const noexcept { return line_.capacity() + response_.body.capacity(); }
+
+ private:
+  enum class State { status_line, header_line, length_body, close_body, chunk_size, chunk_data, chunk_data_end, trailer_line, done, failed };
+
+  Status fail(Errc code, std::string message);
+  Status invalid(const std::string& reason) { return fail(Errc::invalid_response, "invalid HTTP response: " + reason); }
+  Status body_too_large();
+  Status on_line(std::string_view line);
+  Status on_status_line(std::string_view line);
+  Status on_header_line(std::string_view line);
+  Status on_head_end();
+  Status on_chunk_size(std::string_view line);
+  Status on_trailer_line(std::string_view line);
+
+  size_t max_header_;
+  size_t max_body_;
+  State state_ = State::status_line;
+  std::string line_;        // the pending line, terminator included
+  size_t head_bytes_ = 0;   // status lines, header and trailer lines consumed so far
+  uint64_t remaining_ = 0;  // bytes left of a Content-Length body or of a chunk
+  bool http10_ = false;
+  HttpResponse response_;
+  Error error_{Errc::invalid_response, std::string()};
+};
+
+ResponseParser::Status ResponseParser::fail(Errc code, std::string message) {
+  state_ = State::failed;
+  error_ = make_error(code, std::move(message));
+  line_.clear();
+  line_.shrink_to_fit();
+  return Status::error;
+}
+
+ResponseParser::Status ResponseParser::body_too_large() {
+  return invalid("the body is larger than the limit of " + std::to_string(max_body_) +
+                 " bytes (MI_MAX_RESPONSE_BYTES)");
+}
+
+ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
+  size_t pos = 0;
+  for (;;) {
+    if (state_ == State::done) return Status::done;
+    if (state_ == State::failed) return Status::error;
+    if (pos >= size) return Status::need_more;
+    const char* p = data + pos;
+    size_t n = size - pos;
+    switch (state_) {
+      case State::length_body:
+      case State::chunk_data: {
+        size_t take = remaining_ < n ? static_cast<size_t>(remaining_) : n;
+        http_impl::append_bounded(response_.body, p, take, max_body_);
+        remaining_ -= take;
+        pos += take;
+        if (remaining_ == 0) state_ = state_ == State::length_body ? State::done : State::chunk_data_end;
+        break;
+      }
+      case State::close_body: {
+        if (n > max_body_ - response_.body.size()) return body_too_large();
+        http_impl::append_bounded(response_.body, p, n, max_body_);
+        pos += n;
+        break;
+      }
+      default: {  // a line: status line, header, chunk size, chunk end or trailer
+        const void* nl = std::memchr(p, '\n', n);
+        size_t take = nl ? static_cast<size_t>(static_cast<const char*>(nl) - p) + 1 : n;
+        if (state_ == State::status_line) {
+          // Fail fast on anything that is not HTTP/1.x (HTTP/0.9 bodies, garbage).
+          static const char prefix[] = "HTTP/1.";
+          for (size_t i = line_.size(), j = 0; i < 7 && j < take; ++i, ++j)
+            if (p[j] != prefix[i]) return invalid("the endpoint did not answer with an HTTP/1.x status line");
+        }
+        bool head = state_ == State::status_line || state_ == State::header_line || state_ == State::trailer_line;
+        size_t limit = head ? max_header_ - head_bytes_ : state_ == State::chunk_data_end ? 2 : max_header_;
+        if (take > limit - line_.size()) {
+          if (head)
+            return invalid("the response head is larger than the limit of " + std::to_string(max_header_) +
+                           " bytes (MI_MAX_HEADER_BYTES)");
+          if (state_ == State::chunk_data_end) return invalid("a chunk is longer than its declared size");
+          return invalid("a chunk-size line is too long");
+        }
+        http_impl::append_bounded(line_, p, take, limit);
+        pos += take;
+        if (nl) {
+          if (head) head_bytes_ += line_.size();
+          std::string_view line(line_);
+          line.remove_suffix(1);
+          if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+          Status s = on_line(line);
+          if (s == Status::error) return s;
+          line_.clear();
+        }
+        break;
+      }
+    }
+  }
+}
+
+ResponseParser::Status ResponseParser::finish() {
+  switch (state_) {
+    case State::done: return Status::done;
+    case State::failed: return Status::error;
+    case State::close_body: state_ = State::done; return Status::done;
+    default:
+      return fail(Errc::network, "the endpoint closed the connection before the response was complete");
+  }
+}
+
+ResponseParser::Status ResponseParser::on_line(std::string_view line) {
+  switch (state_) {
+    case State::status_line: return on_status_line(line);
+    case State::header_line: return on_header_line(line);
+    case State::chunk_size: return on_chunk_size(line);
+    case State::chunk_data_end:
+      if (!line.empty()) return invalid("a chunk is longer than its declared size");
+      state_ = State::chunk_size;
+      return Status::need_more;
+    case State::trailer_line: return on_trailer_line(line);
+    default: return invalid("internal parser state");  // not reached
+  }
+}
+
+ResponseParser::Status ResponseParser::on_status_line(std::string_view line) {
+  // HTTP/1.x SP 3DIGIT [SP reason]
+  if (line.size() < 12 || (line[7] != '0' && line[7] != '1') || line[8] != ' ' || (line.size() > 12 && line[12] != ' '))
+    return invalid("malformed status line");
+  int status = 0;
+  for (size_t i = 9; i < 12; ++i) {
+    if (line[i] < '0' || line[i] > '9') return invalid("malformed status code");
+    status = status * 10 + (line[i] - '0');
+  }
+  if (status < 100 || status > 599) return invalid("status code out of range");
+  if (http_impl::bad_field_char(line.substr(12))) return invalid("control character in the status line");
+  response_.status = status;
+  http10_ = line[7] == '0';
+  state_ = State::header_line;
+  return Status::need_more;
+}
+
+ResponseParser::Status ResponseParser::on_header_line(std::string_view line) {
+  if (line.empty()) return on_head_end();
+  if (line[0] == ' ' || line[0] == '\t') return invalid("obsolete header line folding (obs-fold)");
+  size_t colon = line.find(':');
+  if (colon == std::string_view::npos) return invalid("a header line has no colon");
+  std::string_view name = line.substr(0, colon);
+  if (!http_impl::is_token(name)) return invalid("a header name is not a valid token");
+  std::string_view value = http_impl::trim_ows(line.substr(colon + 1));
+  if (http_impl::bad_field_char(value))
+    return invalid("the header \"" + http_impl::printable_name(name) + "\" contains a control character");
+  response_.headers.emplace_back(std::string(name), std::string(value));
+  return Status::need_more;
+}
+
+ResponseParser::Status ResponseParser::on_head_end() {
+  int status = response_.status;
+  if (status < 200) {
+    if (status == 101) return invalid("unexpected 101 Switching Protocols");
+    response_.headers.clear();  // an interim response (100 Continue, 103 Early Hints...): skip it
+    response_.status = 0;
+    state_ = State::status_line;
+    return Status::need_more;
+  }
+  if (status == 204 || status == 304) {  // never a body
+    state_ = State::done;
+    return Status::done;
+  }
+  bool has_te = false, has_cl = false;
+  int codings = 0;
+  bool chunked = false;
+  std::string length;  // normalised digits of Content-Length
+  for (const auto& header : response_.headers) {
+    bool te = iequals(header.first, "Transfer-Encoding");
+    bool cl = !te && iequals(header.first, "Content-Length");
+    if (!te && !cl) continue;
+    std::string_view rest = header.second;
+    bool any = false;
+    for (;;) {
+      size_t comma = rest.find(',');
+      std::string_view item = http_impl::trim_ows(rest.substr(0, comma));
+      if (!item.empty()) {
+        any = true;
+        if (te) {
+          ++codings;
+          chunked = iequals(item, "chunked");
+        } else {
+          for (char c : item)
+            if (c < '0' || c > '9') return invalid("Content-Length is not a non-negative decimal number");
+          while (item.size() > 1 && item[0] == '0') item.remove_prefix(1);
+          if (has_cl && item != length) return invalid("conflicting Content-Length values");
+          length = std::string(item);
+          has_cl = true;
+        }
+      }
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+    if (te) has_te = true;
+    if (cl && !any) return invalid("empty Content-Length");
+  }
+  if (has_te && has_cl) return invalid("both Transfer-Encoding and Content-Length are present");
+  if (has_te) {
+    if (http10_) return invalid("Transfer-Encoding in an HTTP/1.0 response");
+    if (codings != 1 || !chunked) return invalid("unsupported Transfer-Encoding (only chunked is understood)");
+    state_ = State::chunk_size;
+    return Status::need_more;
+  }
+  if (has_cl) {
+    int64_t value = 0;
+    if (!parse_int64(length, value) || static_cast<uint64_t>(value) > max_body_) return body_too_large();
+    if (value == 0) {
+      state_ = State::done;
+      return Status::done;
+    }
+    remaining_ = static_cast<uint64_t>(value);
+    response_.body.reserve(static_cast<size_t>(value));
+    state_ = State::length_body;
+    return Status::need_more;
+  }
+  state_ = State::close_body;  // no framing: the body ends when the peer closes
+  return Status::need_more;
+}
+
+ResponseParser::Status ResponseParser::on_chunk_size(std::string_view line) {
+  uint64_t size = 0;
+  size_t i = 0;
+  for (; i < line.size(); ++i) {
+    int digit = hex_value(line[i]);
+    if (digit < 0) break;
+    if (size > (std::numeric_limits<uint64_t>::max() >> 4)) return invalid("the chunk size overflows");
+    size = size * 16 + static_cast<uint64_t>(digit);
+  }
+  if (i == 0) return invalid("malformed chunk size");
+  std::string_view ext = http_impl::trim_ows(line.substr(i));  // chunk extensions are ignored
+  if (!ext.empty() && ext[0] != ';') return invalid("malformed chunk size");
+  if (http_impl::bad_field_char(ext)) return invalid("control character in a chunk extension");
+  if (size == 0) {
+    state_ = State::trailer_line;
+    return Status::need_more;
+  }
+  if (size > max_body_ - response_.body.size()) return body_too_large();
+  remaining_ = size;
+  state_ = State::chunk_data;
+  return Status::need_more;
+}
+
+ResponseParser::Status ResponseParser::on_trailer_line(std::string_view line) {
+  if (line.empty()) {
+    state_ = State::done;
+    return Status::done;
+  }
+  // Trailers are read and dropped, but must still be well-formed.
+  if (line[0] == ' ' || line[0] == '\t') return invalid("obsolete line folding in the trailer");
+  size_t colon = line.find(':');
+  if (colon == std::string_view::npos || !http_impl::is_token(line.substr(0, colon)))
+    return invalid("malformed trailer field");
+  if (http_impl::bad_field_char(line.substr(colon + 1))) return invalid("control character in a trailer field");
+  return Status::need_more;
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/context.hpp ----
+// mi::Context: a chain of states, each with its own cancel flag and the
+// effective (earliest) deadline of the chain. Checking is lock-free; blocking
+// operations wait in short slices so a Cancel() from another thread is seen
+// within one slice (kContextSlice).
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+constexpr Millis kContextSlice{10};
+
+struct ContextState {
+  std::shared_ptr<ContextState> parent;
+  SteadyClock::time_point deadline = SteadyClock::time_point::max();
+  std::atomic<bool> canceled{false};
+
+  bool is_canceled() const noexcept {
+    for (const ContextState* s = this; s != nullptr; s = s->parent.get())
+      if (s->canceled.load(std::memory_order_acquire)) return true;
+    return false;
+  }
+
+  static Context child(const Context& parent, SteadyClock::time_point deadline) {
+    auto state = std::make_shared<ContextState>();
+    state->parent = parent.state_;
+    SteadyClock::time_point inherited = parent.deadline();
+    state->deadline = deadline < inherited ? deadline : inherited;
+    return Context(std::move(state));
+  }
+  static const ContextState* of(const Context& ctx) noexcept { return ctx.state_.get(); }
+};
+
+// Why a context stopped, or ok.
+enum class ContextStatus { ok, canceled, expired };
+
+inline ContextStatus context_status(const Context& ctx) noexcept {
+  if (ctx.canceled()) return ContextStatus::canceled;
+  if (ctx.expired()) return ContextStatus::expired;
+  return ContextStatus::ok;
+}
+
+// The error for a context that stopped; `doing` says what was interrupted.
+inline Error context_error(ContextStatus status, std::string_view doing) {
+  if (status == ContextStatus::canceled)
+    return make_error(Errc::canceled, "the request was canceled (mi::Context::Cancel) while " + std::string(doing));
+  return make_error(Errc::timeout,
+                    "the context's deadline passed while " + std::string(doing) +
+                        "; give the call more time (mi::Context::WithTimeout) or check that the endpoint is reachable");
+}
+
+// Milliseconds left before the context's deadline (capped at `cap`), at least 0.
+inline Millis time_left(const Context& ctx, Millis cap) noexcept {
+  SteadyClock::time_point deadline = ctx.deadline();
+  if (deadline == SteadyClock::time_point::max()) return cap;
+  SteadyClock::time_point now = SteadyClock::now();
+  if (deadline <= now) return Millis(0);
+  auto left = std::chrono::duration_cast<Millis>(deadline - now) + Millis(1);
+  return left < cap ? left : cap;
+}
+
+// Sleeps for `duration` unless the context stops first; returns its status.
+inline ContextStatus sleep_for(const Context& ctx, Millis duration) {
+  SteadyClock::time_point end = SteadyClock::now() + duration;
+  for (;;) {
+    ContextStatus status = context_status(ctx);
+    if (status != ContextStatus::ok) return status;
+    SteadyClock::time_point now = SteadyClock::now();
+    if (now >= end) return ContextStatus::ok;
+    auto slice = std::chrono::duration_cast<Millis>(end - now) + Millis(1);
+    std::this_thread::sleep_for(std::min(slice, time_left(ctx, kContextSlice)));
+  }
+}
+
+}  // namespace detail
+
+Context Context::WithTimeout(std::chrono::milliseconds timeout) const {
+  detail::SteadyClock::time_point now = detail::SteadyClock::now();
+  // Saturate instead of overflowing on huge timeouts.
+  if (timeout >= std::chrono::duration_cast<detail::Millis>(detail::SteadyClock::time_point::max() - now))
+    return detail::ContextState::child(*this, detail::SteadyClock::time_point::max());
+  return detail::ContextState::child(*this, now + timeout);
+}
+
+Context Context::WithDeadline(std::chrono::steady_clock::time_point deadline) const {
+  return detail::ContextState::child(*this, deadline);
+}
+
+Context Context::WithCancel() const { return detail::ContextState::child(*this, detail::SteadyClock::time_point::max()); }
+
+void Context::Cancel() const {
+  if (state_) state_->canceled.store(true, std::memory_order_release);
+}
+
+std::chrono::steady_clock::time_point Context::deadline() const noexcept {
+  return state_ ? state_->deadline : detail::SteadyClock::time_point::max();
+}
+
+bool Context::canceled() const noexcept { return state_ && state_->is_canceled(); }
+
+bool Context::expired() const noexcept {
+  return state_ && state_->deadline != detail::SteadyClock::time_point::max() && detail::SteadyClock::now() >= state_->deadline;
+}
+
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/socket.hpp ----
+// The transport for http:// endpoints: one TCP connection per request over POSIX
+// or WinSock sockets. No proxy (metadata endpoints are link-local or loopback),
+// no redirects, no pooling. Connecting, sending and receiving wait in slices of
+// kContextSlice so a Cancel() from another thread or the context's deadline stops
+// them promptly. Host names are resolved with a blocking getaddrinfo (numeric
+// hosts, the usual case for metadata endpoints, skip DNS entirely).
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+#if MI_DETAIL_WINDOWS
+using socket_handle = SOCKET;
+#else
+using socket_handle = int;
+#endif
+
+namespace sock_impl {
+
+#if MI_DETAIL_WINDOWS
+const socket_handle kNoSocket = INVALID_SOCKET;
+#else
+constexpr socket_handle kNoSocket = -1;
+#if defined(MSG_NOSIGNAL)
+constexpr int kSendFlags = MSG_NOSIGNAL;
+#else
+constexpr int kSendFlags = 0;  // SO_NOSIGPIPE is set on the socket instead (Apple)
+#endif
+#endif
+
+inline int last_error() noexcept {
+#if MI_DETAIL_WINDOWS
+  return WSAGetLastError();
+#else
+  return errno;
+#endif
+}
+
+inline bool is_interrupted(int err) noexcept {
+#if MI_DETAIL_WINDOWS
+  return err == WSAEINTR;
+#else
+  return err == EINTR;
+#endif
+}
+
+inline bool would_block(int err) noexcept {
+#if MI_DETAIL_WINDOWS
+  return err == WSAEWOULDBLOCK;
+#else
+  return err == EAGAIN || err == EWOULDBLOCK;
+#endif
+}
+
+// A short, lowercase reason for an OS socket error (thread-safe, no strerror).
+std::string describe_error(int err) {
+#if MI_DETAIL_WINDOWS
+  switch (err) {
+    case WSAECONNREFUSED: return "connection refused";
+    case WSAETIMEDOUT: return "timed out";
+    case WSAENETUNREACH: return "network unreachable";
+    case WSAEHOSTUNREACH: return "host unreachable";
+    case WSAENETDOWN: return "network is down";
+    case WSAECONNRESET: return "connection reset by peer";
+    case WSAECONNABORTED: return "connection aborted";
+    case WSAESHUTDOWN: return "connection shut down";
+    case WSAEADDRNOTAVAIL: return "address not available";
+    case WSAEAFNOSUPPORT: return "address family not supported";
+    case WSAEACCES: return "permission denied";
+    case WSAEMFILE: return "too many open sockets";
+    case WSAENOBUFS: return "no buffer space available";
+    case WSAHOST_NOT_FOUND: return "host not found";
+    case WSATRY_AGAIN: return "temporary name resolution failure";
+    case WSANO_DATA: return "no address for the host name";
+    case WSANO_RECOVERY: return "name resolution failed";
+    case WSANOTINITIALISED: return "WinSock not initialised";
+    case WSASYSNOTREADY: return "network subsystem not ready";
+    case WSAVERNOTSUPPORTED: return "WinSock 2.2 not supported";
+    default: return "WinSock error " + std::to_string(err);
+  }
+#else
+  switch (err) {
+    case ECONNREFUSED: return "connection refused";
+    case ETIMEDOUT: return "timed out";
+    case ENETUNREACH: return "network unreachable";
+    case EHOSTUNREACH: return "host unreachable";
+    case ENETDOWN: return "network is down";
+    case ECONNRESET: return "connection reset by peer";
+    case ECONNABORTED: return "connection aborted";
+    case EPIPE: return "connection closed by peer";
+    case EADDRNOTAVAIL: return "address not available";
+    case EAFNOSUPPORT: return "address family not supported";
+    case EACCES: return "permission denied";
+    case EPERM: return "operation not permitted";
+    case EMFILE: return "too many open files";
+    case ENFILE: return "too many open files in the system";
+    case ENOBUFS: return "no buffer space available";
+    case ENOMEM: return "out of memory";
+    default: return "errno " + std::to_string(err);
+  }
+#endif
+}
+
+// WinSock is started on first use, once per process (never by a static object).
+inline bool network_ready(int& err) {
+#if MI_DETAIL_WINDOWS
+  static std::once_flag once;
+  static int result = 0;
+  std::call_once(once, [] {
+    WSADATA data;
+    result = WSAStartup(MAKEWORD(2, 2), &data);
+  });
+  err = result;
+  return result == 0;
+#else
+  err = 0;
+  return true;
+#endif
+}
+
+inline void close_socket(socket_handle s) noexcept {
+  if (s == kNoSocket) return;
+#if MI_DETAIL_WINDOWS
+  ::closesocket(s);
+#else
+  ::close(s);  // never retried on EINTR: the descriptor is gone either way (Linux)
+#endif
+}
+
+// Owns a socket; closes it on scope exit.
+class SocketGuard {
+ public:
+  explicit SocketGuard(socket_handle s = kNoSocket) noexcept : s_(s) {}
+  SocketGuard(const SocketGuard&) = delete;
+  SocketGuard& operator=(const SocketGuard&) = delete;
+  ~SocketGuard() { close_socket(s_); }
+  socket_handle get() const noexcept { return s_; }
+  void reset(socket_handle s = kNoSocket) noexcept {
+    close_socket(s_);
+    s_ = s;
+  }
+  socket_handle release() noexcept {
+    socket_handle s = s_;
+    s_ = kNoSocket;
+    return s;
+  }
+
+ private:
+  socket_handle s_;
+};
+
+// Owns a getaddrinfo result.
+struct AddrInfoGuard {
+  addrinfo* list = nullptr;
+  AddrInfoGuard() = default;
+  AddrInfoGuard(const AddrInfoGuard&) = delete;
+  AddrInfoGuard& operator=(const AddrInfoGuard&) = delete;
+  ~AddrInfoGuard() {
+    if (list) ::freeaddrinfo(list);
+  }
+};
+
+// A non-blocking, close-on-exec TCP socket with TCP_NODELAY and no SIGPIPE.
+socket_handle open_socket(int family, int type, int protocol, int& err) {
+#if MI_DETAIL_WINDOWS
+#if defined(WSA_FLAG_NO_HANDLE_INHERIT)
+  const DWORD no_inherit = WSA_FLAG_NO_HANDLE_INHERIT;
+#else
+  const DWORD no_inherit = 0x80;  // older SDKs lack the name
+#endif
+  SOCKET s = ::WSASocketW(family, type, protocol, nullptr, 0, WSA_FLAG_OVERLAPPED | no_inherit);
+  if (s == INVALID_SOCKET && WSAGetLastError() == WSAEINVAL)  // Windows 7 before SP1: no such flag
+    s = ::WSASocketW(family, type, protocol, nullptr, 0, WSA_FLAG_OVERLAPPED);
+  if (s == INVALID_SOCKET) {
+    err = WSAGetLastError();
+    return kNoSocket;
+  }
+  u_long non_blocking = 1;
+  if (::ioctlsocket(s, static_cast<long>(FIONBIO), &non_blocking) != 0) {
+    err = WSAGetLastError();
+    ::closesocket(s);
+    return kNoSocket;
+  }
+#else
+#if defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK)
+  int s = ::socket(family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, protocol);
+  if (s < 0) {
+    err = errno;
+    return kNoSocket;
+  }
+#else
+  int s = ::socket(family, type, protocol);
+  if (s < 0) {
+    err = errno;
+    return kNoSocket;
+  }
+  int fd_flags = ::fcntl(s, F_GETFD);
+  int fl_flags = ::fcntl(s, F_GETFL);
+  if (fd_flags < 0 || ::fcntl(s, F_SETFD, fd_flags | FD_CLOEXEC) < 0 || fl_flags < 0 ||
+      ::fcntl(s, F_SETFL, fl_flags | O_NONBLOCK) < 0) {
+    err = errno;
+    ::close(s);
+    return kNoSocket;
+  }
+#endif
+#if defined(SO_NOSIGPIPE)
+  int no_sigpipe = 1;
+  ::setsockopt(s, SOL_SOCKET, SO_NOSIGPIPE, &no_sigpipe, static_cast<socklen_t>(sizeof no_sigpipe));
+#endif
+#endif
+  int one = 1;
+  ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, reinterpret_cast<const char*>(&one), static_cast<socklen_t>(sizeof one));
+  err = 0;
+  return s;
+}
+
+enum class Wait { ready, stopped, deadline, failed };
+
+// Waits until `s` is readable (or writable), polling in slices of at most
+// kContextSlice so the context is checked often. `until` bounds the wait too
+// (time_point::max() for none). On `stopped`, `status` says why; on `failed`, `err`.
+Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context& ctx, SteadyClock::time_point until,
+                 ContextStatus& status, int& err) {
+  for (;;) {
+    status = context_status(ctx);
+    if (status != ContextStatus::ok) return Wait::stopped;
+    SteadyClock::time_point now = SteadyClock::now();
+    if (until != SteadyClock::time_point::max() && now >= until) return Wait::deadline;
+    Millis slice = time_left(ctx, kContextSlice);
+    if (until != SteadyClock::time_point::max()) {
+      Millis left = std::chrono::duration_cast<Millis>(until - now) + Millis(1);
+      if (left < slice) slice = left;
+    }
+    int ms = static_cast<int>(slice.count());
+#if MI_DETAIL_WINDOWS
+    int r;
+    if (connecting) {
+      // WSAPoll does not report a failed connect on older Windows 10 builds; select does.
+      (void)for_write;
+      fd_set writable, failed;
+      FD_ZERO(&writable);
+      FD_ZERO(&failed);
+      FD_SET(s, &writable);
+      FD_SET(s, &failed);
+      timeval tv;
+      tv.tv_sec = ms / 1000;
+      tv.tv_usec = (ms % 1000) * 1000;
+      r = ::select(0, nullptr, &writable, &failed, &tv);
+    } else {
+      WSAPOLLFD p{};
+      p.fd = s;
+      p.events = for_write ? POLLWRNORM : POLLRDNORM;
+      r = ::WSAPoll(&p, 1, ms);
+    }
+    if (r > 0) return Wait::ready;
+    if (r < 0) {
+      err = WSAGetLastError();
+      if (err == WSAEINTR) continue;
+      return Wait::failed;
+    }
+#else
+    (void)connecting;
+    pollfd p{};
+    p.fd = s;
+    p.events = for_write ? POLLOUT : POLLIN;
+    int r = ::poll(&p, 1, ms);
+    if (r > 0) return Wait::ready;  // POLLERR and POLLHUP too: the next call reports them
+    if (r < 0) {
+      err = errno;
+      if (err == EINTR) continue;
+      return Wait::failed;
+    }
+#endif
+  }
+}
+
+// Resolves url.host (numeric hosts without any DNS look-up) and connects to each
+// address in turn, all within connect_timeout and the context. Returns the socket.
+Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
+  int err = 0;
+  if (!network_ready(err)) return make_error(Errc::network, "could not start WinSock (" + describe_error(err) + ")");
+
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_protocol = IPPROTO_TCP;
+  hints.ai_flags = AI_NUMERICHOST;
+#if defined(AI_NUMERICSERV)
+  hints.ai_flags |= AI_NUMERICSERV;
+#endif
+  const std::string port_text = std::to_string(url.port);
+  AddrInfoGuard addresses;
+  int rc = ::getaddrinfo(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
+  if (rc != 0) {
+    hints.ai_flags &= ~AI_NUMERICHOST;
+    addresses.list = nullptr;
+    rc = ::getaddrinfo(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
+  }
+  if (rc != 0 || addresses.list == nullptr) {
+#if MI_DETAIL_WINDOWS
+    std::string reason = describe_error(rc != 0 ? rc : WSAHOST_NOT_FOUND);
+#else
+    std::string reason = rc != 0 ? ascii_lowercase(::gai_strerror(rc)) : std::string("no address");
+#if defined(EAI_SYSTEM)
+    if (rc == EAI_SYSTEM) reason = describe_error(errno);
+#endif
+#endif
+    return make_error(Errc::network, "could not resolve the host name " + url.host + " (" + reason +
+                                         "): check the endpoint URL and this machine's DNS settings");
+  }
+  ContextStatus status = context_status(ctx);
+  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+
+  SteadyClock::time_point start = SteadyClock::now();
+  SteadyClock::time_point until = SteadyClock::time_point::max();
+  if (connect_timeout.count() > 0 &&
+      connect_timeout < std::chrono::duration_cast<Millis>(SteadyClock::time_point::max() - start))
+    until = start + connect_timeout;
+  int connect_err = 0;
+  for (addrinfo* ai = addresses.list; ai != nullptr; ai = ai->ai_next) {
+    SocketGuard sock(open_socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol, err));
+    if (sock.get() == kNoSocket) {
+      connect_err = err;
+      continue;
+    }
+#if MI_DETAIL_WINDOWS
+    int r = ::connect(sock.get(), ai->ai_addr, static_cast<int>(ai->ai_addrlen));
+    bool pending = r != 0 && WSAGetLastError() == WSAEWOULDBLOCK;
+#else
+    int r = ::connect(sock.get(), ai->ai_addr, ai->ai_addrlen);
+    // EINTR: the connection goes on asynchronously, exactly as with EINPROGRESS.
+    bool pending = r != 0 && (errno == EINPROGRESS || errno == EINTR);
+#endif
+    if (r != 0 && !pending) {
+      connect_err = last_error();
+      continue;
+    }
+    if (pending) {
+      Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
+      if (w == Wait::stopped) return context_error(status, "connecting to " + where);
+      if (w == Wait::deadline)
+        return make_error(Errc::timeout, "connecting to " + where + " timed out after " +
+                                             std::to_string(connect_timeout.count()) +
+                                             " ms: check that the endpoint address is right and reachable from "
+                                             "this machine (a firewall may be dropping the packets)");
+      if (w == Wait::failed) {
+        connect_err = err;
+        continue;
+      }
+      int so_error = 0;
+      socklen_t len = static_cast<socklen_t>(sizeof so_error);
+      if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&so_error), &len) != 0)
+        so_error = last_error();
+      if (so_error != 0) {
+        connect_err = so_error;
+        continue;
+      }
+    }
+    return sock.release();
+  }
+#if MI_DETAIL_WINDOWS
+  bool refused = connect_err == WSAECONNREFUSED;
+#else
+  bool refused = connect_err == ECONNREFUSED;
+#endif
+  return make_error(Errc::network, "could not connect to " + where + " (" + describe_error(connect_err) + "): " +
+                                       (refused ? "is the managed identity endpoint running?"
+                                                : "check that the endpoint address is right and reachable "
+                                                  "from this machine"));
+}
+
+// Sends all of `data`, waiting (in context slices) whenever the socket is full.
+Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data, const std::string& where) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    ContextStatus status = context_status(ctx);
+    if (status != ContextStatus::ok) return context_error(status, "sending the request to " + where);
+    size_t chunk = data.size() - sent;
+#if MI_DETAIL_WINDOWS
+    if (chunk > static_cast<size_t>(INT_MAX)) chunk = static_cast<size_t>(INT_MAX);
+    int n = ::send(s, data.data() + sent, static_cast<int>(chunk), 0);
+#else
+    ssize_t n = ::send(s, data.data() + sent, chunk, kSendFlags);
+#endif
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+      continue;
+    }
+    int err = n == 0 ? 0 : last_error();
+    if (n < 0 && is_interrupted(err)) continue;
+    if (n < 0 && would_block(err)) {
+      Wait w = wait_socket(s, true, false, ctx, SteadyClock::time_point::max(), status, err);
+      if (w == Wait::stopped) return context_error(status, "sending the request to " + where);
+      if (w == Wait::ready) continue;
+    }
+    return make_error(Errc::network, "could not send the request to " + where + " (" +
+                                         (n == 0 ? std::string("connection closed") : describe_error(err)) +
+                                         "): the endpoint dropped the connection; retrying may help");
+  }
+  return true;
+}
+
+// Reads until the parser has one complete response, the peer closes, or the context stops.
+Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const std::string& where) {
+  ResponseParser parser;
+  char buffer[16 * 1024];
+  for (;;) {
+    // Checked on every read too, so a peer that keeps the socket busy cannot outlast the context.
+    ContextStatus status = context_status(ctx);
+    if (status != ContextStatus::ok) return context_error(status, "waiting for the response from " + where);
+#if MI_DETAIL_WINDOWS
+    int n = ::recv(s, buffer, static_cast<int>(sizeof buffer), 0);
+#else
+    ssize_t n = ::recv(s, buffer, sizeof buffer, 0);
+#endif
+    ResponseParser::Status st = ResponseParser::Status::need_more;
+    if (n > 0) {
+      st = parser.feed(buffer, static_cast<size_t>(n));
+    } else if (n == 0) {
+      st = parser.finish();
+    } else {
+      int err = last_error();
+      if (is_interrupted(err)) continue;
+      if (!would_block(err))
+        return make_error(Errc::network, "reading the response from " + where + " failed (" + describe_error(err) +
+                                             "): the endpoint dropped the connection; retrying may help");
+      Wait w = wait_socket(s, false, false, ctx, SteadyClock::time_point::max(), status, err);
+      if (w == Wait::stopped) return context_error(status, "waiting for the response from " + where);
+      if (w == Wait::failed)
+        return make_error(Errc::network, "waiting for the response from " + where + " failed (" +
+                                             describe_error(err) + ")");
+      continue;
+    }
+    if (st == ResponseParser::Status::done) return std::move(parser.response());
+    if (st == ResponseParser::Status::error) {
+      Error e = parser.error();
+      ErrorAccess::set_message(e, e.message() + " (endpoint " + where + ")");
+      return e;
+    }
+  }
+}
+
+}  // namespace sock_impl
+
+class SocketTransport final : public HttpClient {
+ public:
+  // connect_timeout bounds connecting (all addresses together); zero or less: only the context does.
+  explicit SocketTransport(Millis connect_timeout = Millis(5000)) : connect_timeout_(connect_timeout) {}
+  Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
+
+ private:
+  Millis connect_timeout_;
+};
+
+Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& request) {
+  Url url;
+  std::string why;
+  if (!parse_url(request.url, url, why)) return make_error(Errc::invalid_argument, "the endpoint URL is invalid: " + why);
+  if (url.scheme != "http")
+    return make_error(Errc::tls,
+                      "HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
+                      "MI_IMPLEMENTATION is defined and link libcurl and OpenSSL)");
+  std::string wire;
+  if (!serialize_request(request, url, wire, why))
+    return make_error(Errc::invalid_argument, "the request cannot be sent: " + why);
+  const std::string where = url.authority();
+  ContextStatus status = context_status(ctx);
+  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+
+  Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_);
+  if (!connected) return connected.error();
+  sock_impl::SocketGuard sock(connected.value());
+  Result<bool> sent = sock_impl::send_all(ctx, sock.get(), wire, where);
+  if (!sent) return sent.error();
+  return sock_impl::receive_response(ctx, sock.get(), where);
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/curl.hpp ----
+// HTTPS for Service Fabric through libcurl (only with MI_USE_CURL), and the
+// IDENTITY_SERVER_THUMBPRINT helpers every build needs (SPEC §4).
+//
+// Pinning: with a thumbprint, libcurl's own chain and host-name checks are off
+// and an OpenSSL certificate-verification callback installed through
+// CURLOPT_SSL_CTX_FUNCTION compares the SHA-1 of the server's leaf certificate
+// (over its DER encoding) with the pin, in constant time, during the handshake:
+// on a mismatch the handshake fails and no HTTP request byte is written. A
+// CURLOPT_PREREQFUNCTION check refuses to send the request if, for any reason,
+// the pin was not confirmed (fail closed). Only libcurl built on OpenSSL can do
+// this; any other TLS backend fails closed with a tls error.
+
+#if defined(MI_USE_CURL)
+#if defined(__has_include)
+#if !__has_include(<openssl/ssl.h>)
+#error "MI_USE_CURL needs the OpenSSL headers (e.g. libssl-dev) and linking OpenSSL (-lssl -lcrypto): Service Fabric certificate pinning uses libcurl's OpenSSL backend"
+#endif
+#endif
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/opensslv.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
+#if !defined(_WIN32)
+#include <pthread.h>
+#include <signal.h>
+#endif
+#endif
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+// Compares without an early exit, so the time taken does not depend on where the
+// inputs differ (the lengths are not secret).
+bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    diff = static_cast<unsigned char>(diff | (static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i])));
+  return diff == 0;
+}
+
+// IDENTITY_SERVER_THUMBPRINT: drop ':' and white space, then exactly 40 hex digits
+// (either case) -> 20 raw bytes. `sha1_bytes` is only written on success.
+bool parse_thumbprint(std::string_view text, std::string& sha1_bytes) {
+  std::string digits;
+  digits.reserve(text.size());
+  for (char c : text) {
+    if (c == ':' || c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f') continue;
+    if (hex_value(c) < 0) return false;
+    if (digits.size() == 40) return false;
+    digits.push_back(c);
+  }
+  if (digits.size() != 40) return false;
+  std::string out(20, '\0');
+  for (size_t i = 0; i < 20; ++i)
+    out[i] = static_cast<char>(hex_value(digits[2 * i]) * 16 + hex_value(digits[2 * i + 1]));
+  sha1_bytes = std::move(out);
+  return true;
+}
+
+#if defined(MI_USE_CURL)
+
+// Checks that libcurl's active TLS backend (curl_version_info()->ssl_version, e.g.
+// "OpenSSL/3.0.19"; in a multi-backend build the inactive ones are in parentheses)
+// is OpenSSL and of the same major (before 3.0: major.minor) version as the OpenSSL
+// this code was linked with (`linked_version_num`, OpenSSL_version_num()), so the
+// SSL_CTX that libcurl hands over is one this code may touch. On failure `why`
+// says what was found.
+bool curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned long linked_version_num,
+                                       std::string& why) {
+  std::string_view active = trim(ssl_version);
+  size_t end = active.find(' ');
+  if (end != std::string_view::npos) active = active.substr(0, end);
+  if (active.empty() || active.front() == '(') {
+    why = "the libcurl TLS backend is none; Service Fabric certificate pinning needs libcurl built with OpenSSL";
+    return false;
+  }
+  const std::string_view prefix = "OpenSSL/";
+  if (!starts_with(active, prefix)) {
+    why = "the libcurl TLS backend is " + std::string(active) +
+          "; Service Fabric certificate pinning needs libcurl built with OpenSSL";
+    return false;
+  }
+  // "OpenSSL/3.0.19" -> 3 and 0.
+  std::string_view numbers = active.substr(prefix.size());
+  unsigned long major = 0, minor = 0;
+  size_t i = 0;
+  bool have_major = false;
+  while (i < numbers.size() && numbers[i] >= '0' && numbers[i] <= '9' && major < 1000) {
+    major = major * 10 + static_cast<unsigned long>(numbers[i++] - '0');
+    have_major = true;
+  }
+  if (i < numbers.size() && numbers[i] == '.') {
+    ++i;
+    while (i < numbers.size() && numbers[i] >= '0' && numbers[i] <= '9' && minor < 1000)
+      minor = minor * 10 + static_cast<unsigned long>(numbers[i++] - '0');
+  }
+  unsigned long linked_major = (linked_version_num >> 28) & 0xfUL;
+  unsigned long linked_minor = (linked_version_num >> 20) & 0xffUL;
+  bool same = have_major && major == linked_major && (major >= 3 || minor == linked_minor);
+  if (!same) {
+    why = "libcurl uses " + std::string(active) + " but this program is linked with OpenSSL " +
+          std::to_string(linked_major) + "." + std::to_string(linked_minor) +
+          "; build and link libcurl and managed_identity.hpp against the same OpenSSL";
+    return false;
+  }
+  return true;
+}
+
+namespace curl_impl {
+
+CURLcode curl_global() {
+  static std::once_flag once;
+  static CURLcode code = CURLE_OK;
+  std::call_once(once, [] { code = curl_global_init(CURL_GLOBAL_DEFAULT); });
+  return code;
+}
+
+// State of one request, shared with libcurl's callbacks (all run on the calling thread).
+struct CurlCall {
+  const Context* ctx = nullptr;
+  std::string_view pin;         // 20 bytes, or empty for "no pin"
+  bool pin_installed = false;   // the OpenSSL callback was put on the connection's SSL_CTX
+  bool pin_matched = false;     // the leaf certificate matched
+  bool pin_mismatch = false;    // a leaf certificate did not match
+  bool pin_unreadable = false;  // no leaf certificate or no digest
+  bool pin_unchecked = false;   // the request was about to go out without a match: refused
+  ContextStatus stopped = ContextStatus::ok;
+  HttpResponse response;
+  bool interim = false;         // inside a 1xx head (skipped)
+  bool body_started = false;    // header lines after this are trailers (ignored)
+  size_t header_bytes = 0;
+  bool headers_too_large = false;
+  bool body_too_large = false;
+
+  static int on_verify(X509_STORE_CTX* store, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    X509* leaf = X509_STORE_CTX_get0_cert(store);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    if (leaf == nullptr || X509_digest(leaf, EVP_sha1(), md, &len) != 1 || len != 20) {
+      call->pin_unreadable = true;
+      call->pin_matched = false;
+      X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+      return 0;
+    }
+    bool match = constant_time_equal(std::string_view(reinterpret_cast<const char*>(md), len), call->pin);
+    call->pin_matched = match;
+    if (!match) {
+      call->pin_mismatch = true;
+      X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+      return 0;
+    }
+    return 1;
+  }
+
+  static CURLcode on_ssl_ctx(CURL*, void* ssl_ctx, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    SSL_CTX* tls = static_cast<SSL_CTX*>(ssl_ctx);
+    if (tls == nullptr) return CURLE_SSL_CONNECT_ERROR;
+    // VERIFY_PEER makes a failed verification abort the handshake; the callback
+    // replaces chain building altogether, so only the pin decides.
+    SSL_CTX_set_verify(tls, SSL_VERIFY_PEER, nullptr);
+    SSL_CTX_set_cert_verify_callback(tls, &CurlCall::on_verify, arg);
+    call->pin_installed = true;
+    return CURLE_OK;
+  }
+
+#if LIBCURL_VERSION_NUM >= 0x075000
+  static int on_prereq(void* arg, char*, char*, int, int) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    if (!call->pin.empty() && !(call->pin_installed && call->pin_matched)) {
+      call->pin_unchecked = true;
+      return CURL_PREREQFUNC_ABORT;
+    }
+    ContextStatus status = context_status(*call->ctx);
+    if (status != ContextStatus::ok) {
+      call->stopped = status;
+      return CURL_PREREQFUNC_ABORT;
+    }
+    return CURL_PREREQFUNC_OK;
+  }
+#endif
+
+  static int on_progress(void* arg, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    ContextStatus status = context_status(*call->ctx);
+    if (status == ContextStatus::ok) return 0;
+    call->stopped = status;
+    return 1;
+  }
+
+  void header_line(std::string_view line) {
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
+    if (starts_with(line, "HTTP/")) {  // a new status line: a new head begins
+      size_t sp = line.find(' ');
+      int status = 0;
+      if (sp != std::string_view::npos && line.size() >= sp + 4) {
+        for (size_t i = sp + 1; i < sp + 4; ++i) {
+          char c = line[i];
+          if (c < '0' || c > '9') { status = 0; break; }
+          status = status * 10 + (c - '0');
+        }
+      }
+      response.headers.clear();
+      interim = status >= 100 && status < 200;
+      response.status = interim ? 0 : status;
+      return;
+    }
+    if (line.empty() || interim || body_started) return;
+    if (line.front() == ' ' || line.front() == '\t') {  // obsolete line folding
+      if (!response.headers.empty()) {
+        std::string& value = response.headers.back().second;
+        std::string_view more = trim(line);
+        if (!more.empty()) {
+          if (!value.empty()) value.push_back(' ');
+          value.append(more.data(), more.size());
+        }
+      }
+      return;
+    }
+    size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0) return;
+    response.headers.emplace_back(std::string(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
+  }
+
+  static size_t on_header(char* data, size_t size, size_t count, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    size_t n = size * count;
+    call->header_bytes += n;
+    if (call->header_bytes > static_cast<size_t>(MI_MAX_HEADER_BYTES)) {
+      call->headers_too_large = true;
+      return 0;  // aborts the transfer (CURLE_WRITE_ERROR)
+    }
+#if MI_DETAIL_EXCEPTIONS
+    try {
+      call->header_line(std::string_view(data, n));
+    } catch (...) {
+      return 0;
+    }
+#else
+    call->header_line(std::string_view(data, n));
+#endif
+    return n;
+  }
+
+  static size_t on_body(char* data, size_t size, size_t count, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    size_t n = size * count;
+    call->body_started = true;
+    if (n > static_cast<size_t>(MI_MAX_RESPONSE_BYTES) - call->response.body.size()) {
+      call->body_too_large = true;
+      return 0;
+    }
+#if MI_DETAIL_EXCEPTIONS
+    try {
+      call->response.body.append(data, n);
+    } catch (...) {
+      return 0;
+    }
+#else
+    call->response.body.append(data, n);
+#endif
+    return n;
+  }
+};
+
+struct CurlEasyDeleter {
+  void operator()(CURL* easy) const noexcept { curl_easy_cleanup(easy); }
+};
+struct CurlMultiDeleter {
+  void operator()(CURLM* multi) const noexcept { curl_multi_cleanup(multi); }
+};
+struct CurlSlistDeleter {
+  void operator()(curl_slist* list) const noexcept { curl_slist_free_all(list); }
+};
+// Removes the easy handle from the multi handle before either is cleaned up.
+struct CurlAttachment {
+  CURLM* multi = nullptr;
+  CURL* easy = nullptr;
+  ~CurlAttachment() {
+    if (multi != nullptr && easy != nullptr) curl_multi_remove_handle(multi, easy);
+  }
+};
+
+// With CURLOPT_NOSIGNAL libcurl leaves SIGPIPE alone, and a write to a connection the
+// peer closed can still raise it in corner cases (and in older libcurl, whose OpenSSL
+// backend wrote with plain write()). Block it in this thread only for the transfer and
+// swallow one that the transfer raised, as libpq does; the process-wide disposition is
+// never changed.
+class SigpipeGuard {
+ public:
+#if MI_DETAIL_WINDOWS
+  SigpipeGuard() {}  // no SIGPIPE on Windows
+#else
+  SigpipeGuard() {
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    active_ = pthread_sigmask(SIG_BLOCK, &pipe_set, &old_) == 0;
+    if (!active_) return;
+    sigset_t pending;
+    sigemptyset(&pending);
+    was_pending_ = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+  }
+  ~SigpipeGuard() {
+    if (!active_) return;
+    if (!was_pending_) {
+      sigset_t pending;
+      sigemptyset(&pending);
+      if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+        sigset_t pipe_set;
+        sigemptyset(&pipe_set);
+        sigaddset(&pipe_set, SIGPIPE);
+        int signal_number = 0;
+        sigwait(&pipe_set, &signal_number);  // pending, so it returns at once
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+#endif
+  SigpipeGuard(const SigpipeGuard&) = delete;
+  SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+
+#if !MI_DETAIL_WINDOWS
+ private:
+  sigset_t old_;
+  bool active_ = false;
+  bool was_pending_ = false;
+#endif
+};
+
+bool is_http_token(std::string_view s) noexcept {
+  if (s.empty()) return false;
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
+    if (!ok || c == 0) return false;
+  }
+  return true;
+}
+
+// curl's own message for errors whose text can only name the peer, never response bytes.
+std::string curl_detail(CURLcode code, const char* errbuf) {
+  std::string out = curl_easy_strerror(code);
+  bool safe_buffer = code == CURLE_COULDNT_RESOLVE_HOST || code == CURLE_COULDNT_CONNECT ||
+                     code == CURLE_OPERATION_TIMEDOUT || code == CURLE_SSL_CONNECT_ERROR ||
+                     code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CERTPROBLEM ||
+                     code == CURLE_SSL_CIPHER || code == CURLE_SSL_CACERT_BADFILE;
+  if (safe_buffer && errbuf != nullptr && errbuf[0] != '\0') {
+    std::string text;
+    for (const char* p = errbuf; *p != '\0' && text.size() < 240; ++p)
+      text.push_back(static_cast<unsigned char>(*p) < 0x20 || *p == 0x7f ? ' ' : *p);
+    text = std::string(trim(text));
+    if (!text.empty() && text != out) out += ": " + text;
+  }
+  return out;
+}
+
+Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, const char* errbuf) {
+  if (call.pin_mismatch)
+    return make_error(Errc::tls, "the Service Fabric endpoint's TLS certificate does not match IDENTITY_SERVER_THUMBPRINT");
+  if (call.pin_unreadable)
+    return make_error(Errc::tls,
+                      "the Service Fabric endpoint presented no usable TLS certificate to compare with "
+                      "IDENTITY_SERVER_THUMBPRINT");
+  if (call.pin_unchecked)
+    return make_error(Errc::tls,
+                      "the TLS connection to the Service Fabric endpoint was not verified against "
+                      "IDENTITY_SERVER_THUMBPRINT, so the request was not sent");
+  if (call.headers_too_large)
+    return make_error(Errc::invalid_response, "the HTTPS response head is larger than MI_MAX_HEADER_BYTES (" +
+                                                  std::to_string(MI_MAX_HEADER_BYTES) + " bytes)");
+  if (call.body_too_large || code == CURLE_FILESIZE_EXCEEDED)
+    return make_error(Errc::invalid_response, "the HTTPS response body is larger than MI_MAX_RESPONSE_BYTES (" +
+                                                  std::to_string(MI_MAX_RESPONSE_BYTES) + " bytes)");
+  if (call.stopped != ContextStatus::ok) return context_error(call.stopped, "waiting for the HTTPS endpoint");
+  ContextStatus status = context_status(ctx);
+  if (code == CURLE_ABORTED_BY_CALLBACK || code == CURLE_OPERATION_TIMEDOUT) {
+    if (status != ContextStatus::ok) return context_error(status, "waiting for the HTTPS endpoint");
+  }
+  std::string detail = " (libcurl: " + curl_detail(code, errbuf) + ")";
+  switch (code) {
+    case CURLE_OPERATION_TIMEDOUT:
+      return make_error(Errc::timeout, "the HTTPS request timed out" + detail +
+                                           "; check that the endpoint is reachable or allow more time (mi::WithTimeouts)");
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+      return make_error(Errc::network, "the HTTPS request to the endpoint failed" + detail);
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_USE_SSL_FAILED:
+      return make_error(Errc::tls, "the TLS handshake with the HTTPS endpoint failed" + detail);
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+      return make_error(Errc::invalid_argument, "the HTTPS endpoint URL was rejected" + detail);
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_WRITE_ERROR:
+      return make_error(Errc::invalid_response, "the HTTPS endpoint sent a response that is not valid HTTP" + detail);
+    default:
+      return make_error(Errc::network, "the HTTPS request failed" + detail);
+  }
+}
+
+long curl_millis(Millis value) noexcept {
+  const int64_t cap = 24LL * 24 * 3600 * 1000;  // fits a 32-bit long
+  int64_t ms = static_cast<int64_t>(value.count());
+  if (ms < 1) ms = 1;
+  if (ms > cap) ms = cap;
+  return static_cast<long>(ms);
+}
+
+}  // namespace curl_impl
+
+class CurlTransport final : public HttpClient {
+ public:
+  // pinned_sha1: 20 bytes (the normalised IDENTITY_SERVER_THUMBPRINT), or empty
+  // for "no pin" (then libcurl's normal verification applies).
+  CurlTransport(std::string pinned_sha1, Millis connect_timeout);
+  Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
+
+ private:
+  std::string pin_;
+  Millis connect_timeout_;
+  CURLcode init_ = CURLE_OK;
+  std::string backend_problem_;  // non-empty: pinning is impossible with this libcurl
+};
+
+CurlTransport::CurlTransport(std::string pinned_sha1, Millis connect_timeout)
+    : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout) {
+  init_ = curl_impl::curl_global();
+  if (!pin_.empty()) {
+    const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
+    const char* ssl_version = info != nullptr ? info->ssl_version : nullptr;
+    std::string why;
+    if (!curl_tls_backend_supports_pinning(ssl_version != nullptr ? ssl_version : "", OpenSSL_version_num(), why))
+      backend_problem_ = std::move(why);
+  }
+}
+
+Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& request) {
+  if (init_ != CURLE_OK)
+    return make_error(Errc::network, std::string("libcurl could not be initialised (curl_global_init: ") +
+                                         curl_easy_strerror(init_) + ")");
+  if (!pin_.empty() && pin_.size() != 20)
+    return make_error(Errc::invalid_argument, "the certificate pin must be the 20 bytes of a SHA-1 thumbprint");
+  if (!backend_problem_.empty()) return make_error(Errc::tls, backend_problem_);
+  if (!starts_with(ascii_lowercase(request.url.substr(0, 8)), "https://") || has_control_char(request.url))
+    return make_error(Errc::invalid_argument, "the libcurl transport only sends https:// requests with a well-formed URL");
+  if (!curl_impl::is_http_token(request.method))
+    return make_error(Errc::invalid_argument, "the HTTP method is not a valid token");
+  bool has_expect = false;
+  for (const auto& header : request.headers) {
+    if (!curl_impl::is_http_token(header.first))
+      return make_error(Errc::invalid_argument, "a request header name is not a valid HTTP token");
+    if (has_control_char(header.second))
+      return make_error(Errc::invalid_argument,
+                        "the value of request header " + header.first + " contains a control character");
+    if (iequals(header.first, "Expect")) has_expect = true;
+  }
+  ContextStatus status = context_status(ctx);
+  if (status != ContextStatus::ok) return context_error(status, "starting the HTTPS request");
+
+  curl_impl::SigpipeGuard sigpipe_guard;  // declared first, destroyed last: after every handle is cleaned up
+  curl_impl::CurlCall call;
+  call.ctx = &ctx;
+  call.pin = pin_;
+
+  std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(curl_easy_init());
+  std::unique_ptr<CURLM, curl_impl::CurlMultiDeleter> multi(curl_multi_init());
+  if (!easy || !multi) return make_error(Errc::network, "libcurl could not create a request handle (out of memory?)");
+  CURL* h = easy.get();
+
+  // Request headers; "Name;" is libcurl's way to send an empty value, "Expect:" stops 100-continue.
+  std::unique_ptr<curl_slist, curl_impl::CurlSlistDeleter> headers;
+  auto add_header = [&headers](const std::string& line) -> bool {
+    curl_slist* next = curl_slist_append(headers.get(), line.c_str());
+    if (next == nullptr) return false;
+    headers.release();
+    headers.reset(next);
+    return true;
+  };
+  for (const auto& header : request.headers) {
+    std::string_view value = trim(header.second);
+    if (!add_header(value.empty() ? header.first + ";" : header.first + ": " + std::string(value)))
+      return make_error(Errc::network, "libcurl could not store a request header (out of memory?)");
+  }
+  if (!request.body.empty() && !has_expect && !add_header("Expect:"))
+    return make_error(Errc::network, "libcurl could not store a request header (out of memory?)");
+
+  char errbuf[CURL_ERROR_SIZE];
+  errbuf[0] = '\0';
+  CURLcode rc = CURLE_OK;
+  auto set = [&rc](CURLcode r) {
+    if (rc == CURLE_OK) rc = r;
+  };
+  set(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf));
+  set(curl_easy_setopt(h, CURLOPT_URL, request.url.c_str()));
+#if LIBCURL_VERSION_NUM >= 0x075500
+  set(curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https"));
+  set(curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "https"));
+#else
+  set(curl_easy_setopt(h, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
+  set(curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
+#endif
+  set(curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L));
+  set(curl_easy_setopt(h, CURLOPT_PROXY, ""));
+  set(curl_easy_setopt(h, CURLOPT_NOPROXY, "*"));
+  set(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
+  set(curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1)));
+  set(curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L));
+  set(curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L));
+  set(curl_easy_setopt(h, CURLOPT_SSL_SESSIONID_CACHE, 0L));
+  set(curl_easy_setopt(h, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2)));
+  set(curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.get()));
+  set(curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(MI_MAX_RESPONSE_BYTES)));
+  set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &curl_impl::CurlCall::on_header));
+  set(curl_easy_setopt(h, CURLOPT_HEADERDATA, static_cast<void*>(&call)));
+  set(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &curl_impl::CurlCall::on_body));
+  set(curl_easy_setopt(h, CURLOPT_WRITEDATA, static_cast<void*>(&call)));
+  set(curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L));
+  set(curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &curl_impl::CurlCall::on_progress));
+  set(curl_easy_setopt(h, CURLOPT_XFERINFODATA, static_cast<void*>(&call)));
+#if LIBCURL_VERSION_NUM >= 0x075000
+  set(curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, &curl_impl::CurlCall::on_prereq));
+  set(curl_easy_setopt(h, CURLOPT_PREREQDATA, static_cast<void*>(&call)));
+#endif
+  if (iequals(request.method, "GET") && request.body.empty()) {
+    set(curl_easy_setopt(h, CURLOPT_HTTPGET, 1L));
+  } else if (iequals(request.method, "HEAD") && request.body.empty()) {
+    set(curl_easy_setopt(h, CURLOPT_NOBODY, 1L));
+  } else {
+    if (iequals(request.method, "POST") || !request.body.empty()) {
+      set(curl_easy_setopt(h, CURLOPT_POST, 1L));
+      set(curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size())));
+      set(curl_easy_setopt(h, CURLOPT_POSTFIELDS, request.body.c_str()));
+    }
+    if (!iequals(request.method, "POST")) set(curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, request.method.c_str()));
+  }
+  Millis left = time_left(ctx, Millis::max());
+  Millis connect = connect_timeout_ > Millis(0) && connect_timeout_ < left ? connect_timeout_ : left;
+  set(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, curl_impl::curl_millis(connect)));
+  if (left != Millis::max()) set(curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, curl_impl::curl_millis(left)));
+  if (pin_.empty()) {
+    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L));
+    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L));
+  } else {
+    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L));
+    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L));
+    set(curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, &curl_impl::CurlCall::on_ssl_ctx));
+    set(curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call)));
+  }
+  if (rc != CURLE_OK) {
+    if (!pin_.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
+      return make_error(Errc::tls,
+                        "this libcurl cannot install the certificate check Service Fabric needs; "
+                        "use libcurl built with OpenSSL");
+    return make_error(Errc::network, std::string("libcurl rejected an option: ") + curl_easy_strerror(rc));
+  }
+
+  curl_impl::CurlAttachment attachment;
+  if (curl_multi_add_handle(multi.get(), h) != CURLM_OK)
+    return make_error(Errc::network, "libcurl could not start the request");
+  attachment.multi = multi.get();
+  attachment.easy = h;
+
+  // Drive the transfer in short slices so a Cancel() or the deadline is seen promptly,
+  // whatever libcurl is blocked on (connect, handshake, response).
+  bool done = false;
+  CURLcode result = CURLE_OK;
+  for (;;) {
+    int running = 0;
+    CURLMcode mc = curl_multi_perform(multi.get(), &running);
+    if (mc != CURLM_OK)
+      return make_error(Errc::network, std::string("libcurl failed: ") + curl_multi_strerror(mc));
+    int queued = 0;
+    while (CURLMsg* msg = curl_multi_info_read(multi.get(), &queued)) {
+      if (msg->msg == CURLMSG_DONE && msg->easy_handle == h) {
+        result = msg->data.result;
+        done = true;
+      }
+    }
+    if (done) break;
+    if (running == 0) return make_error(Errc::network, "libcurl stopped the request without a result");
+    status = context_status(ctx);
+    if (status != ContextStatus::ok) {
+      call.stopped = status;
+      break;
+    }
+    int wait_ms = static_cast<int>(time_left(ctx, kContextSlice).count());
+    if (wait_ms < 1) wait_ms = 1;
+#if LIBCURL_VERSION_NUM >= 0x074200
+    mc = curl_multi_poll(multi.get(), nullptr, 0, wait_ms, nullptr);
+#else
+    int fds = 0;
+    mc = curl_multi_wait(multi.get(), nullptr, 0, wait_ms, &fds);
+    if (mc == CURLM_OK && fds == 0) std::this_thread::sleep_for(Millis(1));
+#endif
+    if (mc != CURLM_OK)
+      return make_error(Errc::network, std::string("libcurl failed: ") + curl_multi_strerror(mc));
+  }
+  if (!done) return context_error(call.stopped, "waiting for the HTTPS endpoint");
+  if (result != CURLE_OK) return curl_impl::curl_failure(result, call, ctx, errbuf);
+  if (!pin_.empty() && !(call.pin_installed && call.pin_matched))
+    return make_error(Errc::tls,
+                      "the TLS connection to the Service Fabric endpoint was not verified against "
+                      "IDENTITY_SERVER_THUMBPRINT");
+  long code = 0;
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+  if (code >= 100 && code <= 999) call.response.status = static_cast<int>(code);
+  if (call.response.status < 100 || call.response.status > 999)
+    return make_error(Errc::invalid_response, "the HTTPS endpoint's response has no valid status line");
+  return std::move(call.response);
+}
+
+#endif  // MI_USE_CURL
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/response.hpp ----
+// Token and error bodies (SPEC §5). Field types vary between sources: numbers
+// arrive as JSON numbers or numeric strings, expires_on as epoch seconds or as
+// one of several date forms. Error messages never quote the body or the token.
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+struct TokenResponse {
+  std::string access_token;
+  std::string token_type;  // "Bearer" when absent or empty
+  std::string resource;    // as the endpoint sent it, "" if absent
+  SysClock::time_point expires_on;
+  SysClock::time_point refresh_on;  // SysClock::time_point() (epoch) when none
+  std::string client_id, object_id, msi_res_id, mi_res_id;  // echoed identity fields, "" if absent/not a string
+};
+
+struct ErrorBody {
+  std::string code, description, correlation_id;
+  bool json = false;  // the body was a JSON document (of any shape)
+};
+
+// The latest instant (in seconds since the epoch) accepted anywhere: 9999-12-31T23:59:59Z,
+// or less where SysClock cannot represent that (libstdc++'s nanoseconds end in 2262).
+constexpr int64_t kMaxEpochSeconds =
+    std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count() - 1 < 253402300799
+        ? std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count() - 1
+        : 253402300799;
+
+// A non-negative decimal in JSON number form (leading zeros tolerated, as numeric strings
+// carry them), fraction and exponent allowed, truncated toward zero to whole seconds.
+// False when malformed, negative, or above kMaxEpochSeconds.
+bool parse_seconds_text(std::string_view s, int64_t& out) noexcept {
+  size_t i = 0, n = s.size();
+  auto digit = [&](size_t k) noexcept { return k < n && s[k] >= '0' && s[k] <= '9'; };
+  size_t int_begin = i;
+  while (digit(i)) ++i;
+  size_t int_end = i;
+  if (int_end == int_begin) return false;
+  size_t frac_begin = i, frac_end = i;
+  if (i < n && s[i] == '.') {
+    frac_begin = ++i;
+    while (digit(i)) ++i;
+    frac_end = i;
+    if (frac_end == frac_begin) return false;
+  }
+  int64_t exponent = 0;
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    bool negative = false;
+    if (i < n && (s[i] == '+' || s[i] == '-')) negative = s[i++] == '-';
+    if (!digit(i)) return false;
+    while (digit(i)) {
+      if (exponent < 100000) exponent = exponent * 10 + (s[i] - '0');
+      ++i;
+    }
+    if (negative) exponent = -exponent;
+  }
+  if (i != n) return false;
+  // The digits int||frac with the decimal point after `point` of them.
+  const int64_t int_len = static_cast<int64_t>(int_end - int_begin);
+  const int64_t frac_len = static_cast<int64_t>(frac_end - frac_begin);
+  const int64_t point = int_len + exponent;
+  int64_t value = 0;
+  for (int64_t k = 0; k < point; ++k) {
+    int d = 0;
+    if (k < int_len) d = s[int_begin + static_cast<size_t>(k)] - '0';
+    else if (k < int_len + frac_len) d = s[frac_begin + static_cast<size_t>(k - int_len)] - '0';
+    else if (value == 0) break;  // only zeros remain to be appended to zero
+    value = value * 10 + d;
+    if (value > kMaxEpochSeconds) return false;
+  }
+  out = value;
+  return true;
+}
+
+// Seconds from a JSON number or a numeric string.
+bool json_seconds(const JsonValue* v, int64_t& out) noexcept {
+  if (v == nullptr || !(v->is_number() || v->is_string())) return false;
+  return parse_seconds_text(v->text, out);
+}
+
+namespace date_parse {
+
+struct Cursor {
+  std::string_view s;
+  size_t i = 0;
+  bool done() const noexcept { return i == s.size(); }
+  bool peek(char c) const noexcept { return i < s.size() && s[i] == c; }
+  bool eat(char c) noexcept {
+    if (!peek(c)) return false;
+    ++i;
+    return true;
+  }
+  bool is_digit() const noexcept { return i < s.size() && s[i] >= '0' && s[i] <= '9'; }
+  // Exactly n digits.
+  bool digits(int n, int& v) noexcept {
+    v = 0;
+    for (int k = 0; k < n; ++k) {
+      if (!is_digit()) return false;
+      v = v * 10 + (s[i++] - '0');
+    }
+    return true;
+  }
+  // One or two digits.
+  bool digits12(int& v) noexcept {
+    if (!digits(1, v)) return false;
+    if (is_digit()) v = v * 10 + (s[i++] - '0');
+    return true;
+  }
+};
+
+inline bool leap_year(int y) noexcept { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
+
+inline int days_in_month(int y, int m) noexcept {
+  static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  return m == 2 && leap_year(y) ? 29 : days[m - 1];
+}
+
+// A UTC offset: ('+'|'-') hh [':'] mm, in seconds east of UTC.
+bool offset(Cursor& c, int64_t& seconds) noexcept {
+  int sign;
+  if (c.eat('+')) sign = 1;
+  else if (c.eat('-')) sign = -1;
+  else return false;
+  int hh, mm;
+  if (!c.digits(2, hh)) return false;
+  c.eat(':');
+  if (!c.digits(2, mm)) return false;
+  if (hh > 23 || mm > 59) return false;
+  seconds = sign * (static_cast<int64_t>(hh) * 3600 + mm * 60);
+  return true;
+}
+
+bool combine(int y, int mo, int d, int h, int mi, int sec, int64_t offset_seconds, int64_t& out) noexcept {
+  if (mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo)) return false;
+  if (h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 || sec > 59) return false;
+  int64_t t = days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 +
+              static_cast<int64_t>(h) * 3600 + mi * 60 + sec - offset_seconds;
+  if (t < 0 || t > kMaxEpochSeconds) return false;
+  out = t;
+  return true;
+}
+
+// yyyy-MM-dd('T'|' ')HH:mm:ss[.fraction][Z | [' ']±hh[:]mm]; no zone means UTC.
+bool iso(std::string_view s, int64_t& out) noexcept {
+  Cursor c{s};
+  int y, mo, d, h, mi, sec;
+  if (!c.digits(4, y) || !c.eat('-') || !c.digits(2, mo) || !c.eat('-') || !c.digits(2, d)) return false;
+  if (!(c.eat('T') || c.eat('t') || c.eat(' '))) return false;
+  if (!c.digits(2, h) || !c.eat(':') || !c.digits(2, mi) || !c.eat(':') || !c.digits(2, sec)) return false;
+  if (c.eat('.')) {
+    if (!c.is_digit()) return false;
+    while (c.is_digit()) ++c.i;  // truncated
+  }
+  int64_t zone = 0;
+  if (!c.done()) {
+    if (!(c.eat('Z') || c.eat('z'))) {
+      c.eat(' ');
+      if (!offset(c, zone)) return false;
+    }
+  }
+  return c.done() && combine(y, mo, d, h, mi, sec, zone, out);
+}
+
+// M/d/yyyy h:mm:ss[ AM| PM][ ±hh:mm] (.NET's general date/time pattern, en-US).
+bool us(std::string_view s, int64_t& out) noexcept {
+  Cursor c{s};
+  int mo, d, y, h, mi, sec;
+  if (!c.digits12(mo) || !c.eat('/') || !c.digits12(d) || !c.eat('/') || !c.digits(4, y)) return false;
+  if (!c.eat(' ')) return false;
+  if (!c.digits12(h) || !c.eat(':') || !c.digits(2, mi) || !c.eat(':') || !c.digits(2, sec)) return false;
+  if (c.s.size() - c.i >= 3 && c.s[c.i] == ' ') {
+    std::string_view marker = c.s.substr(c.i + 1, 2);
+    bool am = iequals(marker, "AM"), pm = iequals(marker, "PM");
+    if (am || pm) {
+      c.i += 3;
+      if (h < 1 || h > 12) return false;
+      if (am) h = h == 12 ? 0 : h;
+      else h = h == 12 ? 12 : h + 12;
+    }
+  }
+  int64_t zone = 0;
+  if (!c.done()) {
+    if (!c.eat(' ') || !offset(c, zone)) return false;
+  }
+  return c.done() && combine(y, mo, d, h, mi, sec, zone, out);
+}
+
+}  // namespace date_parse
+
+// One expires_on value given as a string (numeric strings included) -> time point;
+// false if unparseable. Forms: epoch seconds; ISO 8601 / RFC 3339 with or without a
+// fraction and a zone; M/d/yyyy h:mm:ss with optional AM/PM and offset; yyyy-MM-dd HH:mm:ss.
+bool parse_expires_on(std::string_view text, SysClock::time_point& out) {
+  int64_t seconds = 0;
+  if (parse_seconds_text(text, seconds) || date_parse::iso(text, seconds) || date_parse::us(text, seconds)) {
+    out = from_unix_seconds(seconds);
+    return true;
+  }
+  return false;
+}
+
+Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time_point now) {
+  if (trim(body).empty())
+    return make_error(Errc::invalid_response, "the token response is empty (a success status with no body)");
+  JsonValue root;
+  std::string why;
+  size_t at = 0;
+  if (!parse_json(body, root, why, at))
+    return make_error(Errc::invalid_response,
+                      "the token response is not valid JSON (at byte " + std::to_string(at) + "): " + why);
+  if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
+
+  TokenResponse out;
+  const JsonValue* token = root.find("access_token");
+  if (token == nullptr) return make_error(Errc::invalid_response, "the token response has no access_token");
+  if (!token->is_string())
+    return make_error(Errc::invalid_response, "the token response's access_token is not a string");
+  if (token->text.empty()) return make_error(Errc::invalid_response, "the token response has an empty access_token");
+
+  auto string_field = [&root](std::string_view key) -> std::string {
+    const JsonValue* v = root.find(key);
+    return v != nullptr && v->is_string() ? v->text : std::string();
+  };
+
+  // Expiry: expires_on when present and parseable, else now + expires_in.
+  bool have_expiry = false;
+  if (const JsonValue* on = root.find("expires_on")) {
+    int64_t seconds = 0;
+    if (on->is_number() && parse_seconds_text(on->text, seconds)) {
+      out.expires_on = from_unix_seconds(seconds);
+      have_expiry = true;
+    } else if (on->is_string() && parse_expires_on(on->text, out.expires_on)) {
+      have_expiry = true;
+    }
+  }
+  if (!have_expiry) {
+    int64_t seconds = 0;
+    if (json_seconds(root.find("expires_in"), seconds) && seconds <= kMaxEpochSeconds - to_unix_seconds(now)) {
+      out.expires_on = now + std::chrono::seconds(seconds);
+      have_expiry = true;
+    }
+  }
+  if (!have_expiry)
+    return make_error(Errc::invalid_response, "the token response has neither a usable expires_on nor expires_in");
+
+  // Refresh: the server's refresh_in when it falls inside the lifetime, else half a long lifetime.
+  const SysClock::duration lifetime = out.expires_on - now;
+  int64_t refresh_in = 0;
+  if (json_seconds(root.find("refresh_in"), refresh_in) && refresh_in > 0 &&
+      std::chrono::seconds(refresh_in) < lifetime) {
+    out.refresh_on = now + std::chrono::seconds(refresh_in);
+  } else if (lifetime > std::chrono::hours(2)) {
+    out.refresh_on = now + lifetime / 2;
+  }
+
+  out.access_token = token->text;
+  out.token_type = string_field("token_type");
+  if (out.token_type.empty()) out.token_type = "Bearer";
+  out.resource = string_field("resource");
+  out.client_id = string_field("client_id");
+  out.object_id = string_field("object_id");
+  out.msi_res_id = string_field("msi_res_id");
+  out.mi_res_id = string_field("mi_res_id");
+  return out;
+}
+
+// Best effort on any body: flat {"error", "error_description", "correlation_id"}, nested
+// {"error": {"code", "message", "correlationId"}}, or App Service's {"message", "correlationId"}.
+// Anything else (not JSON, HTML, empty, not an object) gives empty fields.
+ErrorBody parse_error_body(std::string_view body) {
+  ErrorBody out;
+  JsonValue root;
+  std::string why;
+  size_t at = 0;
+  if (!parse_json(body, root, why, at)) return out;
+  out.json = true;
+  if (!root.is_object()) return out;
+  auto text = [](const JsonValue* v) -> std::string { return v != nullptr && v->is_string() ? v->text : std::string(); };
+  auto code = [](const JsonValue* v) -> std::string {
+    return v != nullptr && (v->is_string() || v->is_number()) ? v->text : std::string();
+  };
+  const JsonValue* error = root.find("error");
+  if (error != nullptr && error->is_object()) {
+    out.code = code(error->find("code"));
+    out.description = text(error->find("message"));
+    out.correlation_id = text(error->find("correlationId"));
+  } else {
+    out.code = text(error);
+    out.description = text(root.find("error_description"));
+  }
+  if (out.description.empty()) out.description = text(root.find("message"));
+  if (out.correlation_id.empty()) out.correlation_id = text(root.find("correlation_id"));
+  if (out.correlation_id.empty()) out.correlation_id = text(root.find("correlationId"));
+  return out;
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/sources.hpp ----
+// The six sources: detection from the environment (SPEC §1), which identities
+// each accepts (§2), how each builds its request (§2), and the Azure Arc
+// challenge's key file and identity confirmation (§3).
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+constexpr const char* kUserAgent = "managed-identity-cpp/" MI_VERSION_STRING;
+constexpr const char* kImdsEndpoint = "http://169.254.169.254/metadata/identity/oauth2/token";
+constexpr const char* kImdsPath = "/metadata/identity/oauth2/token";
+constexpr const char* kArcDefaultEndpoint = "http://127.0.0.1:40342/metadata/identity/oauth2/token";
+constexpr size_t kArcMaxKeyBytes = 4096;
+
+inline const char* source_label(Source source) {
+  switch (source) {
+    case Source::DefaultToIMDS: return "IMDS";
+    case Source::AppService: return "App Service";
+    case Source::AzureArc: return "Azure Arc";
+    case Source::CloudShell: return "Cloud Shell";
+    case Source::ServiceFabric: return "Service Fabric";
+    case Source::AzureML: return "Azure ML";
+  }
+  return "the managed identity endpoint";
+}
+
+// ---- detection -------------------------------------------------------------------
+
+bool file_exists(const std::string& path) {
+  if (path.empty()) return false;
+#if MI_DETAIL_WINDOWS
+  DWORD attributes = GetFileAttributesA(path.c_str());
+  return attributes != INVALID_FILE_ATTRIBUTES;
+#else
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+#endif
+}
+
+// Where the Arc agent's himds executable would be (SPEC §1 step 4).
+std::vector<std::string> arc_himds_paths() {
+#if defined(MI_AZURE_ARC_HIMDS_PATH)
+  return {MI_AZURE_ARC_HIMDS_PATH};
+#elif MI_DETAIL_WINDOWS
+  std::vector<std::string> out;
+  // The agent installs under Program Files; Go looks under ProgramData: accept both.
+  std::string program_files = env("ProgramFiles"), program_data = env("ProgramData");
+  if (!program_files.empty()) out.push_back(program_files + "\\AzureConnectedMachineAgent\\himds.exe");
+  if (!program_data.empty()) out.push_back(program_data + "\\AzureConnectedMachineAgent\\himds.exe");
+  return out;
+#elif defined(__linux__)
+  return {"/opt/azcmagent/bin/himds"};
+#else
+  return {};
+#endif
+}
+
+Source detect_source() {
+  std::string identity_endpoint = env("IDENTITY_ENDPOINT");
+  if (!identity_endpoint.empty() && !env("IDENTITY_HEADER").empty())
+    return env("IDENTITY_SERVER_THUMBPRINT").empty() ? Source::AppService : Source::ServiceFabric;
+  if (!env("MSI_ENDPOINT").empty()) return env("MSI_SECRET").empty() ? Source::CloudShell : Source::AzureML;
+  if (!identity_endpoint.empty() && !env("IMDS_ENDPOINT").empty()) return Source::AzureArc;
+  for (const std::string& path : arc_himds_paths())
+    if (file_exists(path)) return Source::AzureArc;
+  return Source::DefaultToIMDS;
+}
+
+// ---- identities ------------------------------------------------------------------------
+
+const char* id_kind_label(IDKind kind) {
+  switch (kind) {
+    case IDKind::SystemAssigned: return "system-assigned identity";
+    case IDKind::ClientID: return "user-assigned client ID";
+    case IDKind::ObjectID: return "user-assigned object ID";
+    case IDKind::ResourceID: return "user-assigned resource ID";
+  }
+  return "identity";
+}
+
+// SPEC §2: the source's support for the ID kind first, then an empty value.
+bool check_identity(Source source, const ID& id, Error& error) {
+  const bool user_assigned = id.kind() != IDKind::SystemAssigned;
+  if (user_assigned) {
+    std::string why;
+    if (source == Source::CloudShell)
+      why = "Cloud Shell supports only its system-assigned identity; use mi::SystemAssigned()";
+    else if (source == Source::ServiceFabric)
+      why = "Service Fabric does not accept a user-assigned identity in the request: the identity is set by the "
+            "cluster's resource configuration (https://aka.ms/servicefabricmi); use mi::SystemAssigned()";
+    else if (source == Source::AzureML && id.kind() != IDKind::ClientID)
+      why = "Azure ML accepts a user-assigned identity by client ID only; use mi::UserAssignedClientID()";
+    if (!why.empty()) {
+      error = ErrorAccess::make(Errc::unsupported_identity,
+                                std::string("a ") + id_kind_label(id.kind()) + " cannot be used here: " + why, source);
+      return false;
+    }
+    if (id.value().empty()) {
+      error = ErrorAccess::make(Errc::invalid_argument,
+                                std::string("the ") + id_kind_label(id.kind()) +
+                                    " is empty; pass the identity's ID, or use mi::SystemAssigned()",
+                                source);
+      return false;
+    }
+  }
+  return true;
+}
+
+// The query parameter that carries a user-assigned ID, or nullptr.
+const char* id_parameter(Source source, IDKind kind) {
+  switch (kind) {
+    case IDKind::SystemAssigned: return nullptr;
+    case IDKind::ClientID: return source == Source::AzureML ? "clientid" : "client_id";
+    case IDKind::ObjectID: return "object_id";
+    case IDKind::ResourceID: return source == Source::AppService ? "mi_res_id" : "msi_res_id";
+  }
+  return nullptr;
+}
+
+// ---- endpoints from the environment --------------------------------------------------
+
+// Parses an endpoint URL taken from variable `name`; SPEC §2: malformed, wrong scheme or a
+// control character is invalid_argument. The message names the variable, not the value.
+bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source, Url& url,
+                   Error& error) {
+  std::string why;
+  if (has_control_char(value)) {
+    why = "it contains a control character";
+  } else if (!parse_url(value, url, why)) {
+    // why is set by parse_url
+  } else if (url.scheme != scheme) {
+    why = std::string("its scheme must be ") + scheme + "://";
+  } else {
+    return true;
+  }
+  error = ErrorAccess::make(Errc::invalid_argument,
+                            std::string(name) + " is not a valid " + scheme + " URL (" + why + "); check the " +
+                                source_label(source) + " environment",
+                            source);
+  return false;
+}
+
+// Reads a secret variable; a control character is invalid_argument (the value is never shown).
+bool secret_from(const char* name, Source source, std::string& value, Error& error) {
+  value = env(name);
+  if (has_control_char(value)) {
+    error = ErrorAccess::make(Errc::invalid_argument,
+                              std::string(name) + " contains a control character; check the " + source_label(source) +
+                                  " environment",
+                              source);
+    return false;
+  }
+  return true;
+}
+
+// AZURE_POD_IDENTITY_AUTHORITY_HOST: a base URL; one trailing '/' dropped, the token path
+// appended, http:// assumed without a scheme (SPEC §2).
+std::string imds_endpoint() {
+  std::string host = env("AZURE_POD_IDENTITY_AUTHORITY_HOST");
+  if (host.empty()) return kImdsEndpoint;
+  if (!host.empty() && host.back() == '/') host.pop_back();
+  if (host.find("://") == std::string::npos) host = "http://" + host;
+  return host + kImdsPath;
+}
+
+// ---- request building -------------------------------------------------------------------
+
+struct RequestExtras {
+  std::string request_id;             // IMDS x-ms-client-request-id
+  std::string token_sha256;           // Service Fabric token_sha256_to_refresh (with claims)
+  std::vector<std::string> capabilities;  // Service Fabric xms_cc
+};
+
+struct BuiltRequest {
+  HttpRequest request;
+  std::vector<std::string> secrets;  // values that must never appear in a message or log
+};
+
+// Builds the one request of an acquisition (Azure Arc: leg 1). Endpoint and secret
+// variables are read now, except Service Fabric's endpoint, fixed at New (`fixed_endpoint`).
+bool build_request(Source source, const ID& id, std::string_view resource, const RequestExtras& extras,
+                   const Url* fixed_endpoint, BuiltRequest& out, Error& error) {
+  HttpRequest& req = out.request;
+  req.method = "GET";
+  std::vector<std::pair<std::string, std::string>> params;
+  const char* api_version = nullptr;
+  Url url;
+  std::string endpoint;
+  const char* endpoint_name = "IDENTITY_ENDPOINT";
+  const char* scheme = "http";
+  switch (source) {
+    case Source::DefaultToIMDS:
+      endpoint = imds_endpoint();
+      endpoint_name = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
+      api_version = "2018-02-01";
+      break;
+    case Source::AppService: endpoint = env("IDENTITY_ENDPOINT"); api_version = "2019-08-01"; break;
+    case Source::AzureArc:
+      endpoint = env("IDENTITY_ENDPOINT");
+      if (endpoint.empty()) endpoint = kArcDefaultEndpoint;
+      api_version = "2020-06-01";
+      break;
+    case Source::CloudShell: endpoint = env("MSI_ENDPOINT"); endpoint_name = "MSI_ENDPOINT"; break;
+    case Source::ServiceFabric: api_version = "2019-07-01-preview"; scheme = "https"; break;
+    case Source::AzureML:
+      endpoint = env("MSI_ENDPOINT");
+      endpoint_name = "MSI_ENDPOINT";
+      api_version = "2017-09-01";
+      break;
+  }
+  if (source == Source::ServiceFabric && fixed_endpoint != nullptr) {
+    url = *fixed_endpoint;
+  } else if (!endpoint_from(endpoint, endpoint_name, scheme, source, url, error)) {
+    return false;
+  }
+
+  if (api_version != nullptr) params.emplace_back("api-version", api_version);
+  if (source != Source::CloudShell) params.emplace_back("resource", std::string(resource));
+  if (source == Source::AzureML) {
+    // Always sent: the user-assigned client ID, else DEFAULT_IDENTITY_CLIENT_ID, else empty (as Go).
+    params.emplace_back("clientid", id.kind() == IDKind::ClientID ? id.value() : env("DEFAULT_IDENTITY_CLIENT_ID"));
+  } else if (const char* name = id_parameter(source, id.kind())) {
+    params.emplace_back(name, id.value());
+  }
+  if (source == Source::ServiceFabric) {
+    if (!extras.token_sha256.empty()) params.emplace_back("token_sha256_to_refresh", extras.token_sha256);
+    if (!extras.capabilities.empty()) {
+      std::string joined;
+      for (const std::string& c : extras.capabilities) joined += (joined.empty() ? "" : ",") + c;
+      params.emplace_back("xms_cc", joined);
+    }
+  }
+  if (source != Source::CloudShell) url.query = merge_query(url.query, params);
+  req.url = url.scheme + "://" + url.host_header() + url.target();
+
+  req.headers.emplace_back("User-Agent", kUserAgent);
+  std::string secret;
+  switch (source) {
+    case Source::DefaultToIMDS:
+      req.headers.emplace_back("Metadata", "true");
+      req.headers.emplace_back("x-client-SKU", "managed-identity-cpp");
+      req.headers.emplace_back("x-client-Ver", MI_VERSION_STRING);
+      req.headers.emplace_back("x-ms-client-request-id", extras.request_id);
+      break;
+    case Source::AppService:
+      if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
+      req.headers.emplace_back("X-IDENTITY-HEADER", secret);
+      break;
+    case Source::AzureArc: req.headers.emplace_back("Metadata", "true"); break;
+    case Source::CloudShell:
+      req.method = "POST";
+      req.headers.emplace_back("Metadata", "true");
+      req.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
+      req.body = "resource=" + percent_encode(resource);
+      break;
+    case Source::ServiceFabric:
+      if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
+      req.headers.emplace_back("Secret", secret);
+      req.headers.emplace_back("Accept", "application/json");
+      break;
+    case Source::AzureML:
+      if (!secret_from("MSI_SECRET", source, secret, error)) return false;
+      req.headers.emplace_back("secret", secret);
+      break;
+  }
+  if (!secret.empty()) out.secrets.push_back(secret);
+  return true;
+}
+
+// ---- Azure Arc challenge (SPEC §3) -----------------------------------------------------
+
+// The directory the key file must be in, or "" with platform_not_supported.
+bool arc_token_dir(std::string& dir, Error& error) {
+  (void)error;  // set only where the platform has no Arc agent
+#if defined(MI_AZURE_ARC_TOKEN_DIR)
+  dir = MI_AZURE_ARC_TOKEN_DIR;
+  return true;
+#elif MI_DETAIL_WINDOWS
+  std::string program_data = env("ProgramData");
+  if (program_data.empty()) program_data = "C:\\ProgramData";
+  dir = program_data + "\\AzureConnectedMachineAgent\\Tokens";
+  return true;
+#elif defined(__linux__)
+  dir = "/var/opt/azcmagent/tokens";
+  return true;
+#else
+  dir.clear();
+  error = ErrorAccess::make(Errc::platform_not_supported,
+                            "Azure Arc managed identity is supported on Linux and Windows only", Source::AzureArc);
+  return false;
+#endif
+}
+
+inline Error arc_error(const std::string& message) {
+  return ErrorAccess::make(Errc::arc_challenge, "Azure Arc challenge failed: " + message, Source::AzureArc);
+}
+
+// Extracts the key file path from leg 1's WWW-Authenticate header ("Basic realm=<path>",
+// the realm optionally quoted, parameters after a comma ignored).
+bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
+  const std::string* header = nullptr;
+  for (const auto& h : leg1.headers)
+    if (iequals(h.first, "WWW-Authenticate")) {
+      header = &h.second;
+      break;
+    }
+  if (header == nullptr || trim(*header).empty()) {
+    error = arc_error("the agent's 401 response has no WWW-Authenticate header; is IDENTITY_ENDPOINT the Arc agent?");
+    return false;
+  }
+  std::string_view value = trim(*header);
+  const std::string_view basic = "Basic";
+  std::string_view rest;
+  if (value.size() > basic.size() && iequals(value.substr(0, basic.size()), basic) &&
+      (value[basic.size()] == ' ' || value[basic.size()] == '\t')) {
+    rest = trim(value.substr(basic.size()));
+  }
+  const std::string_view realm = "realm=";
+  if (rest.size() < realm.size() || !iequals(rest.substr(0, realm.size()), realm)) {
+    error = arc_error("the WWW-Authenticate header has no 'Basic realm=' naming the key file");
+    return false;
+  }
+  rest.remove_prefix(realm.size());
+  if (!rest.empty() && rest.front() == '"') {
+    size_t close = rest.find('"', 1);
+    if (close == std::string_view::npos) {
+      error = arc_error("the WWW-Authenticate realm has an unterminated quote");
+      return false;
+    }
+    path.assign(rest.substr(1, close - 1));
+  } else {
+    path.assign(trim(rest.substr(0, rest.find(','))));
+  }
+  if (path.empty()) {
+    error = arc_error("the WWW-Authenticate header's realm is empty; it should name the key file");
+    return false;
+  }
+  return true;
+}
+
+// Checks the realm path against the token directory and reads the key file without
+// following links or blocking (SPEC §3 step 2). Never puts the contents in a message.
+bool arc_read_key(const std::string& path, std::string& key, Error& error) {
+  std::string dir;
+  if (!arc_token_dir(dir, error)) return false;
+  if (has_control_char(path)) {
+    error = arc_error("the key file path in the realm contains a control character");
+    return false;
+  }
+  if (path.find("..") != std::string::npos) {
+    error = arc_error("the key file path '" + path + "' contains '..'");
+    return false;
+  }
+#if MI_DETAIL_WINDOWS
+  size_t sep = path.find_last_of("\\/");
+#else
+  size_t sep = path.rfind('/');
+#endif
+  std::string name = sep == std::string::npos ? path : path.substr(sep + 1);
+  if (name.size() <= 4 || !ends_with(name, ".key")) {
+    error = arc_error("the key file '" + path + "' does not have the .key extension");
+    return false;
+  }
+  if (sep == std::string::npos || path.substr(0, sep) != dir) {
+    error = arc_error("the key file '" + path + "' is not in the agent's token directory " + dir);
+    return false;
+  }
+#if MI_DETAIL_WINDOWS
+  HANDLE file = CreateFileA(path.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
+                            FILE_FLAG_OPEN_REPARSE_POINT, nullptr);
+  if (file == INVALID_HANDLE_VALUE) {
+    DWORD code = GetLastError();
+    error = arc_error(code == ERROR_FILE_NOT_FOUND ? "the key file '" + path + "' does not exist"
+                                                   : "the key file '" + path + "' could not be opened (error " +
+                                                         std::to_string(code) + "); run as an administrator or a "
+                                                         "member of the 'Hybrid agent extension applications' group");
+    return false;
+  }
+  BY_HANDLE_FILE_INFORMATION info;
+  bool regular = GetFileType(file) == FILE_TYPE_DISK && GetFileInformationByHandle(file, &info) &&
+                 (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT)) == 0;
+  if (!regular) {
+    CloseHandle(file);
+    error = arc_error("the key file '" + path + "' is not a regular file");
+    return false;
+  }
+  uint64_t size = (static_cast<uint64_t>(info.nFileSizeHigh) << 32) | info.nFileSizeLow;
+  if (size > kArcMaxKeyBytes) {
+    CloseHandle(file);
+    error = arc_error("the key file '" + path + "' is larger than 4096 bytes");
+    return false;
+  }
+  key.assign(static_cast<size_t>(size), '\0');
+  DWORD got = 0;
+  bool ok = size == 0 || (ReadFile(file, &key[0], static_cast<DWORD>(size), &got, nullptr) && got == size);
+  CloseHandle(file);
+#else
+  int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ENOENT)
+      error = arc_error("the key file '" + path + "' does not exist");
+    else if (err == ELOOP)
+      error = arc_error("the key file '" + path + "' is a symbolic link, which is not followed");
+    else
+      error = arc_error("the key file '" + path + "' could not be opened (" + std::strerror(err) +
+                        "); the process must run as root or in the himds group");
+    return false;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    error = arc_error("the key file '" + path + "' is not a regular file");
+    return false;
+  }
+  if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) > kArcMaxKeyBytes) {
+    ::close(fd);
+    error = arc_error("the key file '" + path + "' is larger than 4096 bytes");
+    return false;
+  }
+  // Read at most one byte past the limit, in case the file grew after fstat.
+  char buffer[kArcMaxKeyBytes + 1];
+  size_t total = 0;
+  bool ok = true;
+  while (total < sizeof buffer) {
+    ssize_t n = ::read(fd, buffer + total, sizeof buffer - total);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ok = false;
+      break;
+    }
+    if (n == 0) break;
+    total += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (ok && total > kArcMaxKeyBytes) {
+    error = arc_error("the key file '" + path + "' is larger than 4096 bytes");
+    return false;
+  }
+  key.assign(buffer, total);
+  std::memset(buffer, 0, sizeof buffer);
+#endif
+  if (!ok) {
+    key.clear();
+    error = arc_error("the key file '" + path + "' could not be read");
+    return false;
+  }
+  return true;
+}
+
+// SPEC §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
+bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
+  switch (id.kind()) {
+    case IDKind::SystemAssigned: return true;
+    case IDKind::ClientID: return !token.client_id.empty() && iequals(token.client_id, id.value());
+    case IDKind::ObjectID: return !token.object_id.empty() && iequals(token.object_id, id.value());
+    case IDKind::ResourceID:
+      return (!token.msi_res_id.empty() && iequals(token.msi_res_id, id.value())) ||
+             (!token.mi_res_id.empty() && iequals(token.mi_res_id, id.value()));
+  }
+  return false;
+}
+
+}  // namespace detail
+
+Source GetSource() { return detail::detect_source(); }
+
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/cache.hpp ----
+// The process-wide token cache (SPEC §6): one per process, shared by every
+// client, keyed by source, ID kind, ID value and resource (both compared
+// case-insensitively). It also coordinates the two ways callers share work:
+// one proactive refresh per entry, and one request per concurrent miss
+// ("flights"). A hit is served from a small per-thread copy of the entry,
+// valid while the cache's generation counter has not moved, so it takes no lock
+// and writes no shared memory: it scales with threads, and it allocates only
+// the strings the caller gets back.
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+constexpr std::chrono::minutes kExpiryMargin{5};  // a token is usable only while it lives longer
+
+struct CachedToken {
+  std::string access_token;
+  std::string token_type;
+  SysClock::time_point expires_on;
+  SysClock::time_point refresh_on;  // epoch: no proactive refresh
+};
+
+struct CacheKey {
+  Source source;
+  IDKind kind;
+  std::string_view id;        // compared case-insensitively
+  std::string_view resource;  // after the /.default trim; compared case-insensitively
+};
+
+// One request in flight for a key; concurrent misses wait on it (SPEC §6, coalescing).
+struct Flight {
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  bool leader_stopped = false;  // the leader's own context ended: waiters must try themselves
+  std::unique_ptr<Result<AuthResult>> outcome;
+};
+
+class TokenCache {
+ public:
+  // Never destroyed, so threads still running at exit never touch a dead cache.
+  static TokenCache& instance() {
+    static TokenCache* cache = new TokenCache();
+    return *cache;
+  }
+
+  enum class Hit { miss, fresh, refresh };
+
+  // A usable token (expiring more than 5 minutes after `now`) is copied into `out`
+  // (access_token, token_type, expires_on, refresh_on). `refresh` means it is past
+  // its refresh time and this caller won the right to refresh it; it must call
+  // end_refresh(key) afterwards.
+  Hit find(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
+    const uint64_t generation = generation_.load(std::memory_order_acquire);
+    for (LocalCopy& local : local_copies()) {
+      if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
+      const CachedToken& t = local.token;
+      if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
+      if (t.refresh_on != SysClock::time_point() && now >= t.refresh_on) break;  // claim under the lock
+      copy_to(t, out);
+      return Hit::fresh;
+    }
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    Entry* entry = lookup(key, hash(key));
+    if (entry == nullptr) return Hit::miss;
+    remember(generation, *entry);
+    if (entry->token.expires_on <= now + kExpiryMargin) return Hit::miss;
+    copy_to(entry->token, out);
+    if (entry->token.refresh_on != SysClock::time_point() && now >= entry->token.refresh_on) {
+      bool expected = false;
+      if (entry->refreshing.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) return Hit::refresh;
+    }
+    return Hit::fresh;
+  }
+
+  // Any cached token for the key, usable or not (Service Fabric's revocation hash).
+  bool peek(const CacheKey& key, CachedToken& out) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    Entry* entry = lookup(key, hash(key));
+    if (entry == nullptr) return false;
+    out = entry->token;
+    return true;
+  }
+
+  void end_refresh(const CacheKey& key) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    if (Entry* entry = lookup(key, hash(key))) entry->refreshing.store(false, std::memory_order_release);
+  }
+
+  // Stores the token if it lives more than 5 minutes past `now`; returns whether it did.
+  bool store(const CacheKey& key, const CachedToken& token, SysClock::time_point now) {
+    if (token.expires_on <= now + kExpiryMargin) return false;
+    uint64_t h = hash(key);
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    Entry* entry = lookup(key, h);
+    if (entry == nullptr) {
+      entries_.push_back(std::unique_ptr<Entry>(new Entry()));
+      entry = entries_.back().get();
+      entry->source = key.source;
+      entry->kind = key.kind;
+      entry->id.assign(key.id);
+      entry->resource.assign(key.resource);
+      entry->hash = h;
+    }
+    entry->token = token;
+    generation_.fetch_add(1, std::memory_order_release);
+    return true;
+  }
+
+  // Joins the flight for `key` or, when there is none and no usable token was
+  // stored meanwhile, starts one (leader = true). With a usable token, returns
+  // nullptr and fills `out`.
+  std::shared_ptr<Flight> join_or_lead(const CacheKey& key, SysClock::time_point now, bool& leader, AuthResult& out) {
+    std::lock_guard<std::mutex> lock(flights_mutex_);
+    // Leaders store before they land, so this re-check closes the miss/land race.
+    if (find_usable(key, now, out)) return nullptr;
+    uint64_t h = hash(key);
+    for (auto& f : flights_)
+      if (f.hash == h && same(f.source, f.kind, f.id, f.resource, key)) {
+        leader = false;
+        return f.flight;
+      }
+    FlightSlot slot;
+    slot.source = key.source;
+    slot.kind = key.kind;
+    slot.id.assign(key.id);
+    slot.resource.assign(key.resource);
+    slot.hash = h;
+    slot.flight = std::make_shared<Flight>();
+    flights_.push_back(slot);
+    leader = true;
+    return slot.flight;
+  }
+
+  // The leader publishes its outcome (after storing a success) and removes the flight.
+  void land(const CacheKey& key, const std::shared_ptr<Flight>& flight, const Result<AuthResult>& outcome,
+            bool leader_stopped) {
+    {
+      std::lock_guard<std::mutex> lock(flights_mutex_);
+      for (size_t i = 0; i < flights_.size(); ++i)
+        if (flights_[i].flight == flight) {
+          flights_.erase(flights_.begin() + static_cast<std::ptrdiff_t>(i));
+          break;
+        }
+    }
+    (void)key;
+    std::lock_guard<std::mutex> lock(flight->mutex);
+    flight->outcome.reset(new Result<AuthResult>(outcome));
+    flight->leader_stopped = leader_stopped;
+    flight->done = true;
+    flight->done_cv.notify_all();
+  }
+
+  // Forgets every token (for tests and for programs that must drop tokens).
+  void clear() {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    entries_.clear();
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+
+  size_t size() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    return entries_.size();
+  }
+
+ private:
+  struct Entry {
+    Source source = Source::DefaultToIMDS;
+    IDKind kind = IDKind::SystemAssigned;
+    std::string id, resource;
+    uint64_t hash = 0;
+    CachedToken token;
+    std::atomic<bool> refreshing{false};
+  };
+  // A thread's copy of an entry, valid only while generation_ has not moved.
+  struct LocalCopy {
+    uint64_t generation = 0;
+    Source source = Source::DefaultToIMDS;
+    IDKind kind = IDKind::SystemAssigned;
+    std::string id, resource;
+    CachedToken token;
+  };
+  static constexpr size_t kLocalCopies = 8;
+
+  static std::vector<LocalCopy>& local_copies() {
+    static thread_local std::vector<LocalCopy> copies;
+    return copies;
+  }
+
+  // Keeps a per-thread copy of `entry` stamped with the generation read before the
+  // lookup: if a store raced with us, the stamp is already stale and the copy unused.
+  static void remember(uint64_t generation, const Entry& entry) {
+    std::vector<LocalCopy>& copies = local_copies();
+    LocalCopy* slot = nullptr;
+    for (LocalCopy& c : copies)
+      if (c.source == entry.source && c.kind == entry.kind && c.id == entry.id && c.resource == entry.resource) slot = &c;
+    if (slot == nullptr) {
+      if (copies.size() >= kLocalCopies) copies.erase(copies.begin());
+      copies.emplace_back();
+      slot = &copies.back();
+      slot->source = entry.source;
+      slot->kind = entry.kind;
+      slot->id = entry.id;
+      slot->resource = entry.resource;
+    }
+    slot->generation = generation;
+    slot->token = entry.token;
+  }
+
+  static void copy_to(const CachedToken& token, AuthResult& out) {
+    out.access_token = token.access_token;
+    out.token_type = token.token_type;
+    out.expires_on = token.expires_on;
+    out.refresh_on = token.refresh_on;
+  }
+
+  struct FlightSlot {
+    Source source = Source::DefaultToIMDS;
+    IDKind kind = IDKind::SystemAssigned;
+    std::string id, resource;
+    uint64_t hash = 0;
+    std::shared_ptr<Flight> flight;
+  };
+
+  // FNV-1a over the key with ASCII case folded, so look-ups need no lowered copy.
+  static uint64_t hash(const CacheKey& key) noexcept {
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&h](unsigned char c) {
+      h ^= c;
+      h *= 1099511628211ull;
+    };
+    mix(static_cast<unsigned char>(key.source));
+    mix(static_cast<unsigned char>(key.kind));
+    for (char c : key.id) mix(static_cast<unsigned char>(ascii_lower(c)));
+    mix(0);
+    for (char c : key.resource) mix(static_cast<unsigned char>(ascii_lower(c)));
+    return h;
+  }
+
+  static bool same(Source source, IDKind kind, const std::string& id, const std::string& resource,
+                   const CacheKey& key) noexcept {
+    return source == key.source && kind == key.kind && iequals(id, key.id) && iequals(resource, key.resource);
+  }
+
+  Entry* lookup(const CacheKey& key, uint64_t h) const noexcept {
+    for (const auto& e : entries_)
+      if (e->hash == h && same(e->source, e->kind, e->id, e->resource, key)) return e.get();
+    return nullptr;
+  }
+
+  bool find_usable(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    Entry* entry = lookup(key, hash(key));
+    if (entry == nullptr || entry->token.expires_on <= now + kExpiryMargin) return false;
+    copy_to(entry->token, out);
+    return true;
+  }
+
+  mutable std::shared_mutex mutex_;
+  std::vector<std::unique_ptr<Entry>> entries_;
+  std::atomic<uint64_t> generation_{1};  // moves on every store and clear
+  std::mutex flights_mutex_;
+  std::vector<FlightSlot> flights_;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/client.hpp ----
+// The client: options, the retry loop (SPEC §8), turning responses into tokens
+// or errors (§5), the Azure Arc legs (§3), and AcquireToken's use of the cache
+// (§6): hit, proactive refresh, coalesced miss, claims bypass.
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+struct ClientConfig {
+  std::shared_ptr<HttpClient> http;  // null: the built-in transport for the source
+  bool retry = true;
+  int max_retries = -1;              // -1: the source's default
+  std::vector<std::string> capabilities;
+  std::function<void(LogLevel, std::string_view)> logger;
+  Millis connect_timeout{5000};
+  Millis attempt_timeout{30000};
+  std::function<SysClock::time_point()> clock;
+  std::function<void(Millis)> sleep;
+};
+
+struct AcquireConfig {
+  std::string claims;
+};
+
+struct ClientState {
+  Source source = Source::DefaultToIMDS;
+  ID id;
+  ClientConfig config;
+  std::shared_ptr<HttpClient> transport;  // null only for Service Fabric built without libcurl
+  Url fixed_endpoint;                     // Service Fabric: IDENTITY_ENDPOINT as read at New
+  bool has_fixed_endpoint = false;
+
+  static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
+  static const ClientState& of(const Client& client) { return *client.state_; }
+
+  SysClock::time_point now() const { return config.clock ? config.clock() : SysClock::now(); }
+  void log(LogLevel level, const std::string& message) const {
+    if (config.logger) config.logger(level, message);
+  }
+};
+
+// ---- retry policy (SPEC §8) -----------------------------------------------------------
+
+bool retryable_status(Source source, int status) {
+  if (source == Source::DefaultToIMDS)
+    return status == 404 || status == 408 || status == 410 || status == 429 || (status >= 500 && status <= 599);
+  return status == 404 || status == 408 || status == 429 || status == 500 || status == 502 || status == 503 ||
+         status == 504;
+}
+
+// How many retries may follow a failure with this status (0 = transport error).
+int retry_limit(const ClientState& st, int status) {
+  if (!st.config.retry) return 0;
+  if (st.config.max_retries >= 0) return st.config.max_retries;
+  if (st.source == Source::DefaultToIMDS && status == 410) return 7;  // IMDS is being updated
+  return 3;
+}
+
+// The wait before retry number `retry` (0-based), before Retry-After and jitter.
+Millis backoff(Source source, int retry, int status) {
+  if (source != Source::DefaultToIMDS) return Millis(1000);
+  if (status == 410) return Millis(10000);
+  return Millis(1000LL << std::min(retry, 6));  // 1 s, 2 s, 4 s, ...
+}
+
+constexpr Millis kMaxRetryWait{60000};
+
+// Parses an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") as Retry-After allows.
+bool parse_http_date(std::string_view text, SysClock::time_point& out) {
+  text = trim(text);
+  size_t comma = text.find(',');
+  if (comma == std::string_view::npos) return false;
+  std::string_view rest = trim(text.substr(comma + 1));
+  static const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  // "06 Nov 1994 08:49:37 GMT"
+  if (rest.size() != 24 || rest[2] != ' ' || rest[6] != ' ' || rest[11] != ' ' || rest[14] != ':' ||
+      rest[17] != ':' || rest.substr(20) != " GMT")
+    return false;
+  int64_t day = 0, year = 0, hour = 0, minute = 0, second = 0;
+  if (!parse_int64(rest.substr(0, 2), day) || !parse_int64(rest.substr(7, 4), year) ||
+      !parse_int64(rest.substr(12, 2), hour) || !parse_int64(rest.substr(15, 2), minute) ||
+      !parse_int64(rest.substr(18, 2), second))
+    return false;
+  unsigned month = 0;
+  for (unsigned i = 0; i < 12; ++i)
+    if (rest.substr(3, 3) == months[i]) month = i + 1;
+  if (month == 0 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) return false;
+  int64_t days = days_from_civil(year, month, static_cast<unsigned>(day));
+  out = from_unix_seconds(days * 86400 + hour * 3600 + minute * 60 + second);
+  return true;
+}
+
+// Retry-After as a wait from `now`: seconds or an HTTP-date; false when absent or unusable.
+bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis& wait) {
+  for (const auto& h : response.headers) {
+    if (!iequals(h.first, "Retry-After")) continue;
+    std::string_view value = trim(h.second);
+    int64_t seconds = 0;
+    if (parse_int64(value, seconds)) {
+      wait = seconds > kMaxRetryWait.count() / 1000 ? kMaxRetryWait : Millis(seconds * 1000);
+      return true;
+    }
+    SysClock::time_point when;
+    if (parse_http_date(value, when)) {
+      wait = when <= now ? Millis(0) : std::chrono::duration_cast<Millis>(when - now);
+      return true;
+    }
+    return false;
+  }
+  return false;
+}
+
+// ---- errors from responses ----------------------------------------------------------------
+
+// Replaces every secret in `text` so no message can carry one.
+std::string redact(std::string text, const std::vector<std::string>& secrets) {
+  for (const std::string& secret : secrets) {
+    if (secret.empty()) continue;
+    for (size_t pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos + 10))
+      text.replace(pos, secret.size(), "[redacted]");
+  }
+  return text;
+}
+
+// A printable excerpt of at most `limit` bytes: control characters become one space.
+std::string body_excerpt(std::string_view body, size_t limit) {
+  std::string out;
+  bool space = false;
+  for (char ch : body) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    if (out.size() >= limit) {
+      out += "...";
+      break;
+    }
+    if (c < 0x20 || c == 0x7f) {
+      space = !out.empty();
+      continue;
+    }
+    if (space) out.push_back(' ');
+    space = false;
+    out.push_back(static_cast<char>(c));
+  }
+  return out;
+}
+
+std::string status_hint(Source source, int status, bool json_body) {
+  if (status >= 300 && status < 400)
+    return "the endpoint answered with a redirect, which is never followed; a managed identity endpoint does not "
+           "redirect, so a proxy may be intercepting the request";
+  if (!json_body && (status == 403 || status == 502 || status == 503 || status == 504) &&
+      source == Source::DefaultToIMDS)
+    return "something other than IMDS may have answered (a proxy, or a container runtime such as Docker Desktop); "
+           "managed identity works only on the Azure resource itself";
+  switch (status) {
+    case 400:
+      return source == Source::DefaultToIMDS
+                 ? "check that the identity is assigned to this VM (for a user-assigned identity, that its ID is "
+                   "right) and that the resource is a valid application ID URI"
+                 : "check the resource and the identity's ID";
+    case 401:
+    case 403:
+      if (source == Source::AppService || source == Source::ServiceFabric)
+        return "the endpoint refused IDENTITY_HEADER; restart the app so it gets a fresh one";
+      if (source == Source::AzureML) return "the endpoint refused MSI_SECRET; check the compute's identity setup";
+      return "the endpoint refused the request; check that this process may use the resource's managed identity";
+    case 404:
+      return "the identity was not found or is still being assigned; check the identity's ID and that it is "
+             "assigned to this resource, then try again";
+    case 410: return "IMDS is being updated; try again in a minute";
+    case 429: return "the endpoint is throttling requests; try again later (tokens are cached, so keep one client)";
+    default: break;
+  }
+  if (status >= 500) return "the endpoint failed; try again later";
+  return "check the resource and the identity";
+}
+
+// Text from the endpoint made safe for a message: control characters folded to
+// spaces, secrets replaced, length capped (a hostile endpoint may send megabytes).
+std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
+  return body_excerpt(redact(std::string(text), secrets), 512);
+}
+
+Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
+                        const std::vector<std::string>& secrets) {
+  ErrorBody details = parse_error_body(response.body);
+  std::string code = endpoint_text(details.code, secrets);
+  std::string description = endpoint_text(details.description, secrets);
+  std::string message = std::string(source_label(st.source)) + " answered HTTP " + std::to_string(response.status);
+  if (!code.empty() || !description.empty()) {
+    message += " (" + code;
+    if (!code.empty() && !description.empty()) message += ": ";
+    message += description + ")";
+  } else if (!details.json && !trim(response.body).empty()) {
+    message += " (\"" + endpoint_text(response.body, secrets) + "\")";
+  }
+  if (attempts > 1) message += " after " + std::to_string(attempts) + " attempts";
+  message += "; " + status_hint(st.source, response.status, details.json);
+  Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
+  ErrorAccess::set_status(e, response.status);
+  ErrorAccess::set_retryable(e, retryable_status(st.source, response.status));
+  ErrorAccess::set_server_details(e, std::move(code), std::move(description),
+                                  endpoint_text(details.correlation_id, secrets));
+  return e;
+}
+
+// ---- sending with retries -----------------------------------------------------------------
+
+std::string last_status_note(int status) {
+  return status == 0 ? std::string() : " (the last answer was HTTP " + std::to_string(status) + ")";
+}
+
+// Sends `request` until it gets a final answer (SPEC §8): transport errors and the
+// source's retryable statuses are retried with backoff, honouring Retry-After, within
+// the context. Any status that is not retried is returned as a value.
+Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx, const HttpRequest& request,
+                                       const std::vector<std::string>& secrets, int& attempts) {
+  attempts = 0;
+  int last_status = 0;
+  for (int retries = 0;; ++retries) {
+    ContextStatus cs = context_status(ctx);
+    if (cs != ContextStatus::ok) {
+      Error e = context_error(cs, std::string("waiting for ") + source_label(st.source) + last_status_note(last_status));
+      ErrorAccess::set_source(e, st.source);
+      return e;
+    }
+    ++attempts;
+    Context attempt_ctx = ctx.WithTimeout(st.config.attempt_timeout);
+    Result<HttpResponse> result = st.transport->Do(attempt_ctx, request);
+    Millis wait(0);
+    if (!result) {
+      Error e = result.error();
+      ErrorAccess::set_source(e, st.source);
+      ErrorAccess::set_message(e, redact(e.message(), secrets));
+      cs = context_status(ctx);
+      if (cs != ContextStatus::ok) {
+        Error stopped = context_error(cs, std::string("waiting for ") + source_label(st.source) +
+                                              last_status_note(last_status));
+        ErrorAccess::set_source(stopped, st.source);
+        return stopped;
+      }
+      bool transient = e.code() == Errc::network || e.code() == Errc::timeout;
+      if (!transient || retries >= retry_limit(st, 0)) {
+        if (attempts > 1) ErrorAccess::set_message(e, e.message() + " (after " + std::to_string(attempts) + " attempts)");
+        return e;
+      }
+      wait = backoff(st.source, retries, 0);
+      st.log(LogLevel::Warning, std::string(source_label(st.source)) + " request failed: " + e.message() +
+                                    "; retrying in " + std::to_string(wait.count()) + " ms");
+    } else {
+      last_status = result->status;
+      if (!retryable_status(st.source, last_status) || retries >= retry_limit(st, last_status)) return result;
+      wait = backoff(st.source, retries, last_status);
+      Millis after(0);
+      if (retry_after(*result, st.now(), after) && after > wait) wait = after;
+      st.log(LogLevel::Warning, std::string(source_label(st.source)) + " answered HTTP " +
+                                    std::to_string(last_status) + "; retrying in " + std::to_string(wait.count()) +
+                                    " ms");
+    }
+    // Up to +20 % jitter so that many clients do not retry in lockstep; never past 60 s.
+    wait += Millis(static_cast<int64_t>(random_u64() % static_cast<uint64_t>(wait.count() / 5 + 1)));
+    if (wait > kMaxRetryWait) wait = kMaxRetryWait;
+    if (ctx.deadline() != SteadyClock::time_point::max() && SteadyClock::now() + wait >= ctx.deadline()) {
+      Error e = make_error(Errc::timeout, "the context's deadline would pass before the next retry to " +
+                                              std::string(source_label(st.source)) + last_status_note(last_status) +
+                                              "; give the call more time (mi::Context::WithTimeout)");
+      ErrorAccess::set_source(e, st.source);
+      ErrorAccess::set_status(e, last_status);
+      return e;
+    }
+    if (st.config.sleep) {
+      st.config.sleep(wait);
+    } else {
+      sleep_for(ctx, wait);
+    }
+  }
+}
+
+// ---- one acquisition against the endpoint ---------------------------------------------------
+
+Error finish_error(const ClientState& st, Error e, const std::string& request_id) {
+  ErrorAccess::set_source(e, st.source);
+  if (e.correlation_id().empty() && !request_id.empty()) ErrorAccess::set_correlation_id(e, request_id);
+  return e;
+}
+
+// Fetches a token from the endpoint (no cache read). `cached` is the token cached for this
+// key, if any (Service Fabric's revocation hash with claims).
+Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::string_view resource,
+                               const AcquireConfig& options, const std::string* cached_token) {
+  RequestExtras extras;
+  if (st.source == Source::DefaultToIMDS) extras.request_id = uuid4();
+  if (st.source == Source::ServiceFabric) {
+    if (!options.claims.empty() && cached_token != nullptr) extras.token_sha256 = sha256_hex(*cached_token);
+    extras.capabilities = st.config.capabilities;
+  }
+  BuiltRequest built;
+  Error error(Errc::invalid_argument, "");
+  if (!build_request(st.source, st.id, resource, extras, st.has_fixed_endpoint ? &st.fixed_endpoint : nullptr, built,
+                     error))
+    return finish_error(st, error, extras.request_id);
+  if (!st.transport) {
+    return finish_error(st,
+                        make_error(Errc::tls,
+                                   "Service Fabric's endpoint is HTTPS, and this program was built without HTTPS "
+                                   "support: define MI_USE_CURL where MI_IMPLEMENTATION is defined and link libcurl "
+                                   "and OpenSSL (-lcurl -lssl -lcrypto; CMake: -DMI_USE_CURL=ON)"),
+                        extras.request_id);
+  }
+
+  int attempts = 0;
+  Result<HttpResponse> response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
+  if (response && st.source == Source::AzureArc) {
+    // Leg 1 answered; it must be the 401 challenge (SPEC §3).
+    if (response->status == 401) {
+      std::string path, key;
+      if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
+        return finish_error(st, error, extras.request_id);
+      built.secrets.push_back(key);
+      built.request.headers.emplace_back("Authorization", "Basic " + key);
+      response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
+    } else if (response->status == 200 || response->status == 202) {
+      return finish_error(st,
+                          arc_error("the agent answered the first request with HTTP " +
+                                    std::to_string(response->status) +
+                                    " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"),
+                          extras.request_id);
+    }
+  }
+  if (!response) return finish_error(st, response.error(), extras.request_id);
+  if (response->status != 200 && response->status != 202)
+    return finish_error(st, http_status_error(st, *response, attempts, built.secrets), extras.request_id);
+
+  SysClock::time_point now = st.now();
+  Result<TokenResponse> parsed = parse_token_response(response->body, now);
+  if (!parsed) {
+    Error e = parsed.error();
+    ErrorAccess::set_message(e, std::string(source_label(st.source)) + ": " + e.message());
+    return finish_error(st, e, extras.request_id);
+  }
+  if (st.source == Source::AzureArc && !arc_confirms_identity(st.id, *parsed)) {
+    return finish_error(st,
+                        arc_error(std::string("the agent did not confirm the requested ") + id_kind_label(st.id.kind()) +
+                                  " in its token response; the agent is likely too old for user-assigned identities "
+                                  "and returned the system-assigned one (update the Azure Connected Machine agent)"),
+                        extras.request_id);
+  }
+  AuthResult result;
+  result.access_token = std::move(parsed->access_token);
+  result.token_type = std::move(parsed->token_type);
+  result.resource.assign(resource);
+  result.expires_on = parsed->expires_on;
+  result.refresh_on = parsed->refresh_on;
+  result.token_source = TokenSource::IdentityProvider;
+  st.log(LogLevel::Info, std::string("acquired a token for '") + std::string(resource) + "' from " +
+                             source_label(st.source) + ", expiring in " +
+                             std::to_string(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()) +
+                             " s");
+  return result;
+}
+
+void store_token(const ClientState& st, const CacheKey& key, const AuthResult& result) {
+  CachedToken token;
+  token.access_token = result.access_token;
+  token.token_type = result.token_type;
+  token.expires_on = result.expires_on;
+  token.refresh_on = result.refresh_on;
+  if (!TokenCache::instance().store(key, token, st.now()))
+    st.log(LogLevel::Warning, "the token expires within 5 minutes, so it is not cached");
+}
+
+std::string_view trim_default_scope(std::string_view resource) {
+  const std::string_view suffix = "/.default";
+  if (ends_with(resource, suffix)) resource.remove_suffix(suffix.size());
+  return resource;
+}
+
+Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::string_view requested,
+                           const AcquireConfig& options) {
+  std::string_view resource = trim_default_scope(requested);
+  CacheKey key{st.source, st.id.kind(), st.id.value(), resource};
+  TokenCache& cache = TokenCache::instance();
+
+  // Claims: always fetch (SPEC §7), never coalesce; the new token is cached.
+  if (!options.claims.empty()) {
+    CachedToken cached;
+    bool have = cache.peek(key, cached);
+    Result<AuthResult> result = fetch_token(st, ctx, resource, options, have ? &cached.access_token : nullptr);
+    if (result) store_token(st, key, *result);
+    return result;
+  }
+
+  AuthResult cached;
+  cached.token_source = TokenSource::Cache;
+  switch (cache.find(key, st.now(), cached)) {
+    case TokenCache::Hit::fresh:
+      cached.resource.assign(resource);
+      return Result<AuthResult>(std::move(cached));
+    case TokenCache::Hit::refresh: {
+      // This caller refreshes; the others keep getting the cached token meanwhile.
+      Result<AuthResult> result = fetch_token(st, ctx, resource, options, &cached.access_token);
+      if (result) store_token(st, key, *result);
+      cache.end_refresh(key);
+      if (result) return result;
+      st.log(LogLevel::Warning, "proactive token refresh failed, using the cached token until it expires: " +
+                                    result.error().message());
+      cached.resource.assign(resource);
+      return Result<AuthResult>(std::move(cached));
+    }
+    case TokenCache::Hit::miss: break;
+  }
+
+  // A miss: one request per key; concurrent callers wait for it (SPEC §6).
+  for (;;) {
+    bool leader = false;
+    std::shared_ptr<Flight> flight = cache.join_or_lead(key, st.now(), leader, cached);
+    if (!flight) {
+      cached.resource.assign(resource);
+      return Result<AuthResult>(std::move(cached));
+    }
+    if (leader) {
+      Result<AuthResult> result = fetch_token(st, ctx, resource, options, nullptr);
+      if (result) store_token(st, key, *result);
+      cache.land(key, flight, result, context_status(ctx) != ContextStatus::ok);
+      return result;
+    }
+    std::unique_lock<std::mutex> lock(flight->mutex);
+    while (!flight->done) {
+      ContextStatus cs = context_status(ctx);
+      if (cs != ContextStatus::ok) {
+        Error e = context_error(cs, std::string("waiting for another caller's request to ") + source_label(st.source));
+        ErrorAccess::set_source(e, st.source);
+        return e;
+      }
+      flight->done_cv.wait_for(lock, time_left(ctx, kContextSlice));
+    }
+    if (flight->leader_stopped) continue;  // its context ended, not the endpoint: try ourselves
+    Result<AuthResult> shared = *flight->outcome;
+    if (shared) shared->resource.assign(resource);
+    return shared;
+  }
+}
+
+}  // namespace detail
+
+// ---- public functions ---------------------------------------------------------------------
+
+ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
+  return ClientOption([client](detail::ClientConfig& c) { c.http = client; });
+}
+ClientOption WithRetryPolicyDisabled() {
+  return ClientOption([](detail::ClientConfig& c) { c.retry = false; });
+}
+ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
+  return ClientOption([capabilities](detail::ClientConfig& c) {
+    for (const std::string& cap : capabilities) {
+      std::string_view trimmed = detail::trim(cap);
+      if (!trimmed.empty()) c.capabilities.emplace_back(trimmed);
+    }
+  });
+}
+ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
+  return ClientOption([logger](detail::ClientConfig& c) { c.logger = logger; });
+}
+AcquireTokenOption WithClaims(std::string claims) {
+  return AcquireTokenOption([claims](detail::AcquireConfig& c) { c.claims = claims; });
+}
+ClientOption WithMaxRetries(int retries) {
+  return ClientOption([retries](detail::ClientConfig& c) { c.max_retries = retries < 0 ? 0 : retries; });
+}
+ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt) {
+  return ClientOption([connect, attempt](detail::ClientConfig& c) {
+    if (connect.count() > 0) c.connect_timeout = connect;
+    if (attempt.count() > 0) c.attempt_timeout = attempt;
+  });
+}
+ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
+  return ClientOption([now](detail::ClientConfig& c) { c.clock = now; });
+}
+ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
+  return ClientOption([sleep](detail::ClientConfig& c) { c.sleep = sleep; });
+}
+
+Result<Client> New(ID id, const std::vector<ClientOption>& options) {
+  auto state = std::make_shared<detail::ClientState>();
+  state->source = detail::detect_source();
+  Error error(Errc::invalid_argument, "");
+  if (!detail::check_identity(state->source, id, error)) return error;
+  state->id = std::move(id);
+  for (const ClientOption& option : options) option.apply(state->config);
+
+  if (state->source == Source::ServiceFabric) {
+    // SPEC §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
+    if (!detail::endpoint_from(detail::env("IDENTITY_ENDPOINT"), "IDENTITY_ENDPOINT", "https", state->source,
+                               state->fixed_endpoint, error))
+      return error;
+    state->has_fixed_endpoint = true;
+    std::string pin;
+    if (!detail::parse_thumbprint(detail::env("IDENTITY_SERVER_THUMBPRINT"), pin))
+      return detail::ErrorAccess::make(Errc::invalid_argument,
+                                       "IDENTITY_SERVER_THUMBPRINT must be a SHA-1 certificate thumbprint (40 "
+                                       "hexadecimal digits, ':' and spaces allowed)",
+                                       state->source);
+    if (state->config.http) {
+      state->transport = state->config.http;
+    } else {
+#if defined(MI_USE_CURL)
+      state->transport = std::make_shared<detail::CurlTransport>(pin, state->config.connect_timeout);
+#endif
+    }
+  } else {
+    state->transport = state->config.http ? state->config.http
+                                          : std::make_shared<detail::SocketTransport>(state->config.connect_timeout);
+  }
+  return detail::ClientState::make_client(std::move(state));
+}
+
+Result<AuthResult> Client::AcquireToken(const Context& ctx, std::string_view resource) const {
+  static const detail::AcquireConfig no_options;
+  return detail::acquire(*state_, ctx, resource, no_options);
+}
+
+Result<AuthResult> Client::AcquireToken(const Context& ctx, std::string_view resource,
+                                        const std::vector<AcquireTokenOption>& options) const {
+  detail::AcquireConfig config;
+  for (const AcquireTokenOption& option : options) option.apply(config);
+  return detail::acquire(*state_, ctx, resource, config);
+}
+
+Source Client::source() const noexcept { return state_->source; }
+const ID& Client::id() const noexcept { return state_->id; }
+
+}  // namespace v1
+}  // namespace mi
+
+// ---- src/impl_end.hpp ----
+#endif  // MI_IMPLEMENTATION
+
+// Internal macros do not leak into the includer.
+#ifdef MI_DETAIL_UNDEF_LEAN_AND_MEAN
+#undef WIN32_LEAN_AND_MEAN
+#undef MI_DETAIL_UNDEF_LEAN_AND_MEAN
+#endif
+#ifdef MI_DETAIL_UNDEF_NOMINMAX
+#undef NOMINMAX
+#undef MI_DETAIL_UNDEF_NOMINMAX
+#endif

@@ -1,0 +1,480 @@
+// The transport for http:// endpoints: one TCP connection per request over POSIX
+// or WinSock sockets. No proxy (metadata endpoints are link-local or loopback),
+// no redirects, no pooling. Connecting, sending and receiving wait in slices of
+// kContextSlice so a Cancel() from another thread or the context's deadline stops
+// them promptly. Host names are resolved with a blocking getaddrinfo (numeric
+// hosts, the usual case for metadata endpoints, skip DNS entirely).
+
+namespace mi {
+inline namespace v1 {
+namespace detail {
+
+#if MI_DETAIL_WINDOWS
+using socket_handle = SOCKET;
+#else
+using socket_handle = int;
+#endif
+
+namespace sock_impl {
+
+#if MI_DETAIL_WINDOWS
+const socket_handle kNoSocket = INVALID_SOCKET;
+#else
+constexpr socket_handle kNoSocket = -1;
+#if defined(MSG_NOSIGNAL)
+constexpr int kSendFlags = MSG_NOSIGNAL;
+#else
+constexpr int kSendFlags = 0;  // SO_NOSIGPIPE is set on the socket instead (Apple)
+#endif
+#endif
+
+inline int last_error() noexcept {
+#if MI_DETAIL_WINDOWS
+  return WSAGetLastError();
+#else
+  return errno;
+#endif
+}
+
+inline bool is_interrupted(int err) noexcept {
+#if MI_DETAIL_WINDOWS
+  return err == WSAEINTR;
+#else
+  return err == EINTR;
+#endif
+}
+
+inline bool would_block(int err) noexcept {
+#if MI_DETAIL_WINDOWS
+  return err == WSAEWOULDBLOCK;
+#else
+  return err == EAGAIN || err == EWOULDBLOCK;
+#endif
+}
+
+// A short, lowercase reason for an OS socket error (thread-safe, no strerror).
+std::string describe_error(int err) {
+#if MI_DETAIL_WINDOWS
+  switch (err) {
+    case WSAECONNREFUSED: return "connection refused";
+    case WSAETIMEDOUT: return "timed out";
+    case WSAENETUNREACH: return "network unreachable";
+    case WSAEHOSTUNREACH: return "host unreachable";
+    case WSAENETDOWN: return "network is down";
+    case WSAECONNRESET: return "connection reset by peer";
+    case WSAECONNABORTED: return "connection aborted";
+    case WSAESHUTDOWN: return "connection shut down";
+    case WSAEADDRNOTAVAIL: return "address not available";
+    case WSAEAFNOSUPPORT: return "address family not supported";
+    case WSAEACCES: return "permission denied";
+    case WSAEMFILE: return "too many open sockets";
+    case WSAENOBUFS: return "no buffer space available";
+    case WSAHOST_NOT_FOUND: return "host not found";
+    case WSATRY_AGAIN: return "temporary name resolution failure";
+    case WSANO_DATA: return "no address for the host name";
+    case WSANO_RECOVERY: return "name resolution failed";
+    case WSANOTINITIALISED: return "WinSock not initialised";
+    case WSASYSNOTREADY: return "network subsystem not ready";
+    case WSAVERNOTSUPPORTED: return "WinSock 2.2 not supported";
+    default: return "WinSock error " + std::to_string(err);
+  }
+#else
+  switch (err) {
+    case ECONNREFUSED: return "connection refused";
+    case ETIMEDOUT: return "timed out";
+    case ENETUNREACH: return "network unreachable";
+    case EHOSTUNREACH: return "host unreachable";
+    case ENETDOWN: return "network is down";
+    case ECONNRESET: return "connection reset by peer";
+    case ECONNABORTED: return "connection aborted";
+    case EPIPE: return "connection closed by peer";
+    case EADDRNOTAVAIL: return "address not available";
+    case EAFNOSUPPORT: return "address family not supported";
+    case EACCES: return "permission denied";
+    case EPERM: return "operation not permitted";
+    case EMFILE: return "too many open files";
+    case ENFILE: return "too many open files in the system";
+    case ENOBUFS: return "no buffer space available";
+    case ENOMEM: return "out of memory";
+    default: return "errno " + std::to_string(err);
+  }
+#endif
+}
+
+// WinSock is started on first use, once per process (never by a static object).
+inline bool network_ready(int& err) {
+#if MI_DETAIL_WINDOWS
+  static std::once_flag once;
+  static int result = 0;
+  std::call_once(once, [] {
+    WSADATA data;
+    result = WSAStartup(MAKEWORD(2, 2), &data);
+  });
+  err = result;
+  return result == 0;
+#else
+  err = 0;
+  return true;
+#endif
+}
+
+inline void close_socket(socket_handle s) noexcept {
+  if (s == kNoSocket) return;
+#if MI_DETAIL_WINDOWS
+  ::closesocket(s);
+#else
+  ::close(s);  // never retried on EINTR: the descriptor is gone either way (Linux)
+#endif
+}
+
+// Owns a socket; closes it on scope exit.
+class SocketGuard {
+ public:
+  explicit SocketGuard(socket_handle s = kNoSocket) noexcept : s_(s) {}
+  SocketGuard(const SocketGuard&) = delete;
+  SocketGuard& operator=(const SocketGuard&) = delete;
+  ~SocketGuard() { close_socket(s_); }
+  socket_handle get() const noexcept { return s_; }
+  void reset(socket_handle s = kNoSocket) noexcept {
+    close_socket(s_);
+    s_ = s;
+  }
+  socket_handle release() noexcept {
+    socket_handle s = s_;
+    s_ = kNoSocket;
+    return s;
+  }
+
+ private:
+  socket_handle s_;
+};
+
+// Owns a getaddrinfo result.
+struct AddrInfoGuard {
+  addrinfo* list = nullptr;
+  AddrInfoGuard() = default;
+  AddrInfoGuard(const AddrInfoGuard&) = delete;
+  AddrInfoGuard& operator=(const AddrInfoGuard&) = delete;
+  ~AddrInfoGuard() {
+    if (list) ::freeaddrinfo(list);
+  }
+};
+
+// A non-blocking, close-on-exec TCP socket with TCP_NODELAY and no SIGPIPE.
+socket_handle open_socket(int family, int type, int protocol, int& err) {
+#if MI_DETAIL_WINDOWS
+#if defined(WSA_FLAG_NO_HANDLE_INHERIT)
+  const DWORD no_inherit = WSA_FLAG_NO_HANDLE_INHERIT;
+#else
+  const DWORD no_inherit = 0x80;  // older SDKs lack the name
+#endif
+  SOCKET s = ::WSASocketW(family, type, protocol, nullptr, 0, WSA_FLAG_OVERLAPPED | no_inherit);
+  if (s == INVALID_SOCKET && WSAGetLastError() == WSAEINVAL)  // Windows 7 before SP1: no such flag
+    s = ::WSASocketW(family, type, protocol, nullptr, 0, WSA_FLAG_OVERLAPPED);
+  if (s == INVALID_SOCKET) {
+    err = WSAGetLastError();
+    return kNoSocket;
+  }
+  u_long non_blocking = 1;
+  if (::ioctlsocket(s, static_cast<long>(FIONBIO), &non_blocking) != 0) {
+    err = WSAGetLastError();
+    ::closesocket(s);
+    return kNoSocket;
+  }
+#else
+#if defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK)
+  int s = ::socket(family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, protocol);
+  if (s < 0) {
+    err = errno;
+    return kNoSocket;
+  }
+#else
+  int s = ::socket(family, type, protocol);
+  if (s < 0) {
+    err = errno;
+    return kNoSocket;
+  }
+  int fd_flags = ::fcntl(s, F_GETFD);
+  int fl_flags = ::fcntl(s, F_GETFL);
+  if (fd_flags < 0 || ::fcntl(s, F_SETFD, fd_flags | FD_CLOEXEC) < 0 || fl_flags < 0 ||
+      ::fcntl(s, F_SETFL, fl_flags | O_NONBLOCK) < 0) {
+    err = errno;
+    ::close(s);
+    return kNoSocket;
+  }
+#endif
+#if defined(SO_NOSIGPIPE)
+  int no_sigpipe = 1;
+  ::setsockopt(s, SOL_SOCKET, SO_NOSIGPIPE, &no_sigpipe, static_cast<socklen_t>(sizeof no_sigpipe));
+#endif
+#endif
+  int one = 1;
+  ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, reinterpret_cast<const char*>(&one), static_cast<socklen_t>(sizeof one));
+  err = 0;
+  return s;
+}
+
+enum class Wait { ready, stopped, deadline, failed };
+
+// Waits until `s` is readable (or writable), polling in slices of at most
+// kContextSlice so the context is checked often. `until` bounds the wait too
+// (time_point::max() for none). On `stopped`, `status` says why; on `failed`, `err`.
+Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context& ctx, SteadyClock::time_point until,
+                 ContextStatus& status, int& err) {
+  for (;;) {
+    status = context_status(ctx);
+    if (status != ContextStatus::ok) return Wait::stopped;
+    SteadyClock::time_point now = SteadyClock::now();
+    if (until != SteadyClock::time_point::max() && now >= until) return Wait::deadline;
+    Millis slice = time_left(ctx, kContextSlice);
+    if (until != SteadyClock::time_point::max()) {
+      Millis left = std::chrono::duration_cast<Millis>(until - now) + Millis(1);
+      if (left < slice) slice = left;
+    }
+    int ms = static_cast<int>(slice.count());
+#if MI_DETAIL_WINDOWS
+    int r;
+    if (connecting) {
+      // WSAPoll does not report a failed connect on older Windows 10 builds; select does.
+      (void)for_write;
+      fd_set writable, failed;
+      FD_ZERO(&writable);
+      FD_ZERO(&failed);
+      FD_SET(s, &writable);
+      FD_SET(s, &failed);
+      timeval tv;
+      tv.tv_sec = ms / 1000;
+      tv.tv_usec = (ms % 1000) * 1000;
+      r = ::select(0, nullptr, &writable, &failed, &tv);
+    } else {
+      WSAPOLLFD p{};
+      p.fd = s;
+      p.events = for_write ? POLLWRNORM : POLLRDNORM;
+      r = ::WSAPoll(&p, 1, ms);
+    }
+    if (r > 0) return Wait::ready;
+    if (r < 0) {
+      err = WSAGetLastError();
+      if (err == WSAEINTR) continue;
+      return Wait::failed;
+    }
+#else
+    (void)connecting;
+    pollfd p{};
+    p.fd = s;
+    p.events = for_write ? POLLOUT : POLLIN;
+    int r = ::poll(&p, 1, ms);
+    if (r > 0) return Wait::ready;  // POLLERR and POLLHUP too: the next call reports them
+    if (r < 0) {
+      err = errno;
+      if (err == EINTR) continue;
+      return Wait::failed;
+    }
+#endif
+  }
+}
+
+// Resolves url.host (numeric hosts without any DNS look-up) and connects to each
+// address in turn, all within connect_timeout and the context. Returns the socket.
+Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
+  int err = 0;
+  if (!network_ready(err)) return make_error(Errc::network, "could not start WinSock (" + describe_error(err) + ")");
+
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_protocol = IPPROTO_TCP;
+  hints.ai_flags = AI_NUMERICHOST;
+#if defined(AI_NUMERICSERV)
+  hints.ai_flags |= AI_NUMERICSERV;
+#endif
+  const std::string port_text = std::to_string(url.port);
+  AddrInfoGuard addresses;
+  int rc = ::getaddrinfo(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
+  if (rc != 0) {
+    hints.ai_flags &= ~AI_NUMERICHOST;
+    addresses.list = nullptr;
+    rc = ::getaddrinfo(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
+  }
+  if (rc != 0 || addresses.list == nullptr) {
+#if MI_DETAIL_WINDOWS
+    std::string reason = describe_error(rc != 0 ? rc : WSAHOST_NOT_FOUND);
+#else
+    std::string reason = rc != 0 ? ascii_lowercase(::gai_strerror(rc)) : std::string("no address");
+#if defined(EAI_SYSTEM)
+    if (rc == EAI_SYSTEM) reason = describe_error(errno);
+#endif
+#endif
+    return make_error(Errc::network, "could not resolve the host name " + url.host + " (" + reason +
+                                         "): check the endpoint URL and this machine's DNS settings");
+  }
+  ContextStatus status = context_status(ctx);
+  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+
+  SteadyClock::time_point start = SteadyClock::now();
+  SteadyClock::time_point until = SteadyClock::time_point::max();
+  if (connect_timeout.count() > 0 &&
+      connect_timeout < std::chrono::duration_cast<Millis>(SteadyClock::time_point::max() - start))
+    until = start + connect_timeout;
+  int connect_err = 0;
+  for (addrinfo* ai = addresses.list; ai != nullptr; ai = ai->ai_next) {
+    SocketGuard sock(open_socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol, err));
+    if (sock.get() == kNoSocket) {
+      connect_err = err;
+      continue;
+    }
+#if MI_DETAIL_WINDOWS
+    int r = ::connect(sock.get(), ai->ai_addr, static_cast<int>(ai->ai_addrlen));
+    bool pending = r != 0 && WSAGetLastError() == WSAEWOULDBLOCK;
+#else
+    int r = ::connect(sock.get(), ai->ai_addr, ai->ai_addrlen);
+    // EINTR: the connection goes on asynchronously, exactly as with EINPROGRESS.
+    bool pending = r != 0 && (errno == EINPROGRESS || errno == EINTR);
+#endif
+    if (r != 0 && !pending) {
+      connect_err = last_error();
+      continue;
+    }
+    if (pending) {
+      Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
+      if (w == Wait::stopped) return context_error(status, "connecting to " + where);
+      if (w == Wait::deadline)
+        return make_error(Errc::timeout, "connecting to " + where + " timed out after " +
+                                             std::to_string(connect_timeout.count()) +
+                                             " ms: check that the endpoint address is right and reachable from "
+                                             "this machine (a firewall may be dropping the packets)");
+      if (w == Wait::failed) {
+        connect_err = err;
+        continue;
+      }
+      int so_error = 0;
+      socklen_t len = static_cast<socklen_t>(sizeof so_error);
+      if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&so_error), &len) != 0)
+        so_error = last_error();
+      if (so_error != 0) {
+        connect_err = so_error;
+        continue;
+      }
+    }
+    return sock.release();
+  }
+#if MI_DETAIL_WINDOWS
+  bool refused = connect_err == WSAECONNREFUSED;
+#else
+  bool refused = connect_err == ECONNREFUSED;
+#endif
+  return make_error(Errc::network, "could not connect to " + where + " (" + describe_error(connect_err) + "): " +
+                                       (refused ? "is the managed identity endpoint running?"
+                                                : "check that the endpoint address is right and reachable "
+                                                  "from this machine"));
+}
+
+// Sends all of `data`, waiting (in context slices) whenever the socket is full.
+Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data, const std::string& where) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    ContextStatus status = context_status(ctx);
+    if (status != ContextStatus::ok) return context_error(status, "sending the request to " + where);
+    size_t chunk = data.size() - sent;
+#if MI_DETAIL_WINDOWS
+    if (chunk > static_cast<size_t>(INT_MAX)) chunk = static_cast<size_t>(INT_MAX);
+    int n = ::send(s, data.data() + sent, static_cast<int>(chunk), 0);
+#else
+    ssize_t n = ::send(s, data.data() + sent, chunk, kSendFlags);
+#endif
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+      continue;
+    }
+    int err = n == 0 ? 0 : last_error();
+    if (n < 0 && is_interrupted(err)) continue;
+    if (n < 0 && would_block(err)) {
+      Wait w = wait_socket(s, true, false, ctx, SteadyClock::time_point::max(), status, err);
+      if (w == Wait::stopped) return context_error(status, "sending the request to " + where);
+      if (w == Wait::ready) continue;
+    }
+    return make_error(Errc::network, "could not send the request to " + where + " (" +
+                                         (n == 0 ? std::string("connection closed") : describe_error(err)) +
+                                         "): the endpoint dropped the connection; retrying may help");
+  }
+  return true;
+}
+
+// Reads until the parser has one complete response, the peer closes, or the context stops.
+Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const std::string& where) {
+  ResponseParser parser;
+  char buffer[16 * 1024];
+  for (;;) {
+    // Checked on every read too, so a peer that keeps the socket busy cannot outlast the context.
+    ContextStatus status = context_status(ctx);
+    if (status != ContextStatus::ok) return context_error(status, "waiting for the response from " + where);
+#if MI_DETAIL_WINDOWS
+    int n = ::recv(s, buffer, static_cast<int>(sizeof buffer), 0);
+#else
+    ssize_t n = ::recv(s, buffer, sizeof buffer, 0);
+#endif
+    ResponseParser::Status st = ResponseParser::Status::need_more;
+    if (n > 0) {
+      st = parser.feed(buffer, static_cast<size_t>(n));
+    } else if (n == 0) {
+      st = parser.finish();
+    } else {
+      int err = last_error();
+      if (is_interrupted(err)) continue;
+      if (!would_block(err))
+        return make_error(Errc::network, "reading the response from " + where + " failed (" + describe_error(err) +
+                                             "): the endpoint dropped the connection; retrying may help");
+      Wait w = wait_socket(s, false, false, ctx, SteadyClock::time_point::max(), status, err);
+      if (w == Wait::stopped) return context_error(status, "waiting for the response from " + where);
+      if (w == Wait::failed)
+        return make_error(Errc::network, "waiting for the response from " + where + " failed (" +
+                                             describe_error(err) + ")");
+      continue;
+    }
+    if (st == ResponseParser::Status::done) return std::move(parser.response());
+    if (st == ResponseParser::Status::error) {
+      Error e = parser.error();
+      ErrorAccess::set_message(e, e.message() + " (endpoint " + where + ")");
+      return e;
+    }
+  }
+}
+
+}  // namespace sock_impl
+
+class SocketTransport final : public HttpClient {
+ public:
+  // connect_timeout bounds connecting (all addresses together); zero or less: only the context does.
+  explicit SocketTransport(Millis connect_timeout = Millis(5000)) : connect_timeout_(connect_timeout) {}
+  Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
+
+ private:
+  Millis connect_timeout_;
+};
+
+Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& request) {
+  Url url;
+  std::string why;
+  if (!parse_url(request.url, url, why)) return make_error(Errc::invalid_argument, "the endpoint URL is invalid: " + why);
+  if (url.scheme != "http")
+    return make_error(Errc::tls,
+                      "HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
+                      "MI_IMPLEMENTATION is defined and link libcurl and OpenSSL)");
+  std::string wire;
+  if (!serialize_request(request, url, wire, why))
+    return make_error(Errc::invalid_argument, "the request cannot be sent: " + why);
+  const std::string where = url.authority();
+  ContextStatus status = context_status(ctx);
+  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+
+  Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_);
+  if (!connected) return connected.error();
+  sock_impl::SocketGuard sock(connected.value());
+  Result<bool> sent = sock_impl::send_all(ctx, sock.get(), wire, where);
+  if (!sent) return sent.error();
+  return sock_impl::receive_response(ctx, sock.get(), where);
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace mi
