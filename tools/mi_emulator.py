@@ -345,7 +345,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         with emu.lock:
             emu.stats["requests"] += 1
-        if parsed.path != emu.path:
+        # The real endpoints accept the token path with a trailing slash (MSAL Node sends one).
+        if parsed.path.rstrip("/") != emu.path:
             with emu.lock:
                 emu.stats["unexpected"] += 1
             self.fail(404, "not_found", "No such endpoint: %s (the %s emulator serves %s)"
@@ -560,6 +561,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = 1024  # bursts of concurrent clients (the default backlog of 5 drops them)
 
     def __init__(self, addr, emu, tls_context=None):
         self.emu = emu
