@@ -34,6 +34,8 @@ struct ClientState {
   static const ClientState& of(const Client& client) { return *client.state_; }
 
   SysClock::time_point now() const { return config.clock ? config.clock() : SysClock::now(); }
+  // For the cache-hit check only, where a few milliseconds do not matter.
+  SysClock::time_point hit_now() const { return config.clock ? config.clock() : coarse_now(); }
   void log(LogLevel level, const std::string& message) const {
     if (config.logger) config.logger(level, message);
   }
@@ -391,7 +393,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
 
   AuthResult cached;
   cached.token_source = TokenSource::Cache;
-  switch (cache.find(key, st.now(), cached)) {
+  switch (cache.find(key, st.hit_now(), cached)) {
     case TokenCache::Hit::fresh:
       cached.resource.assign(resource);
       return Result<AuthResult>(std::move(cached));
@@ -445,13 +447,13 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
 // ---- public functions ---------------------------------------------------------------------
 
 ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
-  return ClientOption([client](detail::ClientConfig& c) { c.http = client; });
+  return ClientOption([client = std::move(client)](detail::ClientConfig& c) { c.http = client; });
 }
 ClientOption WithRetryPolicyDisabled() {
   return ClientOption([](detail::ClientConfig& c) { c.retry = false; });
 }
 ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
-  return ClientOption([capabilities](detail::ClientConfig& c) {
+  return ClientOption([capabilities = std::move(capabilities)](detail::ClientConfig& c) {
     for (const std::string& cap : capabilities) {
       std::string_view trimmed = detail::trim(cap);
       if (!trimmed.empty()) c.capabilities.emplace_back(trimmed);
@@ -459,10 +461,10 @@ ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
   });
 }
 ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
-  return ClientOption([logger](detail::ClientConfig& c) { c.logger = logger; });
+  return ClientOption([logger = std::move(logger)](detail::ClientConfig& c) { c.logger = logger; });
 }
 AcquireTokenOption WithClaims(std::string claims) {
-  return AcquireTokenOption([claims](detail::AcquireConfig& c) { c.claims = claims; });
+  return AcquireTokenOption([claims = std::move(claims)](detail::AcquireConfig& c) { c.claims = claims; });
 }
 ClientOption WithMaxRetries(int retries) {
   return ClientOption([retries](detail::ClientConfig& c) { c.max_retries = retries < 0 ? 0 : retries; });
@@ -474,10 +476,10 @@ ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::millis
   });
 }
 ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
-  return ClientOption([now](detail::ClientConfig& c) { c.clock = now; });
+  return ClientOption([now = std::move(now)](detail::ClientConfig& c) { c.clock = now; });
 }
 ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
-  return ClientOption([sleep](detail::ClientConfig& c) { c.sleep = sleep; });
+  return ClientOption([sleep = std::move(sleep)](detail::ClientConfig& c) { c.sleep = sleep; });
 }
 
 Result<Client> New(ID id, const std::vector<ClientOption>& options) {
