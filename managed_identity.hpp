@@ -266,12 +266,12 @@ namespace detail {
 #if MI_DETAIL_EXCEPTIONS
   throw Exception(error);
 #else
-  std::fprintf(stderr, "mi::Result::value() called on an error result: %s\n", error.message().c_str());
+  (void)std::fprintf(stderr, "mi::Result::value() called on an error result: %s\n", error.message().c_str());
   std::abort();
 #endif
 }
 [[noreturn]] inline void bad_error_access() {
-  std::fprintf(stderr, "mi::Result::error() called on a successful result\n");
+  (void)std::fprintf(stderr, "mi::Result::error() called on a successful result\n");
   std::abort();
 }
 }  // namespace detail
@@ -723,7 +723,7 @@ inline std::string sha256_hex(std::string_view data) {
   for (size_t off = 0; off < msg.size(); off += 64) {
     uint32_t w[64];
     for (int i = 0; i < 16; ++i) {
-      const unsigned char* p = reinterpret_cast<const unsigned char*>(msg.data() + off + 4 * i);
+      const unsigned char* p = reinterpret_cast<const unsigned char*>(msg.data() + off + 4 * static_cast<size_t>(i));
       w[i] = (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
     }
     for (int i = 16; i < 64; ++i) {
@@ -754,6 +754,18 @@ inline std::string sha256_hex(std::string_view data) {
 using SysClock = std::chrono::system_clock;
 using SteadyClock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
+
+// The wall clock at the kernel's tick resolution (a few ms), about 4x cheaper than
+// SysClock::now() where the OS has it: enough for "expires in more than 5 minutes".
+inline SysClock::time_point coarse_now() noexcept {
+#if defined(CLOCK_REALTIME_COARSE)
+  struct timespec ts;
+  if (clock_gettime(CLOCK_REALTIME_COARSE, &ts) == 0)
+    return SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(ts.tv_sec) +
+                                                                               std::chrono::nanoseconds(ts.tv_nsec)));
+#endif
+  return SysClock::now();
+}
 
 inline SysClock::time_point from_unix_seconds(int64_t s) {
   return SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(s)));
@@ -1251,7 +1263,6 @@ bool valid_ipv6(std::string_view s) {
     if (i < s.size() && s[i] == '.') {  // the IPv4 tail ends the address
       if (!valid_ipv4(s.substr(start))) return false;
       groups += 2;
-      i = s.size();
       break;
     }
     size_t len = i - start;
@@ -1572,7 +1583,8 @@ class ResponseParser {
  public:
   enum class Status { need_more, done, error };
 
-  explicit ResponseParser(size_t max_header_bytes = MI_MAX_HEADER_BYTES, size_t max_body_bytes = MI_MAX_RESPONSE_BYTES)
+  explicit ResponseParser(size_t max_header_bytes = static_cast<size_t>(MI_MAX_HEADER_BYTES),
+                          size_t max_body_bytes = static_cast<size_t>(MI_MAX_RESPONSE_BYTES))
       : max_header_(max_header_bytes), max_body_(max_body_bytes) {}
 
   // Consumes bytes; done once one final (non-1xx) response is complete. Bytes after
@@ -3214,7 +3226,7 @@ bool offset(Cursor& c, int64_t& seconds) noexcept {
   c.eat(':');
   if (!c.digits(2, mm)) return false;
   if (hh > 23 || mm > 59) return false;
-  seconds = sign * (static_cast<int64_t>(hh) * 3600 + mm * 60);
+  seconds = sign * (static_cast<int64_t>(hh) * 3600 + static_cast<int64_t>(mm) * 60);
   return true;
 }
 
@@ -3222,7 +3234,7 @@ bool combine(int y, int mo, int d, int h, int mi, int sec, int64_t offset_second
   if (mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo)) return false;
   if (h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 || sec > 59) return false;
   int64_t t = days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 +
-              static_cast<int64_t>(h) * 3600 + mi * 60 + sec - offset_seconds;
+              static_cast<int64_t>(h) * 3600 + static_cast<int64_t>(mi) * 60 + sec - offset_seconds;
   if (t < 0 || t > kMaxEpochSeconds) return false;
   out = t;
   return true;
@@ -3759,10 +3771,16 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
                             FILE_FLAG_OPEN_REPARSE_POINT, nullptr);
   if (file == INVALID_HANDLE_VALUE) {
     DWORD code = GetLastError();
-    error = arc_error(code == ERROR_FILE_NOT_FOUND ? "the key file '" + path + "' does not exist"
-                                                   : "the key file '" + path + "' could not be opened (error " +
-                                                         std::to_string(code) + "); run as an administrator or a "
-                                                         "member of the 'Hybrid agent extension applications' group");
+    // A directory cannot be opened this way (access denied): say what it is, not to run as admin.
+    DWORD attributes = code == ERROR_ACCESS_DENIED ? GetFileAttributesA(path.c_str()) : INVALID_FILE_ATTRIBUTES;
+    if (attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) != 0)
+      error = arc_error("the key file '" + path + "' is not a regular file");
+    else
+      error = arc_error(code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND
+                            ? "the key file '" + path + "' does not exist"
+                            : "the key file '" + path + "' could not be opened (error " + std::to_string(code) +
+                                  "); run as an administrator or a member of the 'Hybrid agent extension "
+                                  "applications' group");
     return false;
   }
   BY_HANDLE_FILE_INFORMATION info;
@@ -3912,18 +3930,20 @@ class TokenCache {
   // end_refresh(key) afterwards.
   Hit find(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
     const uint64_t generation = generation_.load(std::memory_order_acquire);
-    for (LocalCopy& local : local_copies()) {
-      if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
-      const CachedToken& t = local.token;
-      if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
-      if (t.refresh_on != SysClock::time_point() && now >= t.refresh_on) break;  // claim under the lock
-      copy_to(t, out);
-      return Hit::fresh;
+    if constexpr (kLocalCopiesEnabled) {
+      for (LocalCopy& local : local_copies()) {
+        if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
+        const CachedToken& t = local.token;
+        if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
+        if (t.refresh_on != SysClock::time_point() && now >= t.refresh_on) break;  // claim under the lock
+        copy_to(t, out);
+        return Hit::fresh;
+      }
     }
     std::shared_lock<std::shared_mutex> lock(mutex_);
     Entry* entry = lookup(key, hash(key));
     if (entry == nullptr) return Hit::miss;
-    remember(generation, *entry);
+    if constexpr (kLocalCopiesEnabled) remember(generation, *entry);
     if (entry->token.expires_on <= now + kExpiryMargin) return Hit::miss;
     copy_to(entry->token, out);
     if (entry->token.refresh_on != SysClock::time_point() && now >= entry->token.refresh_on) {
@@ -4041,6 +4061,14 @@ class TokenCache {
     CachedToken token;
   };
   static constexpr size_t kLocalCopies = 8;
+  // MinGW's GCC emulates TLS and frees a thread_local's storage before its destructor runs
+  // at thread exit (GCC bug 80816, mingw-w64 bug 527): a thread that used the cache would
+  // crash or corrupt the heap as it ends. There, no per-thread copies: hits take the lock.
+#if defined(__MINGW32__) && !defined(__clang__)
+  static constexpr bool kLocalCopiesEnabled = false;
+#else
+  static constexpr bool kLocalCopiesEnabled = true;
+#endif
 
   static std::vector<LocalCopy>& local_copies() {
     static thread_local std::vector<LocalCopy> copies;
@@ -4164,6 +4192,8 @@ struct ClientState {
   static const ClientState& of(const Client& client) { return *client.state_; }
 
   SysClock::time_point now() const { return config.clock ? config.clock() : SysClock::now(); }
+  // For the cache-hit check only, where a few milliseconds do not matter.
+  SysClock::time_point hit_now() const { return config.clock ? config.clock() : coarse_now(); }
   void log(LogLevel level, const std::string& message) const {
     if (config.logger) config.logger(level, message);
   }
@@ -4521,7 +4551,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
 
   AuthResult cached;
   cached.token_source = TokenSource::Cache;
-  switch (cache.find(key, st.now(), cached)) {
+  switch (cache.find(key, st.hit_now(), cached)) {
     case TokenCache::Hit::fresh:
       cached.resource.assign(resource);
       return Result<AuthResult>(std::move(cached));
@@ -4575,13 +4605,13 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
 // ---- public functions ---------------------------------------------------------------------
 
 ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
-  return ClientOption([client](detail::ClientConfig& c) { c.http = client; });
+  return ClientOption([client = std::move(client)](detail::ClientConfig& c) { c.http = client; });
 }
 ClientOption WithRetryPolicyDisabled() {
   return ClientOption([](detail::ClientConfig& c) { c.retry = false; });
 }
 ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
-  return ClientOption([capabilities](detail::ClientConfig& c) {
+  return ClientOption([capabilities = std::move(capabilities)](detail::ClientConfig& c) {
     for (const std::string& cap : capabilities) {
       std::string_view trimmed = detail::trim(cap);
       if (!trimmed.empty()) c.capabilities.emplace_back(trimmed);
@@ -4589,10 +4619,10 @@ ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
   });
 }
 ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
-  return ClientOption([logger](detail::ClientConfig& c) { c.logger = logger; });
+  return ClientOption([logger = std::move(logger)](detail::ClientConfig& c) { c.logger = logger; });
 }
 AcquireTokenOption WithClaims(std::string claims) {
-  return AcquireTokenOption([claims](detail::AcquireConfig& c) { c.claims = claims; });
+  return AcquireTokenOption([claims = std::move(claims)](detail::AcquireConfig& c) { c.claims = claims; });
 }
 ClientOption WithMaxRetries(int retries) {
   return ClientOption([retries](detail::ClientConfig& c) { c.max_retries = retries < 0 ? 0 : retries; });
@@ -4604,10 +4634,10 @@ ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::millis
   });
 }
 ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
-  return ClientOption([now](detail::ClientConfig& c) { c.clock = now; });
+  return ClientOption([now = std::move(now)](detail::ClientConfig& c) { c.clock = now; });
 }
 ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
-  return ClientOption([sleep](detail::ClientConfig& c) { c.sleep = sleep; });
+  return ClientOption([sleep = std::move(sleep)](detail::ClientConfig& c) { c.sleep = sleep; });
 }
 
 Result<Client> New(ID id, const std::vector<ClientOption>& options) {

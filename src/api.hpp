@@ -134,12 +134,12 @@ namespace detail {
 #if MI_DETAIL_EXCEPTIONS
   throw Exception(error);
 #else
-  std::fprintf(stderr, "mi::Result::value() called on an error result: %s\n", error.message().c_str());
+  (void)std::fprintf(stderr, "mi::Result::value() called on an error result: %s\n", error.message().c_str());
   std::abort();
 #endif
 }
 [[noreturn]] inline void bad_error_access() {
-  std::fprintf(stderr, "mi::Result::error() called on a successful result\n");
+  (void)std::fprintf(stderr, "mi::Result::error() called on a successful result\n");
   std::abort();
 }
 }  // namespace detail

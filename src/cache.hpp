@@ -52,18 +52,20 @@ class TokenCache {
   // end_refresh(key) afterwards.
   Hit find(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
     const uint64_t generation = generation_.load(std::memory_order_acquire);
-    for (LocalCopy& local : local_copies()) {
-      if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
-      const CachedToken& t = local.token;
-      if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
-      if (t.refresh_on != SysClock::time_point() && now >= t.refresh_on) break;  // claim under the lock
-      copy_to(t, out);
-      return Hit::fresh;
+    if constexpr (kLocalCopiesEnabled) {
+      for (LocalCopy& local : local_copies()) {
+        if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
+        const CachedToken& t = local.token;
+        if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
+        if (t.refresh_on != SysClock::time_point() && now >= t.refresh_on) break;  // claim under the lock
+        copy_to(t, out);
+        return Hit::fresh;
+      }
     }
     std::shared_lock<std::shared_mutex> lock(mutex_);
     Entry* entry = lookup(key, hash(key));
     if (entry == nullptr) return Hit::miss;
-    remember(generation, *entry);
+    if constexpr (kLocalCopiesEnabled) remember(generation, *entry);
     if (entry->token.expires_on <= now + kExpiryMargin) return Hit::miss;
     copy_to(entry->token, out);
     if (entry->token.refresh_on != SysClock::time_point() && now >= entry->token.refresh_on) {
@@ -181,6 +183,14 @@ class TokenCache {
     CachedToken token;
   };
   static constexpr size_t kLocalCopies = 8;
+  // MinGW's GCC emulates TLS and frees a thread_local's storage before its destructor runs
+  // at thread exit (GCC bug 80816, mingw-w64 bug 527): a thread that used the cache would
+  // crash or corrupt the heap as it ends. There, no per-thread copies: hits take the lock.
+#if defined(__MINGW32__) && !defined(__clang__)
+  static constexpr bool kLocalCopiesEnabled = false;
+#else
+  static constexpr bool kLocalCopiesEnabled = true;
+#endif
 
   static std::vector<LocalCopy>& local_copies() {
     static thread_local std::vector<LocalCopy> copies;

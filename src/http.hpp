@@ -145,7 +145,8 @@ class ResponseParser {
  public:
   enum class Status { need_more, done, error };
 
-  explicit ResponseParser(size_t max_header_bytes = MI_MAX_HEADER_BYTES, size_t max_body_bytes = MI_MAX_RESPONSE_BYTES)
+  explicit ResponseParser(size_t max_header_bytes = static_cast<size_t>(MI_MAX_HEADER_BYTES),
+                          size_t max_body_bytes = static_cast<size_t>(MI_MAX_RESPONSE_BYTES))
       : max_header_(max_header_bytes), max_body_(max_body_bytes) {}
 
   // Consumes bytes; done once one final (non-1xx) response is complete. Bytes after

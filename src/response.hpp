@@ -128,7 +128,7 @@ bool offset(Cursor& c, int64_t& seconds) noexcept {
   c.eat(':');
   if (!c.digits(2, mm)) return false;
   if (hh > 23 || mm > 59) return false;
-  seconds = sign * (static_cast<int64_t>(hh) * 3600 + mm * 60);
+  seconds = sign * (static_cast<int64_t>(hh) * 3600 + static_cast<int64_t>(mm) * 60);
   return true;
 }
 
@@ -136,7 +136,7 @@ bool combine(int y, int mo, int d, int h, int mi, int sec, int64_t offset_second
   if (mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo)) return false;
   if (h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 || sec > 59) return false;
   int64_t t = days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 +
-              static_cast<int64_t>(h) * 3600 + mi * 60 + sec - offset_seconds;
+              static_cast<int64_t>(h) * 3600 + static_cast<int64_t>(mi) * 60 + sec - offset_seconds;
   if (t < 0 || t > kMaxEpochSeconds) return false;
   out = t;
   return true;

@@ -370,10 +370,16 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
                             FILE_FLAG_OPEN_REPARSE_POINT, nullptr);
   if (file == INVALID_HANDLE_VALUE) {
     DWORD code = GetLastError();
-    error = arc_error(code == ERROR_FILE_NOT_FOUND ? "the key file '" + path + "' does not exist"
-                                                   : "the key file '" + path + "' could not be opened (error " +
-                                                         std::to_string(code) + "); run as an administrator or a "
-                                                         "member of the 'Hybrid agent extension applications' group");
+    // A directory cannot be opened this way (access denied): say what it is, not to run as admin.
+    DWORD attributes = code == ERROR_ACCESS_DENIED ? GetFileAttributesA(path.c_str()) : INVALID_FILE_ATTRIBUTES;
+    if (attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) != 0)
+      error = arc_error("the key file '" + path + "' is not a regular file");
+    else
+      error = arc_error(code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND
+                            ? "the key file '" + path + "' does not exist"
+                            : "the key file '" + path + "' could not be opened (error " + std::to_string(code) +
+                                  "); run as an administrator or a member of the 'Hybrid agent extension "
+                                  "applications' group");
     return false;
   }
   BY_HANDLE_FILE_INFORMATION info;

@@ -82,7 +82,6 @@ bool valid_ipv6(std::string_view s) {
     if (i < s.size() && s[i] == '.') {  // the IPv4 tail ends the address
       if (!valid_ipv4(s.substr(start))) return false;
       groups += 2;
-      i = s.size();
       break;
     }
     size_t len = i - start;

@@ -56,3 +56,9 @@ endif()
 mi_add_consumer_test(add_subdirectory)
 mi_add_consumer_test(fetch_content)
 mi_add_consumer_test(single_header)
+
+# A sanitized build installs an instrumented library: its consumer must link the runtime too.
+if(MI_SANITIZE AND _mi_install_tests)
+  set_tests_properties(consumer_find_package PROPERTIES
+                       ENVIRONMENT "CXXFLAGS=-fsanitize=${MI_SANITIZE};LDFLAGS=-fsanitize=${MI_SANITIZE}")
+endif()
