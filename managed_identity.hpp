@@ -2865,8 +2865,10 @@ Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, cons
     case CURLE_USE_SSL_FAILED:
       return make_error(Errc::tls, "the TLS handshake with the HTTPS endpoint failed" + detail);
     case CURLE_URL_MALFORMAT:
-    case CURLE_UNSUPPORTED_PROTOCOL:
       return make_error(Errc::invalid_argument, "the HTTPS endpoint URL was rejected" + detail);
+    // The URL was checked to be https:// before the transfer, so libcurl reports this for
+    // an answer that is not HTTP at all (a garbage status line, an HTTP/0.9 body).
+    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_WEIRD_SERVER_REPLY:
     case CURLE_BAD_CONTENT_ENCODING:
     case CURLE_HTTP2:
@@ -3744,12 +3746,14 @@ bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
 bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   std::string dir;
   if (!arc_token_dir(dir, error)) return false;
+  // The realm comes from the endpoint: quote at most 200 bytes of it in messages.
+  const std::string shown = path.size() > 200 ? path.substr(0, 200) + "..." : path;
   if (has_control_char(path)) {
     error = arc_error("the key file path in the realm contains a control character");
     return false;
   }
   if (path.find("..") != std::string::npos) {
-    error = arc_error("the key file path '" + path + "' contains '..'");
+    error = arc_error("the key file path '" + shown + "' contains '..'");
     return false;
   }
 #if MI_DETAIL_WINDOWS
@@ -3759,11 +3763,11 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 #endif
   std::string name = sep == std::string::npos ? path : path.substr(sep + 1);
   if (name.size() <= 4 || !ends_with(name, ".key")) {
-    error = arc_error("the key file '" + path + "' does not have the .key extension");
+    error = arc_error("the key file '" + shown + "' does not have the .key extension");
     return false;
   }
   if (sep == std::string::npos || path.substr(0, sep) != dir) {
-    error = arc_error("the key file '" + path + "' is not in the agent's token directory " + dir);
+    error = arc_error("the key file '" + shown + "' is not in the agent's token directory " + dir);
     return false;
   }
 #if MI_DETAIL_WINDOWS
@@ -3774,11 +3778,11 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
     // A directory cannot be opened this way (access denied): say what it is, not to run as admin.
     DWORD attributes = code == ERROR_ACCESS_DENIED ? GetFileAttributesA(path.c_str()) : INVALID_FILE_ATTRIBUTES;
     if (attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) != 0)
-      error = arc_error("the key file '" + path + "' is not a regular file");
+      error = arc_error("the key file '" + shown + "' is not a regular file");
     else
       error = arc_error(code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND
-                            ? "the key file '" + path + "' does not exist"
-                            : "the key file '" + path + "' could not be opened (error " + std::to_string(code) +
+                            ? "the key file '" + shown + "' does not exist"
+                            : "the key file '" + shown + "' could not be opened (error " + std::to_string(code) +
                                   "); run as an administrator or a member of the 'Hybrid agent extension "
                                   "applications' group");
     return false;
@@ -3788,13 +3792,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
                  (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT)) == 0;
   if (!regular) {
     CloseHandle(file);
-    error = arc_error("the key file '" + path + "' is not a regular file");
+    error = arc_error("the key file '" + shown + "' is not a regular file");
     return false;
   }
   uint64_t size = (static_cast<uint64_t>(info.nFileSizeHigh) << 32) | info.nFileSizeLow;
   if (size > kArcMaxKeyBytes) {
     CloseHandle(file);
-    error = arc_error("the key file '" + path + "' is larger than 4096 bytes");
+    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
     return false;
   }
   key.assign(static_cast<size_t>(size), '\0');
@@ -3806,23 +3810,23 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT)
-      error = arc_error("the key file '" + path + "' does not exist");
+      error = arc_error("the key file '" + shown + "' does not exist");
     else if (err == ELOOP)
-      error = arc_error("the key file '" + path + "' is a symbolic link, which is not followed");
+      error = arc_error("the key file '" + shown + "' is a symbolic link, which is not followed");
     else
-      error = arc_error("the key file '" + path + "' could not be opened (" + std::strerror(err) +
+      error = arc_error("the key file '" + shown + "' could not be opened (" + std::strerror(err) +
                         "); the process must run as root or in the himds group");
     return false;
   }
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    error = arc_error("the key file '" + path + "' is not a regular file");
+    error = arc_error("the key file '" + shown + "' is not a regular file");
     return false;
   }
   if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) > kArcMaxKeyBytes) {
     ::close(fd);
-    error = arc_error("the key file '" + path + "' is larger than 4096 bytes");
+    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
     return false;
   }
   // Read at most one byte past the limit, in case the file grew after fstat.
@@ -3841,7 +3845,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   }
   ::close(fd);
   if (ok && total > kArcMaxKeyBytes) {
-    error = arc_error("the key file '" + path + "' is larger than 4096 bytes");
+    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
     return false;
   }
   key.assign(buffer, total);
@@ -3849,7 +3853,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 #endif
   if (!ok) {
     key.clear();
-    error = arc_error("the key file '" + path + "' could not be read");
+    error = arc_error("the key file '" + shown + "' could not be read");
     return false;
   }
   return true;
@@ -4458,6 +4462,8 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   if (!build_request(st.source, st.id, resource, extras, st.has_fixed_endpoint ? &st.fixed_endpoint : nullptr, built,
                      error))
     return finish_error(st, error, extras.request_id);
+  // An endpoint that echoes the token we hold (claims, refresh) must not get it into a message.
+  if (cached_token != nullptr) built.secrets.push_back(*cached_token);
   if (!st.transport) {
     return finish_error(st,
                         make_error(Errc::tls,

@@ -300,6 +300,8 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   if (!build_request(st.source, st.id, resource, extras, st.has_fixed_endpoint ? &st.fixed_endpoint : nullptr, built,
                      error))
     return finish_error(st, error, extras.request_id);
+  // An endpoint that echoes the token we hold (claims, refresh) must not get it into a message.
+  if (cached_token != nullptr) built.secrets.push_back(*cached_token);
   if (!st.transport) {
     return finish_error(st,
                         make_error(Errc::tls,

@@ -412,8 +412,10 @@ Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, cons
     case CURLE_USE_SSL_FAILED:
       return make_error(Errc::tls, "the TLS handshake with the HTTPS endpoint failed" + detail);
     case CURLE_URL_MALFORMAT:
-    case CURLE_UNSUPPORTED_PROTOCOL:
       return make_error(Errc::invalid_argument, "the HTTPS endpoint URL was rejected" + detail);
+    // The URL was checked to be https:// before the transfer, so libcurl reports this for
+    // an answer that is not HTTP at all (a garbage status line, an HTTP/0.9 body).
+    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_WEIRD_SERVER_REPLY:
     case CURLE_BAD_CONTENT_ENCODING:
     case CURLE_HTTP2:

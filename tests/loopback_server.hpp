@@ -98,6 +98,10 @@ struct Reply {
   int byte_delay_ms = 0;    // > 0: send one byte at a time with this pause
   bool hang = false;        // never answer (until the server stops)
   bool close_now = false;   // close without sending anything
+  long long close_after = -1;  // >= 0: send at most this many bytes of `raw`, then close normally (FIN)
+  long long reset_after = -1;  // >= 0: send at most this many bytes of `raw`, then reset (RST: SO_LINGER 0)
+  std::string endless;         // non-empty: after `raw`, send this again and again until the
+                               // client disconnects or the server stops (a stream without end)
 
   static Reply http(int status, const std::string& body,
                     const std::vector<std::pair<std::string, std::string>>& headers = {},
@@ -114,6 +118,13 @@ struct Reply {
     return r;
   }
   static Reply json(const std::string& body) { return http(200, body); }
+  // `head` once, then `repeat` forever.
+  static Reply stream(const std::string& head, const std::string& repeat) {
+    Reply r;
+    r.raw = head;
+    r.endless = repeat;
+    return r;
+  }
 };
 
 class Server {
@@ -174,6 +185,8 @@ class Server {
     return requests_.size();
   }
   size_t connection_count() const { return connections_.load(); }
+  // Connections still sending an endless stream (0 once every client has hung up).
+  size_t streaming_count() const { return streaming_.load(); }
   Request last() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return requests_.empty() ? Request() : requests_.back();
@@ -267,7 +280,8 @@ class Server {
   }
 
   // Gives up when the server stops or the client has not read for 10 s, so stop() never hangs.
-  void send_all(testsrv_socket s, const char* data, size_t n) {
+  // False when it gave up or the client went away before everything was sent.
+  bool send_all(testsrv_socket s, const char* data, size_t n) {
     auto idle_since = std::chrono::steady_clock::now();
     while (n > 0 && !stopping_) {
 #if defined(_WIN32)
@@ -277,9 +291,9 @@ class Server {
       pollfd p{s, POLLOUT, 0};
       int r = ::poll(&p, 1, 20);
 #endif
-      if (r < 0) return;
+      if (r < 0) return false;
       if (r == 0) {
-        if (std::chrono::steady_clock::now() - idle_since > std::chrono::seconds(10)) return;
+        if (std::chrono::steady_clock::now() - idle_since > std::chrono::seconds(10)) return false;
         continue;
       }
       idle_since = std::chrono::steady_clock::now();
@@ -289,10 +303,20 @@ class Server {
 #else
       long sent = ::send(s, data, chunk, MSG_NOSIGNAL);
 #endif
-      if (sent <= 0) return;
+      if (sent <= 0) return false;
       data += sent;
       n -= static_cast<size_t>(sent);
     }
+    return n == 0;
+  }
+
+  // Hard close: the peer sees a reset (RST) instead of an orderly end of stream.
+  static void reset_close(testsrv_socket s) {
+    linger hard{};
+    hard.l_onoff = 1;
+    hard.l_linger = 0;
+    setsockopt(s, SOL_SOCKET, SO_LINGER, reinterpret_cast<const char*>(&hard), sizeof hard);
+    testsrv_close(s);
   }
 
   void serve(testsrv_socket s) {
@@ -304,18 +328,32 @@ class Server {
       }
       Reply reply = handler_(req);
       if (reply.delay_ms > 0 && pause(reply.delay_ms)) reply.raw.clear();
+      long long cut = reply.reset_after >= 0 ? reply.reset_after : reply.close_after;
+      if (cut >= 0 && static_cast<unsigned long long>(cut) < reply.raw.size())
+        reply.raw.resize(static_cast<size_t>(cut));
       if (reply.hang) {
         while (!pause(1000)) {
         }
       } else if (!reply.close_now) {
+        bool ok = true;
+        bool endless = cut < 0 && !reply.endless.empty();
+        if (endless) ++streaming_;
         if (reply.byte_delay_ms > 0) {
           for (char c : reply.raw) {
-            send_all(s, &c, 1);
-            if (pause(reply.byte_delay_ms)) break;
+            ok = send_all(s, &c, 1);
+            if (!ok || pause(reply.byte_delay_ms)) break;
           }
         } else {
-          send_all(s, reply.raw.data(), reply.raw.size());
+          ok = send_all(s, reply.raw.data(), reply.raw.size());
         }
+        if (endless) {
+          while (ok && !stopping_) ok = send_all(s, reply.endless.data(), reply.endless.size());
+          --streaming_;
+        }
+      }
+      if (reply.reset_after >= 0) {
+        reset_close(s);
+        return;
       }
     }
 #if defined(_WIN32)
@@ -331,6 +369,7 @@ class Server {
   uint16_t port_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<size_t> connections_{0};
+  std::atomic<size_t> streaming_{0};
   std::thread acceptor_;
   mutable std::mutex mutex_;
   std::condition_variable cv_;
