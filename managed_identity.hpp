@@ -3738,6 +3738,11 @@ bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
     error = arc_error("the WWW-Authenticate header's realm is empty; it should name the key file");
     return false;
   }
+  if (has_control_char(path)) {
+    path.clear();
+    error = arc_error("the key file path in the WWW-Authenticate realm contains a control character");
+    return false;
+  }
   return true;
 }
 
