@@ -478,9 +478,7 @@ Result<Client> New(ID id, First&& first, Rest&&... rest) {
 #include <cstring>
 #include <ctime>
 #include <limits>
-#include <map>
 #include <mutex>
-#include <random>
 #include <shared_mutex>
 #include <thread>
 
@@ -675,15 +673,37 @@ inline std::string env(const char* name) {
 
 // ---- randomness ---------------------------------------------------------------------
 
+// Request ids and retry jitter need uniqueness, not secrecy: a splitmix64 stream seeded
+// once from the OS's random source where it is cheap to read, mixed with time and addresses.
+inline uint64_t splitmix64(uint64_t& state) noexcept {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+inline uint64_t random_seed() {
+  uint64_t seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+                  (static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) << 1) ^
+                  static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&seed));
+#if !MI_DETAIL_WINDOWS
+  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    uint64_t bytes = 0;
+    if (::read(fd, &bytes, sizeof bytes) == static_cast<ssize_t>(sizeof bytes)) seed ^= bytes;
+    ::close(fd);
+  }
+#else
+  seed ^= static_cast<uint64_t>(GetCurrentProcessId()) << 32 ^ static_cast<uint64_t>(GetTickCount64());
+#endif
+  return seed;
+}
+
 inline uint64_t random_u64() {
   static std::mutex mutex;
-  static std::mt19937_64 engine = [] {
-    std::random_device device;
-    std::seed_seq seq{device(), device(), device(), device(), device(), device(), device(), device()};
-    return std::mt19937_64(seq);
-  }();
+  static uint64_t state = random_seed();
   std::lock_guard<std::mutex> lock(mutex);
-  return engine();
+  return splitmix64(state);
 }
 
 // A random (version 4, RFC 9562) UUID in lowercase 8-4-4-4-12 form.

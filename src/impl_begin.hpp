@@ -13,9 +13,7 @@
 #include <cstring>
 #include <ctime>
 #include <limits>
-#include <map>
 #include <mutex>
-#include <random>
 #include <shared_mutex>
 #include <thread>
 
