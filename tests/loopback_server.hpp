@@ -92,6 +92,30 @@ struct Request {
   }
 };
 
+// Fills method, target, path, query, version and headers from a request head (no CRLFCRLF).
+inline void parse_request_head(const std::string& head, Request& req) {
+  size_t line_end = head.find("\r\n");
+  std::string line = head.substr(0, line_end);
+  size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
+  req.method = line.substr(0, sp1);
+  req.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  req.version = line.substr(sp2 + 1);
+  size_t q = req.target.find('?');
+  req.path = req.target.substr(0, q);
+  req.raw_query = q == std::string::npos ? "" : req.target.substr(q + 1);
+  size_t pos = line_end == std::string::npos ? head.size() : line_end + 2;
+  while (pos < head.size()) {
+    size_t e = head.find("\r\n", pos);
+    if (e == std::string::npos) e = head.size();
+    std::string h = head.substr(pos, e - pos);
+    size_t colon = h.find(':');
+    std::string value = colon == std::string::npos ? "" : h.substr(colon + 1);
+    while (!value.empty() && value.front() == ' ') value.erase(0, 1);
+    req.headers.emplace_back(h.substr(0, colon), value);
+    pos = e + 2;
+  }
+}
+
 struct Reply {
   std::string raw;          // exact bytes to send
   int delay_ms = 0;         // wait this long before sending anything
@@ -229,27 +253,7 @@ class Server {
       if (n <= 0) return false;
       data.append(buf, static_cast<size_t>(n));
     }
-    std::string head = data.substr(0, head_end);
-    size_t line_end = head.find("\r\n");
-    std::string line = head.substr(0, line_end);
-    size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
-    req.method = line.substr(0, sp1);
-    req.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-    req.version = line.substr(sp2 + 1);
-    size_t q = req.target.find('?');
-    req.path = req.target.substr(0, q);
-    req.raw_query = q == std::string::npos ? "" : req.target.substr(q + 1);
-    size_t pos = line_end == std::string::npos ? head.size() : line_end + 2;
-    while (pos < head.size()) {
-      size_t e = head.find("\r\n", pos);
-      if (e == std::string::npos) e = head.size();
-      std::string h = head.substr(pos, e - pos);
-      size_t colon = h.find(':');
-      std::string value = colon == std::string::npos ? "" : h.substr(colon + 1);
-      while (!value.empty() && value.front() == ' ') value.erase(0, 1);
-      req.headers.emplace_back(h.substr(0, colon), value);
-      pos = e + 2;
-    }
+    parse_request_head(data.substr(0, head_end), req);
     size_t length = 0;
     if (req.has_header("Content-Length")) length = std::strtoul(req.header("Content-Length").c_str(), nullptr, 10);
     std::string body = data.substr(head_end + 4);
@@ -260,7 +264,7 @@ class Server {
       body.append(buf, static_cast<size_t>(n));
     }
     req.body = body;
-    req.raw = head + "\r\n\r\n" + body;
+    req.raw = data.substr(0, head_end + 4) + body;
     return true;
   }
 

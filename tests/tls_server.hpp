@@ -294,28 +294,8 @@ class Server {
     while ((head_end = data.find("\r\n\r\n")) == std::string::npos)
       if (!read_some(ssl, fd, data)) return;
     testsrv::Request req;
-    std::string head = data.substr(0, head_end);
-    size_t line_end = head.find("\r\n");
-    std::string line = head.substr(0, line_end);
-    size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
-    req.method = line.substr(0, sp1);
-    req.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-    req.version = line.substr(sp2 + 1);
-    size_t q = req.target.find('?');
-    req.path = req.target.substr(0, q);
-    req.raw_query = q == std::string::npos ? "" : req.target.substr(q + 1);
-    size_t pos = line_end == std::string::npos ? head.size() : line_end + 2;
-    while (pos < head.size()) {
-      size_t e = head.find("\r\n", pos);
-      if (e == std::string::npos) e = head.size();
-      std::string h = head.substr(pos, e - pos);
-      size_t colon = h.find(':');
-      std::string value = colon == std::string::npos ? "" : h.substr(colon + 1);
-      while (!value.empty() && value.front() == ' ') value.erase(0, 1);
-      req.headers.emplace_back(h.substr(0, colon), value);
-      pos = e + 2;
-    }
-    size_t length = req.has_header("Content-Length") ? std::stoul(req.header("Content-Length")) : 0;
+    testsrv::parse_request_head(data.substr(0, head_end), req);
+    size_t length = req.has_header("Content-Length") ? std::strtoul(req.header("Content-Length").c_str(), nullptr, 10) : 0;
     std::string body = data.substr(head_end + 4);
     while (body.size() < length) {
       std::string more;
@@ -323,7 +303,7 @@ class Server {
       body += more;
     }
     req.body = body;
-    req.raw = head + "\r\n\r\n" + body;
+    req.raw = data.substr(0, head_end + 4) + body;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       requests_.push_back(req);
