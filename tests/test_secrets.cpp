@@ -20,8 +20,10 @@ std::string test_arc_token_dir();
 #define MI_IMPLEMENTATION
 #include "managed_identity.hpp"
 
+#if !defined(_WIN32)
 #include <sys/stat.h>
 #include <unistd.h>
+#endif
 
 #include <cstdio>
 #include <fstream>
@@ -133,11 +135,16 @@ std::vector<Src> all_sources() {
 
 struct TempDir {
   std::string path;
+#if defined(_WIN32)
+  TempDir() : path(support::make_temp_dir("mi-secrets-arc")) {}
+  ~TempDir() { support::remove_tree(path); }
+#else
   TempDir() {
     char tmpl[] = "/tmp/mi-secrets-arc-XXXXXX";
     path = mkdtemp(tmpl);
   }
   ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
+#endif
 };
 
 std::string token_body(const std::string& token, long long expires_in = 3600, const std::string& extra = "") {

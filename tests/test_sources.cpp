@@ -11,8 +11,12 @@ std::string test_arc_token_dir();
 #define MI_IMPLEMENTATION
 #include "managed_identity.hpp"
 
+#if defined(_WIN32)
+#include <filesystem>
+#else
 #include <sys/stat.h>
 #include <unistd.h>
+#endif
 
 #include <cstdio>
 #include <fstream>
@@ -262,11 +266,17 @@ namespace {
 
 struct TempDir {
   std::string path;
+#if defined(_WIN32)
+  // The cases append "/name.key": Windows takes either separator, and so does the library.
+  TempDir() : path(support::make_temp_dir("mi-arc-test")) {}
+  ~TempDir() { support::remove_tree(path); }
+#else
   TempDir() {
     char tmpl[] = "/tmp/mi-arc-test-XXXXXX";
     path = mkdtemp(tmpl);
   }
   ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
+#endif
 };
 
 // An Arc agent: leg 1 challenges with `realm`, leg 2 checks the key and answers `success`.
@@ -409,6 +419,16 @@ TEST_CASE("Azure Arc: key-file rules, each failing with arc_challenge and no sec
       {"dot-dot",
        [](ArcFixture& f) { f.realm = "Basic realm=" + f.dir.path + "/../" + f.dir.path.substr(5) + "/agent.key"; },
        ".."},
+#if defined(_WIN32)
+      // Symbolic links: a test case of their own below. No FIFO case: Windows has none in
+      // the file system (named pipes live under \\.\pipe\).
+      {"directory named .key",
+       [](ArcFixture& f) {
+         CHECK(std::filesystem::create_directory(f.dir.path + "/dir.key"));
+         f.realm = "Basic realm=" + f.dir.path + "/dir.key";
+       },
+       "regular"},
+#else
       {"symlink to a file outside",
        [](ArcFixture& f) {
          ArcFixture::write(f.dir.path + "-outside.key", "outside-secret");
@@ -428,6 +448,7 @@ TEST_CASE("Azure Arc: key-file rules, each failing with arc_challenge and no sec
          f.realm = "Basic realm=" + f.dir.path + "/dir.key";
        },
        "regular"},
+#endif
       {"5000-byte file",
        [](ArcFixture& f) {
          ArcFixture::write(f.dir.path + "/big.key", std::string(5000, 'k'));
@@ -452,6 +473,30 @@ TEST_CASE("Azure Arc: key-file rules, each failing with arc_challenge and no sec
     std::remove((fx.dir.path + "-outside.key").c_str());
   }
 }
+
+#if defined(_WIN32)
+// A symbolic link is a reparse point: opened as itself and refused as not a regular file.
+// Creating one needs developer mode or the privilege; Wine 8's CreateSymbolicLink reports
+// success and creates nothing, so tools/test_windows.sh excludes this case under Wine.
+TEST_CASE("Azure Arc: a symbolic link named .key is refused (Windows)") {
+  ArcFixture fx;
+  const std::string outside = fx.dir.path + "-outside.key", link = fx.dir.path + "\\link.key";
+  ArcFixture::write(outside, "outside-secret");
+  struct Remove {
+    std::string path;
+    ~Remove() { std::remove(path.c_str()); }
+  } remove_outside{outside};
+  REQUIRE(CreateSymbolicLinkA(link.c_str(), outside.c_str(), 0x2 /* ALLOW_UNPRIVILEGED_CREATE */) != 0);
+  REQUIRE(GetFileAttributesA(link.c_str()) != INVALID_FILE_ATTRIBUTES);
+  fx.realm = "Basic realm=" + fx.dir.path + "/link.key";
+  auto token = mi::New(mi::SystemAssigned())->AcquireToken(mi::Context::Background(), "https://arc-link");
+  REQUIRE_FALSE(token);
+  CHECK(token.error().code() == mi::Errc::arc_challenge);
+  CHECK(token.error().message().find("regular") != std::string::npos);
+  CHECK(token.error().message().find("outside-secret") == std::string::npos);
+  CHECK(fx.leg2_count == 0);
+}
+#endif
 
 TEST_CASE("Azure Arc: a 4096-byte key is accepted") {
   ArcFixture fx;

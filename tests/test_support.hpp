@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+#if defined(_WIN32)
+#include <filesystem>
+#endif
+
 #include "loopback_server.hpp"
 
 namespace support {
@@ -28,6 +32,23 @@ inline void unset_env(const char* name) {
   unsetenv(name);
 #endif
 }
+
+#if defined(_WIN32)
+// A new directory under %TEMP% (where the POSIX tests use mkdtemp), and its removal.
+inline std::string make_temp_dir(const std::string& prefix) {
+  static std::atomic<unsigned> counter{0};
+  const std::filesystem::path base = std::filesystem::temp_directory_path();
+  const std::string stamp = std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
+  for (;;) {
+    std::filesystem::path p = base / (prefix + "-" + stamp + "-" + std::to_string(++counter));
+    if (std::filesystem::create_directory(p)) return p.string();
+  }
+}
+inline void remove_tree(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+}
+#endif
 
 // Every variable that selects a source or feeds a request.
 inline const std::vector<const char*>& identity_variables() {
