@@ -8,7 +8,7 @@ starts the emulator for that source, runs mi-token with only the emulator's expo
 clean environment, and checks the JSON lines, the cache, the emulator's request counters, the
 identity echo, retries (only when they wait at most 3 s of real time), errors and exit codes.
 
-Nothing is ever sent to 169.254.169.254: IMDS runs always set AZURE_POD_IDENTITY_AUTHORITY_HOST
+Nothing is ever sent to the real IMDS address: IMDS runs always set AZURE_POD_IDENTITY_AUTHORITY_HOST
 to the emulator, and every other run sets it to a local trap listener, so an unexpected IMDS
 fallback is caught (the trap must see no connection) instead of leaving the machine.
 
