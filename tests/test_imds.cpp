@@ -60,8 +60,8 @@ TEST_CASE("the default IMDS URL, seen through an injected transport that sends n
   REQUIRE(http->count() == 1);
   mi::HttpRequest req = http->requests()[0];
   CHECK(req.method == "GET");
-  const std::string expected_default_url =  // checked only, never sent to
-      "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net";
+  // Checked only: the recording transport sends nothing.
+  const std::string expected_default_url = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net";
   CHECK(req.url == expected_default_url);
   CHECK(support::header_of(req, "Metadata") == "true");
   CHECK(req.body.empty());
