@@ -4042,8 +4042,7 @@ class TokenCache {
   }
 
   // The leader publishes its outcome (after storing a success) and removes the flight.
-  void land(const CacheKey& key, const std::shared_ptr<Flight>& flight, const Result<AuthResult>& outcome,
-            bool leader_stopped) {
+  void land(const std::shared_ptr<Flight>& flight, const Result<AuthResult>& outcome, bool leader_stopped) {
     {
       std::lock_guard<std::mutex> lock(flights_mutex_);
       for (size_t i = 0; i < flights_.size(); ++i)
@@ -4052,7 +4051,6 @@ class TokenCache {
           break;
         }
     }
-    (void)key;
     std::lock_guard<std::mutex> lock(flight->mutex);
     flight->outcome.reset(new Result<AuthResult>(outcome));
     flight->leader_stopped = leader_stopped;
@@ -4218,7 +4216,6 @@ struct ClientState {
   bool has_fixed_endpoint = false;
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
-  static const ClientState& of(const Client& client) { return *client.state_; }
 
   SysClock::time_point now() const { return config.clock ? config.clock() : SysClock::now(); }
   // For the cache-hit check only, where a few milliseconds do not matter.
@@ -4611,7 +4608,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
     if (leader) {
       Result<AuthResult> result = fetch_token(st, ctx, resource, options, nullptr);
       if (result) store_token(st, key, *result);
-      cache.land(key, flight, result, context_status(ctx) != ContextStatus::ok);
+      cache.land(flight, result, context_status(ctx) != ContextStatus::ok);
       return result;
     }
     std::unique_lock<std::mutex> lock(flight->mutex);

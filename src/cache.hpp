@@ -135,8 +135,7 @@ class TokenCache {
   }
 
   // The leader publishes its outcome (after storing a success) and removes the flight.
-  void land(const CacheKey& key, const std::shared_ptr<Flight>& flight, const Result<AuthResult>& outcome,
-            bool leader_stopped) {
+  void land(const std::shared_ptr<Flight>& flight, const Result<AuthResult>& outcome, bool leader_stopped) {
     {
       std::lock_guard<std::mutex> lock(flights_mutex_);
       for (size_t i = 0; i < flights_.size(); ++i)
@@ -145,7 +144,6 @@ class TokenCache {
           break;
         }
     }
-    (void)key;
     std::lock_guard<std::mutex> lock(flight->mutex);
     flight->outcome.reset(new Result<AuthResult>(outcome));
     flight->leader_stopped = leader_stopped;

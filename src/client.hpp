@@ -31,7 +31,6 @@ struct ClientState {
   bool has_fixed_endpoint = false;
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
-  static const ClientState& of(const Client& client) { return *client.state_; }
 
   SysClock::time_point now() const { return config.clock ? config.clock() : SysClock::now(); }
   // For the cache-hit check only, where a few milliseconds do not matter.
@@ -424,7 +423,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
     if (leader) {
       Result<AuthResult> result = fetch_token(st, ctx, resource, options, nullptr);
       if (result) store_token(st, key, *result);
-      cache.land(key, flight, result, context_status(ctx) != ContextStatus::ok);
+      cache.land(flight, result, context_status(ctx) != ContextStatus::ok);
       return result;
     }
     std::unique_lock<std::mutex> lock(flight->mutex);

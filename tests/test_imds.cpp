@@ -771,3 +771,35 @@ TEST_CASE("endpoint text in errors is made printable and capped") {
   CHECK(token.error().message().size() < 2000);
   for (char c : token.error().message()) CHECK(static_cast<unsigned char>(c) >= 0x20);
 }
+
+TEST_CASE("requests with claims never coalesce: concurrent ones each reach the endpoint") {
+  ImdsFixture fx([](const Request&, support::TokenMint& mint) {
+    Reply r = Reply::json(support::imds_body(mint.next()));
+    r.delay_ms = 200;
+    return r;
+  });
+  auto client = mi::New(mi::SystemAssigned());
+  REQUIRE(client);
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 8; ++i)
+    threads.emplace_back([&] {
+      if (client->AcquireToken(mi::Context::Background(), "https://claims-concurrent", mi::WithClaims("c"))) ++ok;
+    });
+  for (auto& t : threads) t.join();
+  CHECK(ok == 8);
+  CHECK(fx.server.request_count() == 8);
+}
+
+TEST_CASE("IMDS ignores client capabilities and sends no revocation hash with claims") {
+  ImdsFixture fx;
+  auto client = mi::New(mi::SystemAssigned(), mi::WithClientCapabilities({"cp1"}));
+  REQUIRE(client);
+  REQUIRE(client->AcquireToken(mi::Context::Background(), "https://capabilities"));
+  REQUIRE(client->AcquireToken(mi::Context::Background(), "https://capabilities", mi::WithClaims("c")));
+  REQUIRE(fx.server.request_count() == 2);
+  for (const Request& r : fx.server.requests()) {
+    CHECK(r.query().count("xms_cc") == 0);
+    CHECK(r.query().count("token_sha256_to_refresh") == 0);
+  }
+}
