@@ -2515,13 +2515,29 @@ bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
   return diff == 0;
 }
 
-// IDENTITY_SERVER_THUMBPRINT: drop ':' and white space, then exactly 40 hex digits
-// (either case) -> 20 raw bytes. `sha1_bytes` is only written on success.
+// Invisible code points a thumbprint picks up when copied from a certificate viewer
+// (Windows' dialog prepends U+200E): the direction marks U+200E and U+200F, the
+// byte-order mark U+FEFF and the no-break space U+00A0, in UTF-8. Returns how many
+// bytes to skip at `at`, 0 for none.
+size_t invisible_mark_length(std::string_view text, size_t at) noexcept {
+  static constexpr std::string_view kMarks[] = {"\xE2\x80\x8E", "\xE2\x80\x8F", "\xEF\xBB\xBF", "\xC2\xA0"};
+  for (std::string_view mark : kMarks)
+    if (text.compare(at, mark.size(), mark) == 0) return mark.size();
+  return 0;
+}
+
+// IDENTITY_SERVER_THUMBPRINT: drop ':', white space and invisible marks, then exactly
+// 40 hex digits (either case) -> 20 raw bytes. `sha1_bytes` is only written on success.
 bool parse_thumbprint(std::string_view text, std::string& sha1_bytes) {
   std::string digits;
   digits.reserve(text.size());
-  for (char c : text) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
     if (c == ':' || c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f') continue;
+    if (size_t skip = invisible_mark_length(text, i)) {
+      i += skip - 1;
+      continue;
+    }
     if (hex_value(c) < 0) return false;
     if (digits.size() == 40) return false;
     digits.push_back(c);

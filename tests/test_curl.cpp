@@ -39,6 +39,28 @@ TEST_CASE("parse_thumbprint accepts 40 hex digits with ':' and white space, eith
   CHECK(out == expected);
 }
 
+TEST_CASE("parse_thumbprint ignores the invisible marks a copy from a certificate viewer brings") {
+  const std::string digits = "0123456789ABCDEF0123456789ABCDEF01234567";
+  std::string expected;
+  REQUIRE(parse_thumbprint(digits, expected));
+  // Windows' certificate dialog puts U+200E (left-to-right mark) in front of the thumbprint.
+  const std::string lrm = "\xE2\x80\x8E", rlm = "\xE2\x80\x8F", bom = "\xEF\xBB\xBF", nbsp = "\xC2\xA0";
+  for (const std::string& spelling : {lrm + digits, digits + rlm, bom + digits, "01" + nbsp + digits.substr(2),
+                                      lrm + "01:23" + lrm + digits.substr(4) + "\n"}) {
+    std::string out;
+    CHECK_MESSAGE(parse_thumbprint(spelling, out), spelling);
+    CHECK(out == expected);
+  }
+  // Only those whole marks: a truncated mark, or another character from the same block, is rejected.
+  std::string out = "unchanged";
+  CHECK_FALSE(parse_thumbprint("\xE2\x80" + digits, out));
+  CHECK_FALSE(parse_thumbprint(digits + "\xE2\x80", out));
+  CHECK_FALSE(parse_thumbprint("\xE2\x80\x8D" + digits, out));  // U+200D, zero width joiner
+  CHECK_FALSE(parse_thumbprint("\xC2" + digits, out));
+  CHECK_FALSE(parse_thumbprint(lrm + digits.substr(1), out));  // 39 digits
+  CHECK(out == "unchanged");
+}
+
 TEST_CASE("parse_thumbprint rejects wrong lengths, non-hex and empty input without touching the output") {
   const std::string good = "0123456789ABCDEF0123456789ABCDEF01234567";
   std::string out = "unchanged";
@@ -153,7 +175,8 @@ TEST_CASE("curl: the right thumbprint, in any accepted spelling, gets the reques
     colons += (i ? ":" : "") + hex.substr(i, 2);
     lower_spaced += (i ? " " : "") + mi::detail::ascii_lowercase(hex.substr(i, 2));
   }
-  for (const std::string& spelling : {hex, colons, lower_spaced, mi::detail::ascii_lowercase(hex), " " + colons + "\n"}) {
+  for (const std::string& spelling : {hex, colons, lower_spaced, mi::detail::ascii_lowercase(hex), " " + colons + "\n",
+                                      "\xE2\x80\x8E" + hex}) {
     CAPTURE(spelling);
     std::string pin;
     REQUIRE(parse_thumbprint(spelling, pin));

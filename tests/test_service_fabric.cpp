@@ -52,6 +52,9 @@ TEST_CASE("Service Fabric: New refuses an http:// endpoint and malformed thumbpr
   CHECK(mi::New(mi::SystemAssigned()));
   service_fabric_env("https://127.0.0.1:2377/token", " 0123456789abcdef 0123456789abcdef01234567 ");
   CHECK(mi::New(mi::SystemAssigned()));
+  // As pasted from Windows' certificate dialog: a U+200E mark in front.
+  service_fabric_env("https://127.0.0.1:2377/token", "\xE2\x80\x8E" + good);
+  CHECK(mi::New(mi::SystemAssigned()));
 }
 
 #if defined(MI_USE_CURL)
