@@ -2,8 +2,8 @@
 // or WinSock sockets. No proxy (metadata endpoints are link-local or loopback),
 // no redirects, no pooling. Connecting, sending and receiving wait in slices of
 // kContextSlice so a Cancel() from another thread or the context's deadline stops
-// them promptly. Host names are resolved with a blocking getaddrinfo (numeric
-// hosts, the usual case for metadata endpoints, skip DNS entirely).
+// them promptly. Numeric hosts (the usual metadata endpoints) skip DNS; a host
+// name is resolved on a helper thread, so that its wait is bounded the same way.
 
 namespace mi {
 inline namespace v1 {
@@ -160,6 +160,84 @@ struct AddrInfoGuard {
   }
 };
 
+// getaddrinfo cannot be interrupted, so a host name is looked up on a detached
+// thread while the caller waits in context slices: Cancel(), the context's deadline
+// and the connect timeout bound the wait. A lookup that outlives its caller
+// finishes alone; whoever drops the last reference frees the result.
+#if !defined(MI_DETAIL_GETADDRINFO)
+#define MI_DETAIL_GETADDRINFO ::getaddrinfo  // the tests substitute a resolver that blocks
+#endif
+
+struct HostLookup {
+  std::string host, port;
+  addrinfo hints{};
+  std::mutex mutex;
+  std::condition_variable finished;
+  bool done = false;
+  int rc = 0;
+  int sys_error = 0;  // errno when rc is EAI_SYSTEM
+  addrinfo* list = nullptr;
+
+  HostLookup() = default;
+  HostLookup(const HostLookup&) = delete;
+  HostLookup& operator=(const HostLookup&) = delete;
+  ~HostLookup() {
+    if (list) ::freeaddrinfo(list);
+  }
+
+  void run() noexcept {
+    addrinfo* out = nullptr;
+    int code = MI_DETAIL_GETADDRINFO(host.c_str(), port.c_str(), &hints, &out);
+    int sys = errno;
+    std::lock_guard<std::mutex> lock(mutex);
+    rc = code;
+    sys_error = sys;
+    list = out;
+    done = true;
+    finished.notify_all();
+  }
+};
+
+#if MI_DETAIL_WINDOWS
+inline DWORD WINAPI host_lookup_main(LPVOID arg) {
+#else
+inline void* host_lookup_main(void* arg) {
+#endif
+  std::unique_ptr<std::shared_ptr<HostLookup>> lookup(static_cast<std::shared_ptr<HostLookup>*>(arg));
+  (*lookup)->run();
+  return 0;
+}
+
+// Starts `lookup` on a detached thread; false when no thread could be made.
+inline bool start_host_lookup(const std::shared_ptr<HostLookup>& lookup) {
+  auto* arg = new (std::nothrow) std::shared_ptr<HostLookup>(lookup);
+  if (arg == nullptr) return false;
+#if MI_DETAIL_WINDOWS
+  HANDLE thread = ::CreateThread(nullptr, 0, &host_lookup_main, arg, 0, nullptr);
+  if (thread == nullptr) {
+    delete arg;
+    return false;
+  }
+  ::CloseHandle(thread);
+  return true;
+#else
+  pthread_attr_t attr;
+  if (::pthread_attr_init(&attr) != 0) {
+    delete arg;
+    return false;
+  }
+  ::pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_t thread;
+  int rc = ::pthread_create(&thread, &attr, &host_lookup_main, arg);
+  ::pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    delete arg;
+    return false;
+  }
+  return true;
+#endif
+}
+
 // A non-blocking, close-on-exec TCP socket with TCP_NODELAY and no SIGPIPE.
 socket_handle open_socket(int family, int type, int protocol, int& err) {
 #if MI_DETAIL_WINDOWS
@@ -289,33 +367,59 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
   hints.ai_flags |= AI_NUMERICSERV;
 #endif
   const std::string port_text = std::to_string(url.port);
-  AddrInfoGuard addresses;
-  int rc = ::getaddrinfo(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
-  if (rc != 0) {
-    hints.ai_flags &= ~AI_NUMERICHOST;
-    addresses.list = nullptr;
-    rc = ::getaddrinfo(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
-  }
-  if (rc != 0 || addresses.list == nullptr) {
-#if MI_DETAIL_WINDOWS
-    std::string reason = describe_error(rc != 0 ? rc : WSAHOST_NOT_FOUND);
-#else
-    std::string reason = rc != 0 ? ascii_lowercase(::gai_strerror(rc)) : std::string("no address");
-#if defined(EAI_SYSTEM)
-    if (rc == EAI_SYSTEM) reason = describe_error(errno);
-#endif
-#endif
-    return make_error(Errc::network, "could not resolve the host name " + url.host + " (" + reason +
-                                         "): check the endpoint URL and this machine's DNS settings");
-  }
-  ContextStatus status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
-
   SteadyClock::time_point start = SteadyClock::now();
   SteadyClock::time_point until = SteadyClock::time_point::max();
   if (connect_timeout.count() > 0 &&
       connect_timeout < std::chrono::duration_cast<Millis>(SteadyClock::time_point::max() - start))
     until = start + connect_timeout;
+
+  AddrInfoGuard addresses;
+  int rc = MI_DETAIL_GETADDRINFO(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
+  int sys_error = 0;
+  ContextStatus status = ContextStatus::ok;
+  if (rc != 0) {  // not an IP literal: a host name
+    addresses.list = nullptr;
+    auto lookup = std::make_shared<HostLookup>();
+    lookup->host = url.host;
+    lookup->port = port_text;
+    lookup->hints = hints;
+    lookup->hints.ai_flags &= ~AI_NUMERICHOST;
+    if (!start_host_lookup(lookup)) lookup->run();  // no thread to spare: look up inline
+    std::unique_lock<std::mutex> lock(lookup->mutex);
+    while (!lookup->done) {
+      status = context_status(ctx);
+      if (status != ContextStatus::ok) return context_error(status, "resolving the host name " + url.host);
+      SteadyClock::time_point now = SteadyClock::now();
+      if (now >= until)
+        return make_error(Errc::timeout, "resolving the host name " + url.host + " timed out after " +
+                                             std::to_string(connect_timeout.count()) +
+                                             " ms: check the endpoint URL and this machine's DNS settings");
+      Millis slice = time_left(ctx, kContextSlice);
+      if (until != SteadyClock::time_point::max())
+        slice = std::min(slice, std::chrono::duration_cast<Millis>(until - now) + Millis(1));
+      lookup->finished.wait_for(lock, slice);
+    }
+    rc = lookup->rc;
+    sys_error = lookup->sys_error;
+    addresses.list = lookup->list;
+    lookup->list = nullptr;
+  }
+  if (rc != 0 || addresses.list == nullptr) {
+#if MI_DETAIL_WINDOWS
+    (void)sys_error;
+    std::string reason = describe_error(rc != 0 ? rc : WSAHOST_NOT_FOUND);
+#else
+    std::string reason = rc != 0 ? ascii_lowercase(::gai_strerror(rc)) : std::string("no address");
+#if defined(EAI_SYSTEM)
+    if (rc == EAI_SYSTEM) reason = describe_error(sys_error);
+#endif
+#endif
+    return make_error(Errc::network, "could not resolve the host name " + url.host + " (" + reason +
+                                         "): check the endpoint URL and this machine's DNS settings");
+  }
+  status = context_status(ctx);
+  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+
   int connect_err = 0;
   for (addrinfo* ai = addresses.list; ai != nullptr; ai = ai->ai_next) {
     SocketGuard sock(open_socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol, err));

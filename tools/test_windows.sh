@@ -112,7 +112,7 @@ done
 
 # ---- 3. configure and build ----------------------------------------------------------------------
 echo "== Windows: building with $cxx"
-tests=(json response http imds api detection sources service_fabric hostile secrets)
+tests=(json response http imds api detection sources service_fabric hostile secrets resolve)
 targets=(mi-token system_assigned user_assigned)
 for t in "${tests[@]}"; do targets+=("test_$t"); done
 # Ninja: the Makefile generator builds several targets one after the other (.NOTPARALLEL),
