@@ -36,7 +36,15 @@
 //   MI_NO_EXCEPTIONS         all TUs   never throw (auto-detected from -fno-exceptions);
 //                                      Result::value() on an error then aborts
 //   MI_USE_CURL              impl TU   HTTPS through libcurl (needed by Service Fabric);
-//                                      libcurl must use OpenSSL; link -lcurl -lssl -lcrypto
+//                                      libcurl must use OpenSSL; builds with the libcurl
+//                                      and OpenSSL headers; libcurl is loaded with dlopen
+//                                      at the first HTTPS request (POSIX; -ldl on old glibc)
+//   MI_CURL_LINKED           impl TU   with MI_USE_CURL: link libcurl instead of loading it
+//                                      (-lcurl -lssl -lcrypto; static builds; always so
+//                                      on Windows)
+//   MI_CURL_LIBRARY          impl TU   with MI_USE_CURL: the library to load, a string
+//                                      literal ("libcurl.so.4" then "libcurl.so";
+//                                      macOS "libcurl.4.dylib")
 //   MI_MAX_RESPONSE_BYTES    impl TU   largest accepted response body (1 MiB)
 //   MI_MAX_HEADER_BYTES      impl TU   largest accepted response head (64 KiB)
 //   MI_AZURE_ARC_TOKEN_DIR   impl TU   directory the Arc key file must be in
@@ -514,7 +522,23 @@ Result<Client> New(ID id, First&& first, Rest&&... rest) {
 #endif
 
 #if defined(MI_USE_CURL)
+// libcurl is loaded with dlopen at the first HTTPS request, unless MI_CURL_LINKED says the
+// program links it (always so on Windows). Its headers are needed either way.
+#if defined(MI_CURL_LINKED) || defined(_WIN32)
+#define MI_DETAIL_CURL_LINKED 1
+#else
+#define MI_DETAIL_CURL_LINKED 0
+#include <dlfcn.h>
+#endif
+#if defined(__has_include)
+#if !__has_include(<curl/curl.h>)
+#error "MI_USE_CURL needs libcurl's headers at build time (e.g. libcurl4-openssl-dev)"
+#endif
+#endif
 #include <curl/curl.h>
+#if LIBCURL_VERSION_NUM < 0x075000
+#error "MI_USE_CURL needs the headers of libcurl 7.80.0 or later (CURLOPT_PREREQFUNCTION)"
+#endif
 #endif
 
 // ---- src/util.hpp ----
@@ -2555,7 +2579,7 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
   if (url.scheme != "http")
     return make_error(Errc::tls,
                       "HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
-                      "MI_IMPLEMENTATION is defined and link libcurl and OpenSSL)");
+                      "MI_IMPLEMENTATION is defined, with the libcurl and OpenSSL headers installed)");
   std::string wire;
   if (!serialize_request(request, url, wire, why))
     return make_error(Errc::invalid_argument, "the request cannot be sent: " + why);
@@ -2587,11 +2611,17 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
 // CURLOPT_PREREQFUNCTION check refuses to send the request if, for any reason,
 // the pin was not confirmed (fail closed). Only libcurl built on OpenSSL can do
 // this; any other TLS backend fails closed with a tls error.
+//
+// Loading: every libcurl and OpenSSL function is called through a table (CurlApi),
+// filled once at the first HTTPS request: from libcurl loaded with dlopen (the
+// default, so a program pays nothing for libcurl until Service Fabric needs it), or
+// with the functions' own addresses (MI_CURL_LINKED, and on Windows). A libcurl that
+// cannot be loaded or used fails the request with a tls error before anything is sent.
 
 #if defined(MI_USE_CURL)
 #if defined(__has_include)
 #if !__has_include(<openssl/ssl.h>)
-#error "MI_USE_CURL needs the OpenSSL headers (e.g. libssl-dev) and linking OpenSSL (-lssl -lcrypto): Service Fabric certificate pinning uses libcurl's OpenSSL backend"
+#error "MI_USE_CURL needs the OpenSSL headers at build time (e.g. libssl-dev): Service Fabric certificate pinning uses libcurl's OpenSSL backend"
 #endif
 #endif
 #include <openssl/crypto.h>
@@ -2657,13 +2687,25 @@ bool parse_thumbprint(std::string_view text, std::string& sha1_bytes) {
 
 #if defined(MI_USE_CURL)
 
+// "3.0" for 0x30000130 (OPENSSL_VERSION_NUMBER / OpenSSL_version_num() layout).
+std::string openssl_series(unsigned long version_num) {
+  return std::to_string((version_num >> 28) & 0xfUL) + "." + std::to_string((version_num >> 20) & 0xffUL);
+}
+
+// Same major version (before 3.0: same major.minor), the span over which OpenSSL keeps its ABI.
+bool openssl_same_series(unsigned long major, unsigned long minor, unsigned long version_num) noexcept {
+  unsigned long other_major = (version_num >> 28) & 0xfUL;
+  unsigned long other_minor = (version_num >> 20) & 0xffUL;
+  return major == other_major && (major >= 3 || minor == other_minor);
+}
+
 // Checks that libcurl's active TLS backend (curl_version_info()->ssl_version, e.g.
 // "OpenSSL/3.0.19"; in a multi-backend build the inactive ones are in parentheses)
 // is OpenSSL and of the same major (before 3.0: major.minor) version as the OpenSSL
-// this code was linked with (`linked_version_num`, OpenSSL_version_num()), so the
-// SSL_CTX that libcurl hands over is one this code may touch. On failure `why`
+// headers this code was compiled with (`header_version_num`, OPENSSL_VERSION_NUMBER),
+// so the SSL_CTX that libcurl hands over is one this code may touch. On failure `why`
 // says what was found.
-bool curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned long linked_version_num,
+bool curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned long header_version_num,
                                        std::string& why) {
   std::string_view active = trim(ssl_version);
   size_t end = active.find(' ');
@@ -2692,29 +2734,179 @@ bool curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned lo
     while (i < numbers.size() && numbers[i] >= '0' && numbers[i] <= '9' && minor < 1000)
       minor = minor * 10 + static_cast<unsigned long>(numbers[i++] - '0');
   }
-  unsigned long linked_major = (linked_version_num >> 28) & 0xfUL;
-  unsigned long linked_minor = (linked_version_num >> 20) & 0xffUL;
-  bool same = have_major && major == linked_major && (major >= 3 || minor == linked_minor);
-  if (!same) {
-    why = "libcurl uses " + std::string(active) + " but this program is linked with OpenSSL " +
-          std::to_string(linked_major) + "." + std::to_string(linked_minor) +
-          "; build and link libcurl and managed_identity.hpp against the same OpenSSL";
+  if (!have_major || !openssl_same_series(major, minor, header_version_num)) {
+    why = "libcurl uses " + std::string(active) + " but this program was compiled with the OpenSSL " +
+          openssl_series(header_version_num) +
+          " headers; build libcurl and managed_identity.hpp against the same OpenSSL";
     return false;
   }
   return true;
 }
 
+// The OpenSSL library libcurl runs with (its OpenSSL_version_num()) against the headers.
+bool openssl_library_matches_headers(unsigned long library_version_num, unsigned long header_version_num,
+                                     std::string& why) {
+  if (openssl_same_series((library_version_num >> 28) & 0xfUL, (library_version_num >> 20) & 0xffUL,
+                          header_version_num))
+    return true;
+  why = "libcurl runs with OpenSSL " + openssl_series(library_version_num) +
+        " but this program was compiled with the OpenSSL " + openssl_series(header_version_num) +
+        " headers; build libcurl and managed_identity.hpp against the same OpenSSL";
+  return false;
+}
+
+// libcurl 7.80.0 (0x075000) is the first with CURLOPT_PREREQFUNCTION, which refuses to
+// send a request over a connection whose pin was not confirmed; curl_multi_poll is 7.66.0.
+constexpr unsigned int kMinCurlVersion = 0x075000;
+
+// `version_num` is curl_version_info()->version_num (0xXXYYZZ).
+bool curl_version_supported(unsigned int version_num, std::string& why) {
+  if (version_num >= kMinCurlVersion) return true;
+  why = "libcurl " + std::to_string((version_num >> 16) & 0xffU) + "." + std::to_string((version_num >> 8) & 0xffU) +
+        "." + std::to_string(version_num & 0xffU) +
+        " is too old: Service Fabric needs 7.80.0 or later (CURLOPT_PREREQFUNCTION)";
+  return false;
+}
+
 namespace curl_impl {
 
-CURLcode curl_global() {
-  static std::once_flag once;
-  static CURLcode code = CURLE_OK;
-  std::call_once(once, [] { code = curl_global_init(CURL_GLOBAL_DEFAULT); });
-  return code;
+// Every libcurl and OpenSSL function the transport calls. The table's members have the
+// functions' own names and the types their headers declare.
+#define MI_DETAIL_CURL_FUNCTIONS(X)                                                                       \
+  X(curl_version_info) X(curl_global_init) X(curl_easy_init) X(curl_easy_cleanup) X(curl_easy_setopt)    \
+  X(curl_easy_getinfo) X(curl_easy_strerror) X(curl_multi_init) X(curl_multi_cleanup)                    \
+  X(curl_multi_add_handle) X(curl_multi_remove_handle) X(curl_multi_perform) X(curl_multi_info_read)     \
+  X(curl_multi_poll) X(curl_multi_strerror) X(curl_slist_append) X(curl_slist_free_all)
+#define MI_DETAIL_OPENSSL_FUNCTIONS(X)                                                                    \
+  X(OpenSSL_version_num) X(X509_STORE_CTX_get0_cert) X(X509_digest) X(EVP_sha1)                          \
+  X(X509_STORE_CTX_set_error) X(SSL_CTX_set_verify) X(SSL_CTX_set_cert_verify_callback)
+
+struct CurlApi {
+#define MI_DETAIL_CURL_MEMBER(name) decltype(&::name) name = nullptr;
+  MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_MEMBER)
+  MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_MEMBER)
+#undef MI_DETAIL_CURL_MEMBER
+  std::string problem;          // non-empty: no HTTPS at all (the tls error's message)
+  std::string pinning_problem;  // non-empty: HTTPS, but no certificate pinning
+  CURLcode init = CURLE_OK;     // curl_global_init's result
+  unsigned int version_num = 0;
+};
+
+#if MI_DETAIL_CURL_LINKED
+const char* const kCurlRemedy = "link libcurl 7.80 or later built with OpenSSL";
+#else
+const char* const kCurlRemedy =
+    "install libcurl 7.80 or later built with OpenSSL (Debian, Ubuntu: libcurl4), or build with MI_CURL_LINKED";
+
+// The loader's own words (they name a file and a symbol, never a secret), made one printable line.
+std::string dl_error_text() {
+  const char* text = dlerror();
+  std::string out;
+  for (const char* p = text != nullptr ? text : "unknown error"; *p != '\0' && out.size() < 300; ++p)
+    out.push_back(static_cast<unsigned char>(*p) < 0x20 || *p == 0x7f ? ' ' : *p);
+  return out;
+}
+#endif
+
+CurlApi load_curl_api() {
+  CurlApi api;
+  auto fail = [&api](const std::string& what) {
+    api.problem = "Service Fabric needs HTTPS: " + what + "; " + kCurlRemedy;
+  };
+#if MI_DETAIL_CURL_LINKED
+  const std::string from;  // what the messages start with: the library loaded, if any
+#define MI_DETAIL_CURL_LINK(name) api.name = &::name;
+  MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_LINK)
+  MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_LINK)
+#undef MI_DETAIL_CURL_LINK
+#else
+  // Fixed names only: a library chosen by the environment would be code injection.
+#if defined(MI_CURL_LIBRARY)
+  static const char* const names[] = {"" MI_CURL_LIBRARY};  // "" makes anything but a string literal an error
+#elif defined(__APPLE__)
+  static const char* const names[] = {"libcurl.4.dylib"};
+#else
+  static const char* const names[] = {"libcurl.so.4", "libcurl.so"};
+#endif
+  std::string library, errors;
+  void* handle = nullptr;
+  for (const char* name : names) {
+    handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);  // never dlclose'd: callbacks and handles outlive any request
+    if (handle != nullptr) {
+      library = name;
+      break;
+    }
+    errors += (errors.empty() ? "" : "; ") + dl_error_text();
+  }
+  if (handle == nullptr) {
+    fail("libcurl could not be loaded (" + errors + ")");
+    return api;
+  }
+  const std::string from = library + ": ";
+  // dlsym on libcurl's handle searches libcurl and its own dependencies, not the whole
+  // process: the OpenSSL functions found this way are those of the very OpenSSL libcurl
+  // uses, whatever other OpenSSL the program may hold.
+  std::string missing;
+  auto lookup = [handle, &missing](const char* name) -> void* {
+    dlerror();
+    void* address = dlsym(handle, name);
+    if (address == nullptr && missing.empty()) missing = std::string(name) + ": " + dl_error_text();
+    return address;
+  };
+#define MI_DETAIL_CURL_RESOLVE(name) api.name = reinterpret_cast<decltype(api.name)>(lookup(#name));
+  MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_RESOLVE)
+  if (api.curl_version_info == nullptr) {
+    fail(library + " is not libcurl (" + missing + ")");
+    return api;
+  }
+#endif
+  const curl_version_info_data* info = api.curl_version_info(CURLVERSION_NOW);
+  if (info == nullptr) {
+    fail(from + "libcurl gave no version information");
+    return api;
+  }
+  std::string why;
+  if (!curl_version_supported(info->version_num, why)) {
+    fail(from + why);
+    return api;
+  }
+#if !MI_DETAIL_CURL_LINKED
+  if (!missing.empty()) {  // only a too-old libcurl should lack a function
+    fail(from + "a libcurl function is missing (" + missing + ")");
+    return api;
+  }
+#endif
+  api.version_num = info->version_num;
+  api.init = api.curl_global_init(CURL_GLOBAL_DEFAULT);
+
+  // Pinning: libcurl's OpenSSL backend, and OpenSSL's functions from libcurl's own OpenSSL.
+  auto no_pinning = [&api, &from](const std::string& what) { api.pinning_problem = from + what + "; " + kCurlRemedy; };
+  if (!curl_tls_backend_supports_pinning(info->ssl_version != nullptr ? info->ssl_version : "", OPENSSL_VERSION_NUMBER,
+                                         why)) {
+    no_pinning(why);
+    return api;
+  }
+#if !MI_DETAIL_CURL_LINKED
+  MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_RESOLVE)
+#undef MI_DETAIL_CURL_RESOLVE
+  if (!missing.empty()) {
+    no_pinning("libcurl uses OpenSSL, but an OpenSSL function is missing from its libraries (" + missing + ")");
+    return api;
+  }
+#endif
+  if (!openssl_library_matches_headers(api.OpenSSL_version_num(), OPENSSL_VERSION_NUMBER, why)) no_pinning(why);
+  return api;
+}
+
+// Loaded once, at the first HTTPS request, by whichever thread gets there first.
+const CurlApi& curl_api() {
+  static const CurlApi api = load_curl_api();
+  return api;
 }
 
 // State of one request, shared with libcurl's callbacks (all run on the calling thread).
 struct CurlCall {
+  const CurlApi* api = nullptr;
   const Context* ctx = nullptr;
   std::string_view pin;         // 20 bytes, or empty for "no pin"
   bool pin_installed = false;   // the OpenSSL callback was put on the connection's SSL_CTX
@@ -2732,20 +2924,21 @@ struct CurlCall {
 
   static int on_verify(X509_STORE_CTX* store, void* arg) {
     CurlCall* call = static_cast<CurlCall*>(arg);
-    X509* leaf = X509_STORE_CTX_get0_cert(store);
+    const CurlApi& api = *call->api;
+    X509* leaf = api.X509_STORE_CTX_get0_cert(store);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
-    if (leaf == nullptr || X509_digest(leaf, EVP_sha1(), md, &len) != 1 || len != 20) {
+    if (leaf == nullptr || api.X509_digest(leaf, api.EVP_sha1(), md, &len) != 1 || len != 20) {
       call->pin_unreadable = true;
       call->pin_matched = false;
-      X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+      api.X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
       return 0;
     }
     bool match = constant_time_equal(std::string_view(reinterpret_cast<const char*>(md), len), call->pin);
     call->pin_matched = match;
     if (!match) {
       call->pin_mismatch = true;
-      X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+      api.X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
       return 0;
     }
     return 1;
@@ -2757,13 +2950,12 @@ struct CurlCall {
     if (tls == nullptr) return CURLE_SSL_CONNECT_ERROR;
     // VERIFY_PEER makes a failed verification abort the handshake; the callback
     // replaces chain building altogether, so only the pin decides.
-    SSL_CTX_set_verify(tls, SSL_VERIFY_PEER, nullptr);
-    SSL_CTX_set_cert_verify_callback(tls, &CurlCall::on_verify, arg);
+    call->api->SSL_CTX_set_verify(tls, SSL_VERIFY_PEER, nullptr);
+    call->api->SSL_CTX_set_cert_verify_callback(tls, &CurlCall::on_verify, arg);
     call->pin_installed = true;
     return CURLE_OK;
   }
 
-#if LIBCURL_VERSION_NUM >= 0x075000
   static int on_prereq(void* arg, char*, char*, int, int) {
     CurlCall* call = static_cast<CurlCall*>(arg);
     if (!call->pin.empty() && !(call->pin_installed && call->pin_matched)) {
@@ -2777,7 +2969,6 @@ struct CurlCall {
     }
     return CURL_PREREQFUNC_OK;
   }
-#endif
 
   static int on_progress(void* arg, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
     CurlCall* call = static_cast<CurlCall*>(arg);
@@ -2863,20 +3054,24 @@ struct CurlCall {
 };
 
 struct CurlEasyDeleter {
-  void operator()(CURL* easy) const noexcept { curl_easy_cleanup(easy); }
+  decltype(&::curl_easy_cleanup) cleanup = nullptr;
+  void operator()(CURL* easy) const noexcept { cleanup(easy); }
 };
 struct CurlMultiDeleter {
-  void operator()(CURLM* multi) const noexcept { curl_multi_cleanup(multi); }
+  decltype(&::curl_multi_cleanup) cleanup = nullptr;
+  void operator()(CURLM* multi) const noexcept { cleanup(multi); }
 };
 struct CurlSlistDeleter {
-  void operator()(curl_slist* list) const noexcept { curl_slist_free_all(list); }
+  decltype(&::curl_slist_free_all) free_all = nullptr;
+  void operator()(curl_slist* list) const noexcept { free_all(list); }
 };
 // Removes the easy handle from the multi handle before either is cleaned up.
 struct CurlAttachment {
+  decltype(&::curl_multi_remove_handle) remove = nullptr;
   CURLM* multi = nullptr;
   CURL* easy = nullptr;
   ~CurlAttachment() {
-    if (multi != nullptr && easy != nullptr) curl_multi_remove_handle(multi, easy);
+    if (multi != nullptr && easy != nullptr) remove(multi, easy);
   }
 };
 
@@ -2939,8 +3134,8 @@ bool is_http_token(std::string_view s) noexcept {
 }
 
 // curl's own message for errors whose text can only name the peer, never response bytes.
-std::string curl_detail(CURLcode code, const char* errbuf) {
-  std::string out = curl_easy_strerror(code);
+std::string curl_detail(const CurlApi& api, CURLcode code, const char* errbuf) {
+  std::string out = api.curl_easy_strerror(code);
   bool safe_buffer = code == CURLE_COULDNT_RESOLVE_HOST || code == CURLE_COULDNT_CONNECT ||
                      code == CURLE_OPERATION_TIMEDOUT || code == CURLE_SSL_CONNECT_ERROR ||
                      code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CERTPROBLEM ||
@@ -2977,7 +3172,7 @@ Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, cons
   if (code == CURLE_ABORTED_BY_CALLBACK || code == CURLE_OPERATION_TIMEDOUT) {
     if (status != ContextStatus::ok) return context_error(status, "waiting for the HTTPS endpoint");
   }
-  std::string detail = " (libcurl: " + curl_detail(code, errbuf) + ")";
+  std::string detail = " (libcurl: " + curl_detail(*call.api, code, errbuf) + ")";
   switch (code) {
     case CURLE_OPERATION_TIMEDOUT:
       return make_error(Errc::timeout, "the HTTPS request timed out" + detail +
@@ -3034,36 +3229,26 @@ long curl_millis(Millis value) noexcept {
 class CurlTransport final : public HttpClient {
  public:
   // pinned_sha1: 20 bytes (the normalised IDENTITY_SERVER_THUMBPRINT), or empty
-  // for "no pin" (then libcurl's normal verification applies).
-  CurlTransport(std::string pinned_sha1, Millis connect_timeout);
+  // for "no pin" (then libcurl's normal verification applies). libcurl is not
+  // touched (nor loaded) before the first request.
+  CurlTransport(std::string pinned_sha1, Millis connect_timeout)
+      : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout) {}
   Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
 
  private:
   std::string pin_;
   Millis connect_timeout_;
-  CURLcode init_ = CURLE_OK;
-  std::string backend_problem_;  // non-empty: pinning is impossible with this libcurl
 };
 
-CurlTransport::CurlTransport(std::string pinned_sha1, Millis connect_timeout)
-    : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout) {
-  init_ = curl_impl::curl_global();
-  if (!pin_.empty()) {
-    const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
-    const char* ssl_version = info != nullptr ? info->ssl_version : nullptr;
-    std::string why;
-    if (!curl_tls_backend_supports_pinning(ssl_version != nullptr ? ssl_version : "", OpenSSL_version_num(), why))
-      backend_problem_ = std::move(why);
-  }
-}
-
 Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& request) {
-  if (init_ != CURLE_OK)
-    return make_error(Errc::network, std::string("libcurl could not be initialised (curl_global_init: ") +
-                                         curl_easy_strerror(init_) + ")");
   if (!pin_.empty() && pin_.size() != 20)
     return make_error(Errc::invalid_argument, "the certificate pin must be the 20 bytes of a SHA-1 thumbprint");
-  if (!backend_problem_.empty()) return make_error(Errc::tls, backend_problem_);
+  const curl_impl::CurlApi& api = curl_impl::curl_api();
+  if (!api.problem.empty()) return make_error(Errc::tls, api.problem);
+  if (api.init != CURLE_OK)
+    return make_error(Errc::network, std::string("libcurl could not be initialised (curl_global_init: ") +
+                                         api.curl_easy_strerror(api.init) + ")");
+  if (!pin_.empty() && !api.pinning_problem.empty()) return make_error(Errc::tls, api.pinning_problem);
   if (!starts_with(ascii_lowercase(request.url.substr(0, 8)), "https://") || has_control_char(request.url))
     return make_error(Errc::invalid_argument, "the libcurl transport only sends https:// requests with a well-formed URL");
   if (!curl_impl::is_http_token(request.method))
@@ -3082,18 +3267,22 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
 
   curl_impl::SigpipeGuard sigpipe_guard;  // declared first, destroyed last: after every handle is cleaned up
   curl_impl::CurlCall call;
+  call.api = &api;
   call.ctx = &ctx;
   call.pin = pin_;
 
-  std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(curl_easy_init());
-  std::unique_ptr<CURLM, curl_impl::CurlMultiDeleter> multi(curl_multi_init());
+  std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(api.curl_easy_init(),
+                                                         curl_impl::CurlEasyDeleter{api.curl_easy_cleanup});
+  std::unique_ptr<CURLM, curl_impl::CurlMultiDeleter> multi(api.curl_multi_init(),
+                                                            curl_impl::CurlMultiDeleter{api.curl_multi_cleanup});
   if (!easy || !multi) return make_error(Errc::network, "libcurl could not create a request handle (out of memory?)");
   CURL* h = easy.get();
 
   // Request headers; "Name;" is libcurl's way to send an empty value, "Expect:" stops 100-continue.
-  std::unique_ptr<curl_slist, curl_impl::CurlSlistDeleter> headers;
-  auto add_header = [&headers](const std::string& line) -> bool {
-    curl_slist* next = curl_slist_append(headers.get(), line.c_str());
+  std::unique_ptr<curl_slist, curl_impl::CurlSlistDeleter> headers(nullptr,
+                                                                   curl_impl::CurlSlistDeleter{api.curl_slist_free_all});
+  auto add_header = [&headers, &api](const std::string& line) -> bool {
+    curl_slist* next = api.curl_slist_append(headers.get(), line.c_str());
     if (next == nullptr) return false;
     headers.release();
     headers.reset(next);
@@ -3113,72 +3302,83 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   auto set = [&rc](CURLcode r) {
     if (rc == CURLE_OK) rc = r;
   };
-  set(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf));
-  set(curl_easy_setopt(h, CURLOPT_URL, request.url.c_str()));
+  set(api.curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf));
+  set(api.curl_easy_setopt(h, CURLOPT_URL, request.url.c_str()));
+  // The headers may be newer than the libcurl that runs: the option follows the latter.
 #if LIBCURL_VERSION_NUM >= 0x075500
-  set(curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https"));
-  set(curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "https"));
-#else
-  set(curl_easy_setopt(h, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
-  set(curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
+  if (api.version_num >= 0x075500) {
+    set(api.curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https"));
+    set(api.curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "https"));
+  } else
 #endif
-  set(curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L));
-  set(curl_easy_setopt(h, CURLOPT_PROXY, ""));
-  set(curl_easy_setopt(h, CURLOPT_NOPROXY, "*"));
-  set(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
-  set(curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1)));
-  set(curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L));
-  set(curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L));
-  set(curl_easy_setopt(h, CURLOPT_SSL_SESSIONID_CACHE, 0L));
-  set(curl_easy_setopt(h, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2)));
-  set(curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.get()));
-  set(curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(MI_MAX_RESPONSE_BYTES)));
-  set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &curl_impl::CurlCall::on_header));
-  set(curl_easy_setopt(h, CURLOPT_HEADERDATA, static_cast<void*>(&call)));
-  set(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &curl_impl::CurlCall::on_body));
-  set(curl_easy_setopt(h, CURLOPT_WRITEDATA, static_cast<void*>(&call)));
-  set(curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L));
-  set(curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &curl_impl::CurlCall::on_progress));
-  set(curl_easy_setopt(h, CURLOPT_XFERINFODATA, static_cast<void*>(&call)));
-#if LIBCURL_VERSION_NUM >= 0x075000
-  set(curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, &curl_impl::CurlCall::on_prereq));
-  set(curl_easy_setopt(h, CURLOPT_PREREQDATA, static_cast<void*>(&call)));
+  {
+    // Deprecated in 7.85.0 for the _STR forms, and the only way before.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 #endif
+    set(api.curl_easy_setopt(h, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
+    set(api.curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+  }
+  set(api.curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L));
+  set(api.curl_easy_setopt(h, CURLOPT_PROXY, ""));
+  set(api.curl_easy_setopt(h, CURLOPT_NOPROXY, "*"));
+  set(api.curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
+  set(api.curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1)));
+  set(api.curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L));
+  set(api.curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L));
+  set(api.curl_easy_setopt(h, CURLOPT_SSL_SESSIONID_CACHE, 0L));
+  set(api.curl_easy_setopt(h, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2)));
+  set(api.curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.get()));
+  set(api.curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(MI_MAX_RESPONSE_BYTES)));
+  set(api.curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &curl_impl::CurlCall::on_header));
+  set(api.curl_easy_setopt(h, CURLOPT_HEADERDATA, static_cast<void*>(&call)));
+  set(api.curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &curl_impl::CurlCall::on_body));
+  set(api.curl_easy_setopt(h, CURLOPT_WRITEDATA, static_cast<void*>(&call)));
+  set(api.curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L));
+  set(api.curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &curl_impl::CurlCall::on_progress));
+  set(api.curl_easy_setopt(h, CURLOPT_XFERINFODATA, static_cast<void*>(&call)));
+  set(api.curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, &curl_impl::CurlCall::on_prereq));
+  set(api.curl_easy_setopt(h, CURLOPT_PREREQDATA, static_cast<void*>(&call)));
   if (iequals(request.method, "GET") && request.body.empty()) {
-    set(curl_easy_setopt(h, CURLOPT_HTTPGET, 1L));
+    set(api.curl_easy_setopt(h, CURLOPT_HTTPGET, 1L));
   } else if (iequals(request.method, "HEAD") && request.body.empty()) {
-    set(curl_easy_setopt(h, CURLOPT_NOBODY, 1L));
+    set(api.curl_easy_setopt(h, CURLOPT_NOBODY, 1L));
   } else {
     if (iequals(request.method, "POST") || !request.body.empty()) {
-      set(curl_easy_setopt(h, CURLOPT_POST, 1L));
-      set(curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size())));
-      set(curl_easy_setopt(h, CURLOPT_POSTFIELDS, request.body.c_str()));
+      set(api.curl_easy_setopt(h, CURLOPT_POST, 1L));
+      set(api.curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size())));
+      set(api.curl_easy_setopt(h, CURLOPT_POSTFIELDS, request.body.c_str()));
     }
-    if (!iequals(request.method, "POST")) set(curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, request.method.c_str()));
+    if (!iequals(request.method, "POST")) set(api.curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, request.method.c_str()));
   }
   Millis left = time_left(ctx, Millis::max());
   Millis connect = connect_timeout_ > Millis(0) && connect_timeout_ < left ? connect_timeout_ : left;
-  set(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, curl_impl::curl_millis(connect)));
-  if (left != Millis::max()) set(curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, curl_impl::curl_millis(left)));
+  set(api.curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, curl_impl::curl_millis(connect)));
+  if (left != Millis::max()) set(api.curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, curl_impl::curl_millis(left)));
   if (pin_.empty()) {
-    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L));
-    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L));
+    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L));
+    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L));
   } else {
-    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L));
-    set(curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L));
-    set(curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, &curl_impl::CurlCall::on_ssl_ctx));
-    set(curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call)));
+    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L));
+    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L));
+    set(api.curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, &curl_impl::CurlCall::on_ssl_ctx));
+    set(api.curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call)));
   }
   if (rc != CURLE_OK) {
     if (!pin_.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
       return make_error(Errc::tls,
                         "this libcurl cannot install the certificate check Service Fabric needs; "
                         "use libcurl built with OpenSSL");
-    return make_error(Errc::network, std::string("libcurl rejected an option: ") + curl_easy_strerror(rc));
+    return make_error(Errc::network, std::string("libcurl rejected an option: ") + api.curl_easy_strerror(rc));
   }
 
   curl_impl::CurlAttachment attachment;
-  if (curl_multi_add_handle(multi.get(), h) != CURLM_OK)
+  attachment.remove = api.curl_multi_remove_handle;
+  if (api.curl_multi_add_handle(multi.get(), h) != CURLM_OK)
     return make_error(Errc::network, "libcurl could not start the request");
   attachment.multi = multi.get();
   attachment.easy = h;
@@ -3189,11 +3389,11 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   CURLcode result = CURLE_OK;
   for (;;) {
     int running = 0;
-    CURLMcode mc = curl_multi_perform(multi.get(), &running);
+    CURLMcode mc = api.curl_multi_perform(multi.get(), &running);
     if (mc != CURLM_OK)
-      return make_error(Errc::network, std::string("libcurl failed: ") + curl_multi_strerror(mc));
+      return make_error(Errc::network, std::string("libcurl failed: ") + api.curl_multi_strerror(mc));
     int queued = 0;
-    while (CURLMsg* msg = curl_multi_info_read(multi.get(), &queued)) {
+    while (CURLMsg* msg = api.curl_multi_info_read(multi.get(), &queued)) {
       if (msg->msg == CURLMSG_DONE && msg->easy_handle == h) {
         result = msg->data.result;
         done = true;
@@ -3208,15 +3408,9 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
     }
     int wait_ms = static_cast<int>(time_left(ctx, kContextSlice).count());
     if (wait_ms < 1) wait_ms = 1;
-#if LIBCURL_VERSION_NUM >= 0x074200
-    mc = curl_multi_poll(multi.get(), nullptr, 0, wait_ms, nullptr);
-#else
-    int fds = 0;
-    mc = curl_multi_wait(multi.get(), nullptr, 0, wait_ms, &fds);
-    if (mc == CURLM_OK && fds == 0) std::this_thread::sleep_for(Millis(1));
-#endif
+    mc = api.curl_multi_poll(multi.get(), nullptr, 0, wait_ms, nullptr);
     if (mc != CURLM_OK)
-      return make_error(Errc::network, std::string("libcurl failed: ") + curl_multi_strerror(mc));
+      return make_error(Errc::network, std::string("libcurl failed: ") + api.curl_multi_strerror(mc));
   }
   if (!done) return context_error(call.stopped, "waiting for the HTTPS endpoint");
   if (result != CURLE_OK) return curl_impl::curl_failure(result, call, ctx, errbuf);
@@ -3225,7 +3419,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
                       "the TLS connection to the Service Fabric endpoint was not verified against "
                       "IDENTITY_SERVER_THUMBPRINT");
   long code = 0;
-  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+  api.curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
   if (code >= 100 && code <= 999) call.response.status = static_cast<int>(code);
   if (call.response.status < 100 || call.response.status > 999)
     return make_error(Errc::invalid_response, "the HTTPS endpoint's response has no valid status line");
@@ -4611,8 +4805,9 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
     return finish_error(st,
                         make_error(Errc::tls,
                                    "Service Fabric's endpoint is HTTPS, and this program was built without HTTPS "
-                                   "support: define MI_USE_CURL where MI_IMPLEMENTATION is defined and link libcurl "
-                                   "and OpenSSL (-lcurl -lssl -lcrypto; CMake: -DMI_USE_CURL=ON)"),
+                                   "support: define MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl "
+                                   "and OpenSSL headers installed (libcurl is loaded when first needed; CMake: "
+                                   "-DMI_USE_CURL=ON)"),
                         extras.request_id);
   }
 

@@ -130,11 +130,11 @@ size_plain=$(stat -c %s "$OUT/mi-token.stripped")
 printf '%-62s %8s\n' "3. stripped mi-token at -O2" bytes
 printf '%-62s %8d  (%d KiB; dynamic libstdc++)\n' "without libcurl" "$size_plain" $((size_plain / 1024))
 if [ "$curl_ok" = 1 ]; then
-  "$CXX" "${FLAGS[@]}" -DMI_USE_CURL "$ROOT/examples/mi_token.cpp" "$IMPL" -o "$OUT/mi-token-curl" -pthread \
+  "$CXX" "${FLAGS[@]}" -DMI_USE_CURL -DMI_CURL_LINKED "$ROOT/examples/mi_token.cpp" "$IMPL" -o "$OUT/mi-token-curl" -pthread \
     -lcurl -lssl -lcrypto
   strip -o "$OUT/mi-token-curl.stripped" "$OUT/mi-token-curl"
   size_curl=$(stat -c %s "$OUT/mi-token-curl.stripped")
-  printf '%-62s %8d  (%d KiB; + %d shared libraries at run time)\n' "with libcurl (-DMI_USE_CURL -lcurl -lssl -lcrypto)" \
+  printf '%-62s %8d  (%d KiB; + %d shared libraries at run time)\n' "with libcurl linked (-DMI_CURL_LINKED -lcurl -lssl -lcrypto)" \
     "$size_curl" $((size_curl / 1024)) $(( $(ldd "$OUT/mi-token-curl" | wc -l) - $(ldd "$OUT/mi-token" | wc -l) ))
 fi
 echo

@@ -305,8 +305,9 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
     return finish_error(st,
                         make_error(Errc::tls,
                                    "Service Fabric's endpoint is HTTPS, and this program was built without HTTPS "
-                                   "support: define MI_USE_CURL where MI_IMPLEMENTATION is defined and link libcurl "
-                                   "and OpenSSL (-lcurl -lssl -lcrypto; CMake: -DMI_USE_CURL=ON)"),
+                                   "support: define MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl "
+                                   "and OpenSSL headers installed (libcurl is loaded when first needed; CMake: "
+                                   "-DMI_USE_CURL=ON)"),
                         extras.request_id);
   }
 

@@ -31,7 +31,15 @@
 //   MI_NO_EXCEPTIONS         all TUs   never throw (auto-detected from -fno-exceptions);
 //                                      Result::value() on an error then aborts
 //   MI_USE_CURL              impl TU   HTTPS through libcurl (needed by Service Fabric);
-//                                      libcurl must use OpenSSL; link -lcurl -lssl -lcrypto
+//                                      libcurl must use OpenSSL; builds with the libcurl
+//                                      and OpenSSL headers; libcurl is loaded with dlopen
+//                                      at the first HTTPS request (POSIX; -ldl on old glibc)
+//   MI_CURL_LINKED           impl TU   with MI_USE_CURL: link libcurl instead of loading it
+//                                      (-lcurl -lssl -lcrypto; static builds; always so
+//                                      on Windows)
+//   MI_CURL_LIBRARY          impl TU   with MI_USE_CURL: the library to load, a string
+//                                      literal ("libcurl.so.4" then "libcurl.so";
+//                                      macOS "libcurl.4.dylib")
 //   MI_MAX_RESPONSE_BYTES    impl TU   largest accepted response body (1 MiB)
 //   MI_MAX_HEADER_BYTES      impl TU   largest accepted response head (64 KiB)
 //   MI_AZURE_ARC_TOKEN_DIR   impl TU   directory the Arc key file must be in

@@ -49,5 +49,21 @@
 #endif
 
 #if defined(MI_USE_CURL)
+// libcurl is loaded with dlopen at the first HTTPS request, unless MI_CURL_LINKED says the
+// program links it (always so on Windows). Its headers are needed either way.
+#if defined(MI_CURL_LINKED) || defined(_WIN32)
+#define MI_DETAIL_CURL_LINKED 1
+#else
+#define MI_DETAIL_CURL_LINKED 0
+#include <dlfcn.h>
+#endif
+#if defined(__has_include)
+#if !__has_include(<curl/curl.h>)
+#error "MI_USE_CURL needs libcurl's headers at build time (e.g. libcurl4-openssl-dev)"
+#endif
+#endif
 #include <curl/curl.h>
+#if LIBCURL_VERSION_NUM < 0x075000
+#error "MI_USE_CURL needs the headers of libcurl 7.80.0 or later (CURLOPT_PREREQFUNCTION)"
+#endif
 #endif

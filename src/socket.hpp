@@ -563,7 +563,7 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
   if (url.scheme != "http")
     return make_error(Errc::tls,
                       "HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
-                      "MI_IMPLEMENTATION is defined and link libcurl and OpenSSL)");
+                      "MI_IMPLEMENTATION is defined, with the libcurl and OpenSSL headers installed)");
   std::string wire;
   if (!serialize_request(request, url, wire, why))
     return make_error(Errc::invalid_argument, "the request cannot be sent: " + why);

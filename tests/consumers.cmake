@@ -24,6 +24,7 @@ set(_mi_consumer_args
   "--config=$<CONFIG>"
   "--use-curl=${MI_USE_CURL}"
   "--curl-enabled=${MI_CURL_ENABLED}"
+  "--curl-linked=${MI_CURL_LINKED_ENABLED}"
   "--impl-type=$<TARGET_PROPERTY:managed_identity_impl,TYPE>")
 
 function(mi_add_consumer_test name)

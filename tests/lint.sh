@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # clang-tidy (.clang-tidy at the top) and cppcheck on the single header: the
-# implementation TU with and without MI_USE_CURL. Any finding fails.
+# implementation TU without MI_USE_CURL and with it (libcurl loaded at run time, and
+# linked). Any finding fails.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tmp=$(mktemp -d)
@@ -21,6 +22,7 @@ if command -v clang-tidy >/dev/null; then
   run "clang-tidy impl" clang-tidy --quiet "$tmp/impl.cpp" -- -std=c++17 -I"$root"
   if [ -f /usr/include/curl/curl.h ] || [ -f /usr/include/x86_64-linux-gnu/curl/curl.h ]; then
     run "clang-tidy impl curl" clang-tidy --quiet "$tmp/impl.cpp" -- -std=c++17 -DMI_USE_CURL -I"$root"
+    run "clang-tidy impl curl linked" clang-tidy --quiet "$tmp/impl.cpp" -- -std=c++17 -DMI_USE_CURL -DMI_CURL_LINKED -I"$root"
   fi
 else
   echo "SKIP: clang-tidy not installed"

@@ -203,6 +203,7 @@ def do_find_package(args):
                     "-DMI_EXPECTED_VERSION=" + args.version,
                     "-DMI_EXPECTED_PREFIX=" + prefix,
                     "-DMI_EXPECTED_CURL=" + args.curl_enabled,
+                    "-DMI_EXPECTED_CURL_LINKED=" + args.curl_linked,
                     "-DMI_EXPECTED_IMPL_TYPE=" + args.impl_type],
                    ["app_impl", "app_header_only"])
 
@@ -296,6 +297,7 @@ def main():
     p.add_argument("--config", default="", help="build type / configuration; empty for none")
     p.add_argument("--use-curl", default="AUTO", help="MI_USE_CURL for the library in the consumer")
     p.add_argument("--curl-enabled", default="OFF", help="whether the installed build has libcurl")
+    p.add_argument("--curl-linked", default="OFF", help="whether it links libcurl (MI_CURL_LINKED)")
     p.add_argument("--impl-type", default="STATIC_LIBRARY", help="the installed mi::managed_identity_impl's TYPE")
     p.add_argument("--pkg-config", default="")
     args = p.parse_args()
