@@ -1437,10 +1437,9 @@ std::string merge_query(std::string_view existing_raw,
     pos = amp + 1;
   }
   for (const auto& p : params) pairs.push_back(p);
-  std::stable_sort(pairs.begin(), pairs.end(),
-                   [](const std::pair<std::string, std::string>& a, const std::pair<std::string, std::string>& b) {
-                     return a.first < b.first;
-                   });
+  // Stable insertion sort by name: a handful of parameters, and far less code than std::stable_sort.
+  for (size_t i = 1; i < pairs.size(); ++i)
+    for (size_t j = i; j > 0 && pairs[j].first < pairs[j - 1].first; --j) pairs[j].swap(pairs[j - 1]);
   std::string out;
   for (const auto& p : pairs) {
     if (!out.empty()) out.push_back('&');
