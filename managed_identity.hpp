@@ -546,6 +546,17 @@ struct ErrorAccess {
 
 inline Error make_error(Errc code, std::string message) { return ErrorAccess::make(code, std::move(message)); }
 
+// ---- name/value lists ------------------------------------------------------------
+
+using StringPairs = std::vector<std::pair<std::string, std::string>>;
+
+// Appends one name/value pair (query parameters, headers). Every caller goes through
+// this one function, so the vector's growth code is compiled once, not once per
+// combination of argument types.
+void add_pair(StringPairs& list, std::string_view name, std::string_view value) {
+  list.emplace_back(std::string(name), std::string(value));
+}
+
 // ---- strings -------------------------------------------------------------------
 
 inline char ascii_lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
@@ -1418,7 +1429,7 @@ bool parse_url(std::string_view text, Url& out, std::string& why) {
 
 std::string merge_query(std::string_view existing_raw,
                         const std::vector<std::pair<std::string, std::string>>& params) {
-  std::vector<std::pair<std::string, std::string>> pairs;
+  StringPairs pairs;
   size_t pos = 0;
   while (pos <= existing_raw.size()) {
     size_t amp = existing_raw.find('&', pos);
@@ -1431,12 +1442,12 @@ std::string merge_query(std::string_view existing_raw,
       bool replaced = false;
       for (const auto& p : params)
         if (p.first == name) replaced = true;
-      if (!replaced) pairs.emplace_back(std::move(name), std::move(value));
+      if (!replaced) add_pair(pairs, name, value);
     }
     if (amp == std::string_view::npos) break;
     pos = amp + 1;
   }
-  for (const auto& p : params) pairs.push_back(p);
+  for (const auto& p : params) add_pair(pairs, p.first, p.second);
   // Stable insertion sort by name: a handful of parameters, and far less code than std::stable_sort.
   for (size_t i = 1; i < pairs.size(); ++i)
     for (size_t j = i; j > 0 && pairs[j].first < pairs[j - 1].first; --j) pairs[j].swap(pairs[j - 1]);
@@ -1766,7 +1777,7 @@ ResponseParser::Status ResponseParser::on_header_line(std::string_view line) {
   std::string_view value = http_impl::trim_ows(line.substr(colon + 1));
   if (http_impl::bad_field_char(value))
     return invalid("the header \"" + http_impl::printable_name(name) + "\" contains a control character");
-  response_.headers.emplace_back(std::string(name), std::string(value));
+  add_pair(response_.headers, name, value);
   return Status::need_more;
 }
 
@@ -3604,7 +3615,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
                    const Url* fixed_endpoint, BuiltRequest& out, Error& error) {
   HttpRequest& req = out.request;
   req.method = "GET";
-  std::vector<std::pair<std::string, std::string>> params;
+  StringPairs params;
   const char* api_version = nullptr;
   Url url;
   std::string endpoint;
@@ -3636,53 +3647,53 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
     return false;
   }
 
-  if (api_version != nullptr) params.emplace_back("api-version", api_version);
-  if (source != Source::CloudShell) params.emplace_back("resource", std::string(resource));
+  if (api_version != nullptr) add_pair(params, "api-version", api_version);
+  if (source != Source::CloudShell) add_pair(params, "resource", resource);
   if (source == Source::AzureML) {
     // Always sent: the user-assigned client ID, else DEFAULT_IDENTITY_CLIENT_ID, else empty (as Go).
-    params.emplace_back("clientid", id.kind() == IDKind::ClientID ? id.value() : env("DEFAULT_IDENTITY_CLIENT_ID"));
+    add_pair(params, "clientid", id.kind() == IDKind::ClientID ? id.value() : env("DEFAULT_IDENTITY_CLIENT_ID"));
   } else if (const char* name = id_parameter(source, id.kind())) {
-    params.emplace_back(name, id.value());
+    add_pair(params, name, id.value());
   }
   if (source == Source::ServiceFabric) {
-    if (!extras.token_sha256.empty()) params.emplace_back("token_sha256_to_refresh", extras.token_sha256);
+    if (!extras.token_sha256.empty()) add_pair(params, "token_sha256_to_refresh", extras.token_sha256);
     if (!extras.capabilities.empty()) {
       std::string joined;
       for (const std::string& c : extras.capabilities) joined += (joined.empty() ? "" : ",") + c;
-      params.emplace_back("xms_cc", joined);
+      add_pair(params, "xms_cc", joined);
     }
   }
   if (source != Source::CloudShell) url.query = merge_query(url.query, params);
   req.url = url.scheme + "://" + url.host_header() + url.target();
 
-  req.headers.emplace_back("User-Agent", kUserAgent);
+  add_pair(req.headers, "User-Agent", kUserAgent);
   std::string secret;
   switch (source) {
     case Source::DefaultToIMDS:
-      req.headers.emplace_back("Metadata", "true");
-      req.headers.emplace_back("x-client-SKU", "managed-identity-cpp");
-      req.headers.emplace_back("x-client-Ver", MI_VERSION_STRING);
-      req.headers.emplace_back("x-ms-client-request-id", extras.request_id);
+      add_pair(req.headers, "Metadata", "true");
+      add_pair(req.headers, "x-client-SKU", "managed-identity-cpp");
+      add_pair(req.headers, "x-client-Ver", MI_VERSION_STRING);
+      add_pair(req.headers, "x-ms-client-request-id", extras.request_id);
       break;
     case Source::AppService:
       if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
-      req.headers.emplace_back("X-IDENTITY-HEADER", secret);
+      add_pair(req.headers, "X-IDENTITY-HEADER", secret);
       break;
-    case Source::AzureArc: req.headers.emplace_back("Metadata", "true"); break;
+    case Source::AzureArc: add_pair(req.headers, "Metadata", "true"); break;
     case Source::CloudShell:
       req.method = "POST";
-      req.headers.emplace_back("Metadata", "true");
-      req.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
+      add_pair(req.headers, "Metadata", "true");
+      add_pair(req.headers, "Content-Type", "application/x-www-form-urlencoded");
       req.body = "resource=" + percent_encode(resource);
       break;
     case Source::ServiceFabric:
       if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
-      req.headers.emplace_back("Secret", secret);
-      req.headers.emplace_back("Accept", "application/json");
+      add_pair(req.headers, "Secret", secret);
+      add_pair(req.headers, "Accept", "application/json");
       break;
     case Source::AzureML:
       if (!secret_from("MSI_SECRET", source, secret, error)) return false;
-      req.headers.emplace_back("secret", secret);
+      add_pair(req.headers, "secret", secret);
       break;
   }
   if (!secret.empty()) out.secrets.push_back(secret);
@@ -4503,7 +4514,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
       if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
         return finish_error(st, error, extras.request_id);
       built.secrets.push_back(key);
-      built.request.headers.emplace_back("Authorization", "Basic " + key);
+      add_pair(built.request.headers, "Authorization", "Basic " + key);
       response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
     } else if (response->status == 200 || response->status == 202) {
       return finish_error(st,

@@ -319,7 +319,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
       if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
         return finish_error(st, error, extras.request_id);
       built.secrets.push_back(key);
-      built.request.headers.emplace_back("Authorization", "Basic " + key);
+      add_pair(built.request.headers, "Authorization", "Basic " + key);
       response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
     } else if (response->status == 200 || response->status == 202) {
       return finish_error(st,

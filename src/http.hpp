@@ -309,7 +309,7 @@ ResponseParser::Status ResponseParser::on_header_line(std::string_view line) {
   std::string_view value = http_impl::trim_ows(line.substr(colon + 1));
   if (http_impl::bad_field_char(value))
     return invalid("the header \"" + http_impl::printable_name(name) + "\" contains a control character");
-  response_.headers.emplace_back(std::string(name), std::string(value));
+  add_pair(response_.headers, name, value);
   return Status::need_more;
 }
 

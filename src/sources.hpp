@@ -182,7 +182,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
                    const Url* fixed_endpoint, BuiltRequest& out, Error& error) {
   HttpRequest& req = out.request;
   req.method = "GET";
-  std::vector<std::pair<std::string, std::string>> params;
+  StringPairs params;
   const char* api_version = nullptr;
   Url url;
   std::string endpoint;
@@ -214,53 +214,53 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
     return false;
   }
 
-  if (api_version != nullptr) params.emplace_back("api-version", api_version);
-  if (source != Source::CloudShell) params.emplace_back("resource", std::string(resource));
+  if (api_version != nullptr) add_pair(params, "api-version", api_version);
+  if (source != Source::CloudShell) add_pair(params, "resource", resource);
   if (source == Source::AzureML) {
     // Always sent: the user-assigned client ID, else DEFAULT_IDENTITY_CLIENT_ID, else empty (as Go).
-    params.emplace_back("clientid", id.kind() == IDKind::ClientID ? id.value() : env("DEFAULT_IDENTITY_CLIENT_ID"));
+    add_pair(params, "clientid", id.kind() == IDKind::ClientID ? id.value() : env("DEFAULT_IDENTITY_CLIENT_ID"));
   } else if (const char* name = id_parameter(source, id.kind())) {
-    params.emplace_back(name, id.value());
+    add_pair(params, name, id.value());
   }
   if (source == Source::ServiceFabric) {
-    if (!extras.token_sha256.empty()) params.emplace_back("token_sha256_to_refresh", extras.token_sha256);
+    if (!extras.token_sha256.empty()) add_pair(params, "token_sha256_to_refresh", extras.token_sha256);
     if (!extras.capabilities.empty()) {
       std::string joined;
       for (const std::string& c : extras.capabilities) joined += (joined.empty() ? "" : ",") + c;
-      params.emplace_back("xms_cc", joined);
+      add_pair(params, "xms_cc", joined);
     }
   }
   if (source != Source::CloudShell) url.query = merge_query(url.query, params);
   req.url = url.scheme + "://" + url.host_header() + url.target();
 
-  req.headers.emplace_back("User-Agent", kUserAgent);
+  add_pair(req.headers, "User-Agent", kUserAgent);
   std::string secret;
   switch (source) {
     case Source::DefaultToIMDS:
-      req.headers.emplace_back("Metadata", "true");
-      req.headers.emplace_back("x-client-SKU", "managed-identity-cpp");
-      req.headers.emplace_back("x-client-Ver", MI_VERSION_STRING);
-      req.headers.emplace_back("x-ms-client-request-id", extras.request_id);
+      add_pair(req.headers, "Metadata", "true");
+      add_pair(req.headers, "x-client-SKU", "managed-identity-cpp");
+      add_pair(req.headers, "x-client-Ver", MI_VERSION_STRING);
+      add_pair(req.headers, "x-ms-client-request-id", extras.request_id);
       break;
     case Source::AppService:
       if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
-      req.headers.emplace_back("X-IDENTITY-HEADER", secret);
+      add_pair(req.headers, "X-IDENTITY-HEADER", secret);
       break;
-    case Source::AzureArc: req.headers.emplace_back("Metadata", "true"); break;
+    case Source::AzureArc: add_pair(req.headers, "Metadata", "true"); break;
     case Source::CloudShell:
       req.method = "POST";
-      req.headers.emplace_back("Metadata", "true");
-      req.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
+      add_pair(req.headers, "Metadata", "true");
+      add_pair(req.headers, "Content-Type", "application/x-www-form-urlencoded");
       req.body = "resource=" + percent_encode(resource);
       break;
     case Source::ServiceFabric:
       if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
-      req.headers.emplace_back("Secret", secret);
-      req.headers.emplace_back("Accept", "application/json");
+      add_pair(req.headers, "Secret", secret);
+      add_pair(req.headers, "Accept", "application/json");
       break;
     case Source::AzureML:
       if (!secret_from("MSI_SECRET", source, secret, error)) return false;
-      req.headers.emplace_back("secret", secret);
+      add_pair(req.headers, "secret", secret);
       break;
   }
   if (!secret.empty()) out.secrets.push_back(secret);

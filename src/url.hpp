@@ -217,7 +217,7 @@ bool parse_url(std::string_view text, Url& out, std::string& why) {
 
 std::string merge_query(std::string_view existing_raw,
                         const std::vector<std::pair<std::string, std::string>>& params) {
-  std::vector<std::pair<std::string, std::string>> pairs;
+  StringPairs pairs;
   size_t pos = 0;
   while (pos <= existing_raw.size()) {
     size_t amp = existing_raw.find('&', pos);
@@ -230,12 +230,12 @@ std::string merge_query(std::string_view existing_raw,
       bool replaced = false;
       for (const auto& p : params)
         if (p.first == name) replaced = true;
-      if (!replaced) pairs.emplace_back(std::move(name), std::move(value));
+      if (!replaced) add_pair(pairs, name, value);
     }
     if (amp == std::string_view::npos) break;
     pos = amp + 1;
   }
-  for (const auto& p : params) pairs.push_back(p);
+  for (const auto& p : params) add_pair(pairs, p.first, p.second);
   // Stable insertion sort by name: a handful of parameters, and far less code than std::stable_sort.
   for (size_t i = 1; i < pairs.size(); ++i)
     for (size_t j = i; j > 0 && pairs[j].first < pairs[j - 1].first; --j) pairs[j].swap(pairs[j - 1]);

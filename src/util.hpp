@@ -27,6 +27,17 @@ struct ErrorAccess {
 
 inline Error make_error(Errc code, std::string message) { return ErrorAccess::make(code, std::move(message)); }
 
+// ---- name/value lists ------------------------------------------------------------
+
+using StringPairs = std::vector<std::pair<std::string, std::string>>;
+
+// Appends one name/value pair (query parameters, headers). Every caller goes through
+// this one function, so the vector's growth code is compiled once, not once per
+// combination of argument types.
+void add_pair(StringPairs& list, std::string_view name, std::string_view value) {
+  list.emplace_back(std::string(name), std::string(value));
+}
+
 // ---- strings -------------------------------------------------------------------
 
 inline char ascii_lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
