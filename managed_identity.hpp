@@ -516,6 +516,20 @@ Result<Client> New(ID id, First&& first, Rest&&... rest) {
 #include <curl/curl.h>
 #endif
 
+// Helpers that build messages and errors stay out of line (MI_DETAIL_NOINLINE), and those
+// that only error paths call are cold (MI_DETAIL_COLD): copied into every caller, they
+// made most of the code there is to compile, for paths that run once per failure.
+#if defined(__GNUC__) || defined(__clang__)
+#define MI_DETAIL_NOINLINE __attribute__((noinline))
+#define MI_DETAIL_COLD __attribute__((noinline, cold))
+#elif defined(_MSC_VER)
+#define MI_DETAIL_NOINLINE __declspec(noinline)
+#define MI_DETAIL_COLD __declspec(noinline)
+#else
+#define MI_DETAIL_NOINLINE
+#define MI_DETAIL_COLD
+#endif
+
 // ---- src/util.hpp ----
 // Small helpers shared by every part: errors, strings, environment, UUIDs,
 // hashes. Nothing here does I/O except reading the environment.
@@ -526,7 +540,7 @@ namespace detail {
 
 // Builds mi::Error values with the fields the public constructor does not take.
 struct ErrorAccess {
-  static Error make(Errc code, std::string message, Source source = Source::DefaultToIMDS) {
+  MI_DETAIL_COLD static Error make(Errc code, std::string message, Source source = Source::DefaultToIMDS) {
     Error e(code, std::move(message));
     e.source_ = source;
     e.retryable_ = code == Errc::network || code == Errc::timeout;
@@ -544,7 +558,27 @@ struct ErrorAccess {
   static void set_message(Error& e, std::string message) { e.message_ = std::move(message); }
 };
 
-inline Error make_error(Errc code, std::string message) { return ErrorAccess::make(code, std::move(message)); }
+MI_DETAIL_COLD inline Error make_error(Errc code, std::string message) { return ErrorAccess::make(code, std::move(message)); }
+
+// ---- message building --------------------------------------------------------------
+
+// Joins the parts into one string. Messages are built with this (and num below) rather
+// than with chains of std::string operator+ and std::to_string, each of which inlines
+// a temporary string and its clean-up at the call site: that made most of the code.
+MI_DETAIL_NOINLINE std::string cat(std::initializer_list<std::string_view> parts) {
+  size_t size = 0;
+  for (std::string_view part : parts) size += part.size();
+  std::string out;
+  out.reserve(size);
+  for (std::string_view part : parts) out.append(part.data(), part.size());
+  return out;
+}
+
+// Decimal text of an integer (std::to_string, out of line: one copy per integer type).
+template <class Int>
+MI_DETAIL_NOINLINE std::string num(Int value) {
+  return std::to_string(value);
+}
 
 // ---- name/value lists ------------------------------------------------------------
 
@@ -561,7 +595,7 @@ void add_pair(StringPairs& list, std::string_view name, std::string_view value) 
 
 inline char ascii_lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
-inline std::string ascii_lowercase(std::string_view s) {
+std::string ascii_lowercase(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = ascii_lower(c);
   return out;
@@ -600,7 +634,7 @@ inline bool has_control_char(std::string_view s) noexcept {
 }
 
 // RFC 3986: unreserved characters stay, every other byte becomes %XX.
-inline std::string percent_encode(std::string_view s) {
+std::string percent_encode(std::string_view s) {
   static const char hex[] = "0123456789ABCDEF";
   std::string out;
   out.reserve(s.size() + s.size() / 2);
@@ -626,7 +660,7 @@ inline int hex_value(char c) noexcept {
 }
 
 // Decodes %XX (and '+' as space when form is true); invalid escapes stay as they are.
-inline std::string percent_decode(std::string_view s, bool form) {
+std::string percent_decode(std::string_view s, bool form) {
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
@@ -643,7 +677,7 @@ inline std::string percent_decode(std::string_view s, bool form) {
   return out;
 }
 
-inline std::string to_hex(const unsigned char* data, size_t n) {
+std::string to_hex(const unsigned char* data, size_t n) {
   static const char hex[] = "0123456789abcdef";
   std::string out(n * 2, '0');
   for (size_t i = 0; i < n; ++i) {
@@ -668,7 +702,7 @@ inline bool parse_int64(std::string_view s, int64_t& out) noexcept {
 // ---- environment -----------------------------------------------------------------
 
 // The variable's value; an unset and an empty variable both give "".
-inline std::string env(const char* name) {
+std::string env(const char* name) {
 #if defined(_MSC_VER)
   char* value = nullptr;
   size_t len = 0;
@@ -693,7 +727,7 @@ inline uint64_t splitmix64(uint64_t& state) noexcept {
   return z ^ (z >> 31);
 }
 
-inline uint64_t random_seed() {
+uint64_t random_seed() {
   uint64_t seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
                   (static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) << 1) ^
                   static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&seed));
@@ -710,7 +744,7 @@ inline uint64_t random_seed() {
   return seed;
 }
 
-inline uint64_t random_u64() {
+uint64_t random_u64() {
   static std::mutex mutex;
   static uint64_t state = random_seed();
   std::lock_guard<std::mutex> lock(mutex);
@@ -718,7 +752,7 @@ inline uint64_t random_u64() {
 }
 
 // A random (version 4, RFC 9562) UUID in lowercase 8-4-4-4-12 form.
-inline std::string uuid4() {
+std::string uuid4() {
   unsigned char b[16];
   uint64_t hi = random_u64(), lo = random_u64();
   for (int i = 0; i < 8; ++i) {
@@ -727,14 +761,20 @@ inline std::string uuid4() {
   }
   b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);
   b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);
-  std::string hex = to_hex(b, 16);
-  return hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" + hex.substr(16, 4) + "-" +
-         hex.substr(20, 12);
+  static const char hex[] = "0123456789abcdef";
+  char text[36];
+  size_t n = 0;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) text[n++] = '-';
+    text[n++] = hex[b[i] >> 4];
+    text[n++] = hex[b[i] & 15];
+  }
+  return std::string(text, sizeof text);
 }
 
 // ---- SHA-256 (FIPS 180-4), for Service Fabric's token_sha256_to_refresh ---------------
 
-inline std::string sha256_hex(std::string_view data) {
+std::string sha256_hex(std::string_view data) {
   static const uint32_t k[64] = {
       0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
       0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -1201,7 +1241,7 @@ bool parse_json(std::string_view text, JsonValue& out, std::string& error) {
   size_t offset = 0;
   if (parse_json(text, out, error, offset)) return true;
   error += " at byte ";
-  error += std::to_string(offset);
+  error += num(offset);
   return false;
 }
 
@@ -1235,21 +1275,21 @@ struct Url {
   std::string str() const;
 };
 
-std::string Url::target() const { return query.empty() ? path : path + "?" + query; }
+std::string Url::target() const { return query.empty() ? path : cat({path, "?", query}); }
 
 std::string Url::authority() const {
-  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  return out + ":" + std::to_string(port);
+  const bool ipv6 = host.find(':') != std::string::npos;
+  return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : "", ":", num(port)});
 }
 
 std::string Url::host_header() const {
-  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
-  if (!default_port) out += ":" + std::to_string(port);
-  return out;
+  const bool ipv6 = host.find(':') != std::string::npos;
+  const bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
+  if (default_port) return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : ""});
+  return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : "", ":", num(port)});
 }
 
-std::string Url::str() const { return scheme + "://" + host_header() + target(); }
+std::string Url::str() const { return cat({scheme, "://", host_header(), target()}); }
 
 namespace url_impl {
 
@@ -1577,12 +1617,12 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   text += "\r\n";
   for (const auto& header : request.headers) {
     if (!http_impl::is_token(header.first)) {
-      why = "the header name \"" + http_impl::printable_name(header.first) +
-            "\" is not a valid HTTP token (empty, or a control character, space or separator)";
+      why = cat({"the header name \"", http_impl::printable_name(header.first),
+                 "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
       return false;
     }
     if (has_control_char(header.second)) {  // never quote the value: it may be a secret
-      why = "the value of the header \"" + header.first + "\" contains a control character (such as CR or LF)";
+      why = cat({"the value of the header \"", header.first, "\" contains a control character (such as CR or LF)"});
       return false;
     }
     // The transport owns the framing headers; the request's own copies are dropped.
@@ -1596,7 +1636,7 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   }
   if (!request.body.empty() || request.method == "POST" || request.method == "PUT" || request.method == "PATCH") {
     text += "Content-Length: ";
-    text += std::to_string(request.body.size());
+    text += num(request.body.size());
     text += "\r\n";
   }
   text += "Connection: close\r\n\r\n";
@@ -1633,9 +1673,10 @@ class ResponseParser {
  private:
   enum class State { status_line, header_line, length_body, close_body, chunk_size, chunk_data, chunk_data_end, trailer_line, done, failed };
 
-  Status fail(Errc code, std::string message);
-  Status invalid(const std::string& reason) { return fail(Errc::invalid_response, "invalid HTTP response: " + reason); }
-  Status body_too_large();
+  MI_DETAIL_COLD Status fail(Errc code, std::string message);
+  MI_DETAIL_COLD Status invalid(std::string_view reason) { return invalid({reason}); }
+  MI_DETAIL_COLD Status invalid(std::initializer_list<std::string_view> reason);
+  MI_DETAIL_COLD Status body_too_large();
   Status on_line(std::string_view line);
   Status on_status_line(std::string_view line);
   Status on_header_line(std::string_view line);
@@ -1662,9 +1703,14 @@ ResponseParser::Status ResponseParser::fail(Errc code, std::string message) {
   return Status::error;
 }
 
+ResponseParser::Status ResponseParser::invalid(std::initializer_list<std::string_view> reason) {
+  std::string message = "invalid HTTP response: ";
+  for (std::string_view part : reason) message.append(part.data(), part.size());
+  return fail(Errc::invalid_response, std::move(message));
+}
+
 ResponseParser::Status ResponseParser::body_too_large() {
-  return invalid("the body is larger than the limit of " + std::to_string(max_body_) +
-                 " bytes (MI_MAX_RESPONSE_BYTES)");
+  return invalid({"the body is larger than the limit of ", num(max_body_), " bytes (MI_MAX_RESPONSE_BYTES)"});
 }
 
 ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
@@ -1704,8 +1750,8 @@ ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
         size_t limit = head ? max_header_ - head_bytes_ : state_ == State::chunk_data_end ? 2 : max_header_;
         if (take > limit - line_.size()) {
           if (head)
-            return invalid("the response head is larger than the limit of " + std::to_string(max_header_) +
-                           " bytes (MI_MAX_HEADER_BYTES)");
+            return invalid({"the response head is larger than the limit of ", num(max_header_),
+                            " bytes (MI_MAX_HEADER_BYTES)"});
           if (state_ == State::chunk_data_end) return invalid("a chunk is longer than its declared size");
           return invalid("a chunk-size line is too long");
         }
@@ -1776,7 +1822,7 @@ ResponseParser::Status ResponseParser::on_header_line(std::string_view line) {
   if (!http_impl::is_token(name)) return invalid("a header name is not a valid token");
   std::string_view value = http_impl::trim_ows(line.substr(colon + 1));
   if (http_impl::bad_field_char(value))
-    return invalid("the header \"" + http_impl::printable_name(name) + "\" contains a control character");
+    return invalid({"the header \"", http_impl::printable_name(name), "\" contains a control character"});
   add_pair(response_.headers, name, value);
   return Status::need_more;
 }
@@ -1933,14 +1979,16 @@ inline ContextStatus context_status(const Context& ctx) noexcept {
   return ContextStatus::ok;
 }
 
-// The error for a context that stopped; `doing` says what was interrupted.
-inline Error context_error(ContextStatus status, std::string_view doing) {
-  if (status == ContextStatus::canceled)
-    return make_error(Errc::canceled, "the request was canceled (mi::Context::Cancel) while " + std::string(doing));
-  return make_error(Errc::timeout,
-                    "the context's deadline passed while " + std::string(doing) +
-                        "; give the call more time (mi::Context::WithTimeout) or check that the endpoint is reachable");
+// The error for a context that stopped; `doing` (the parts joined) says what was interrupted.
+MI_DETAIL_COLD Error context_error(ContextStatus status, std::initializer_list<std::string_view> doing) {
+  std::string message = status == ContextStatus::canceled ? "the request was canceled (mi::Context::Cancel) while "
+                                                          : "the context's deadline passed while ";
+  for (std::string_view part : doing) message.append(part.data(), part.size());
+  if (status == ContextStatus::canceled) return make_error(Errc::canceled, std::move(message));
+  message += "; give the call more time (mi::Context::WithTimeout) or check that the endpoint is reachable";
+  return make_error(Errc::timeout, std::move(message));
 }
+MI_DETAIL_COLD inline Error context_error(ContextStatus status, std::string_view doing) { return context_error(status, {doing}); }
 
 // Milliseconds left before the context's deadline (capped at `cap`), at least 0.
 inline Millis time_left(const Context& ctx, Millis cap) noexcept {
@@ -1953,7 +2001,7 @@ inline Millis time_left(const Context& ctx, Millis cap) noexcept {
 }
 
 // Sleeps for `duration` unless the context stops first; returns its status.
-inline ContextStatus sleep_for(const Context& ctx, Millis duration) {
+ContextStatus sleep_for(const Context& ctx, Millis duration) {
   SteadyClock::time_point end = SteadyClock::now() + duration;
   for (;;) {
     ContextStatus status = context_status(ctx);
@@ -2077,7 +2125,7 @@ std::string describe_error(int err) {
     case WSANOTINITIALISED: return "WinSock not initialised";
     case WSASYSNOTREADY: return "network subsystem not ready";
     case WSAVERNOTSUPPORTED: return "WinSock 2.2 not supported";
-    default: return "WinSock error " + std::to_string(err);
+    default: return cat({"WinSock error ", num(err)});
   }
 #else
   switch (err) {
@@ -2097,7 +2145,7 @@ std::string describe_error(int err) {
     case ENFILE: return "too many open files in the system";
     case ENOBUFS: return "no buffer space available";
     case ENOMEM: return "out of memory";
-    default: return "errno " + std::to_string(err);
+    default: return cat({"errno ", num(err)});
   }
 #endif
 }
@@ -2279,7 +2327,7 @@ Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context
 // address in turn, all within connect_timeout and the context. Returns the socket.
 Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
   int err = 0;
-  if (!network_ready(err)) return make_error(Errc::network, "could not start WinSock (" + describe_error(err) + ")");
+  if (!network_ready(err)) return make_error(Errc::network, cat({"could not start WinSock (", describe_error(err), ")"}));
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -2289,7 +2337,7 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #if defined(AI_NUMERICSERV)
   hints.ai_flags |= AI_NUMERICSERV;
 #endif
-  const std::string port_text = std::to_string(url.port);
+  const std::string port_text = num(url.port);
   AddrInfoGuard addresses;
   int rc = ::getaddrinfo(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
   if (rc != 0) {
@@ -2306,11 +2354,11 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     if (rc == EAI_SYSTEM) reason = describe_error(errno);
 #endif
 #endif
-    return make_error(Errc::network, "could not resolve the host name " + url.host + " (" + reason +
-                                         "): check the endpoint URL and this machine's DNS settings");
+    return make_error(Errc::network, cat({"could not resolve the host name ", url.host, " (", reason,
+                                          "): check the endpoint URL and this machine's DNS settings"}));
   }
   ContextStatus status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+  if (status != ContextStatus::ok) return context_error(status, {"connecting to ", where});
 
   SteadyClock::time_point start = SteadyClock::now();
   SteadyClock::time_point until = SteadyClock::time_point::max();
@@ -2338,12 +2386,11 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     }
     if (pending) {
       Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
-      if (w == Wait::stopped) return context_error(status, "connecting to " + where);
+      if (w == Wait::stopped) return context_error(status, {"connecting to ", where});
       if (w == Wait::deadline)
-        return make_error(Errc::timeout, "connecting to " + where + " timed out after " +
-                                             std::to_string(connect_timeout.count()) +
-                                             " ms: check that the endpoint address is right and reachable from "
-                                             "this machine (a firewall may be dropping the packets)");
+        return make_error(Errc::timeout, cat({"connecting to ", where, " timed out after ", num(connect_timeout.count()),
+                                              " ms: check that the endpoint address is right and reachable from "
+                                              "this machine (a firewall may be dropping the packets)"}));
       if (w == Wait::failed) {
         connect_err = err;
         continue;
@@ -2364,10 +2411,10 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #else
   bool refused = connect_err == ECONNREFUSED;
 #endif
-  return make_error(Errc::network, "could not connect to " + where + " (" + describe_error(connect_err) + "): " +
-                                       (refused ? "is the managed identity endpoint running?"
+  return make_error(Errc::network, cat({"could not connect to ", where, " (", describe_error(connect_err), "): ",
+                                        refused ? "is the managed identity endpoint running?"
                                                 : "check that the endpoint address is right and reachable "
-                                                  "from this machine"));
+                                                  "from this machine"}));
 }
 
 // Sends all of `data`, waiting (in context slices) whenever the socket is full.
@@ -2375,7 +2422,7 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
   size_t sent = 0;
   while (sent < data.size()) {
     ContextStatus status = context_status(ctx);
-    if (status != ContextStatus::ok) return context_error(status, "sending the request to " + where);
+    if (status != ContextStatus::ok) return context_error(status, {"sending the request to ", where});
     size_t chunk = data.size() - sent;
 #if MI_DETAIL_WINDOWS
     if (chunk > static_cast<size_t>(INT_MAX)) chunk = static_cast<size_t>(INT_MAX);
@@ -2391,12 +2438,12 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
     if (n < 0 && is_interrupted(err)) continue;
     if (n < 0 && would_block(err)) {
       Wait w = wait_socket(s, true, false, ctx, SteadyClock::time_point::max(), status, err);
-      if (w == Wait::stopped) return context_error(status, "sending the request to " + where);
+      if (w == Wait::stopped) return context_error(status, {"sending the request to ", where});
       if (w == Wait::ready) continue;
     }
-    return make_error(Errc::network, "could not send the request to " + where + " (" +
-                                         (n == 0 ? std::string("connection closed") : describe_error(err)) +
-                                         "): the endpoint dropped the connection; retrying may help");
+    return make_error(Errc::network, cat({"could not send the request to ", where, " (",
+                                          n == 0 ? std::string("connection closed") : describe_error(err),
+                                          "): the endpoint dropped the connection; retrying may help"}));
   }
   return true;
 }
@@ -2408,7 +2455,7 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
   for (;;) {
     // Checked on every read too, so a peer that keeps the socket busy cannot outlast the context.
     ContextStatus status = context_status(ctx);
-    if (status != ContextStatus::ok) return context_error(status, "waiting for the response from " + where);
+    if (status != ContextStatus::ok) return context_error(status, {"waiting for the response from ", where});
 #if MI_DETAIL_WINDOWS
     int n = ::recv(s, buffer, static_cast<int>(sizeof buffer), 0);
 #else
@@ -2423,19 +2470,19 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
       int err = last_error();
       if (is_interrupted(err)) continue;
       if (!would_block(err))
-        return make_error(Errc::network, "reading the response from " + where + " failed (" + describe_error(err) +
-                                             "): the endpoint dropped the connection; retrying may help");
+        return make_error(Errc::network, cat({"reading the response from ", where, " failed (", describe_error(err),
+                                              "): the endpoint dropped the connection; retrying may help"}));
       Wait w = wait_socket(s, false, false, ctx, SteadyClock::time_point::max(), status, err);
-      if (w == Wait::stopped) return context_error(status, "waiting for the response from " + where);
+      if (w == Wait::stopped) return context_error(status, {"waiting for the response from ", where});
       if (w == Wait::failed)
-        return make_error(Errc::network, "waiting for the response from " + where + " failed (" +
-                                             describe_error(err) + ")");
+        return make_error(Errc::network,
+                          cat({"waiting for the response from ", where, " failed (", describe_error(err), ")"}));
       continue;
     }
     if (st == ResponseParser::Status::done) return std::move(parser.response());
     if (st == ResponseParser::Status::error) {
       Error e = parser.error();
-      ErrorAccess::set_message(e, e.message() + " (endpoint " + where + ")");
+      ErrorAccess::set_message(e, cat({e.message(), " (endpoint ", where, ")"}));
       return e;
     }
   }
@@ -2456,17 +2503,18 @@ class SocketTransport final : public HttpClient {
 Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& request) {
   Url url;
   std::string why;
-  if (!parse_url(request.url, url, why)) return make_error(Errc::invalid_argument, "the endpoint URL is invalid: " + why);
+  if (!parse_url(request.url, url, why))
+    return make_error(Errc::invalid_argument, cat({"the endpoint URL is invalid: ", why}));
   if (url.scheme != "http")
     return make_error(Errc::tls,
                       "HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
                       "MI_IMPLEMENTATION is defined and link libcurl and OpenSSL)");
   std::string wire;
   if (!serialize_request(request, url, wire, why))
-    return make_error(Errc::invalid_argument, "the request cannot be sent: " + why);
+    return make_error(Errc::invalid_argument, cat({"the request cannot be sent: ", why}));
   const std::string where = url.authority();
   ContextStatus status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+  if (status != ContextStatus::ok) return context_error(status, {"connecting to ", where});
 
   Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_);
   if (!connected) return connected.error();
@@ -3339,7 +3387,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   size_t at = 0;
   if (!parse_json(body, root, why, at))
     return make_error(Errc::invalid_response,
-                      "the token response is not valid JSON (at byte " + std::to_string(at) + "): " + why);
+                      cat({"the token response is not valid JSON (at byte ", num(at), "): ", why}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
 
   TokenResponse out;
@@ -3478,8 +3526,8 @@ std::vector<std::string> arc_himds_paths() {
   std::vector<std::string> out;
   // The agent installs under Program Files; Go looks under ProgramData: accept both.
   std::string program_files = env("ProgramFiles"), program_data = env("ProgramData");
-  if (!program_files.empty()) out.push_back(program_files + "\\AzureConnectedMachineAgent\\himds.exe");
-  if (!program_data.empty()) out.push_back(program_data + "\\AzureConnectedMachineAgent\\himds.exe");
+  if (!program_files.empty()) out.push_back(cat({program_files, "\\AzureConnectedMachineAgent\\himds.exe"}));
+  if (!program_data.empty()) out.push_back(cat({program_data, "\\AzureConnectedMachineAgent\\himds.exe"}));
   return out;
 #elif defined(__linux__)
   return {"/opt/azcmagent/bin/himds"};
@@ -3525,13 +3573,13 @@ bool check_identity(Source source, const ID& id, Error& error) {
       why = "Azure ML accepts a user-assigned identity by client ID only; use mi::UserAssignedClientID()";
     if (!why.empty()) {
       error = ErrorAccess::make(Errc::unsupported_identity,
-                                std::string("a ") + id_kind_label(id.kind()) + " cannot be used here: " + why, source);
+                                cat({"a ", id_kind_label(id.kind()), " cannot be used here: ", why}), source);
       return false;
     }
     if (id.value().empty()) {
       error = ErrorAccess::make(Errc::invalid_argument,
-                                std::string("the ") + id_kind_label(id.kind()) +
-                                    " is empty; pass the identity's ID, or use mi::SystemAssigned()",
+                                cat({"the ", id_kind_label(id.kind()),
+                                     " is empty; pass the identity's ID, or use mi::SystemAssigned()"}),
                                 source);
       return false;
     }
@@ -3562,13 +3610,13 @@ bool endpoint_from(const std::string& value, const char* name, const char* schem
   } else if (!parse_url(value, url, why)) {
     // why is set by parse_url
   } else if (url.scheme != scheme) {
-    why = std::string("its scheme must be ") + scheme + "://";
+    why = cat({"its scheme must be ", scheme, "://"});
   } else {
     return true;
   }
   error = ErrorAccess::make(Errc::invalid_argument,
-                            std::string(name) + " is not a valid " + scheme + " URL (" + why + "); check the " +
-                                source_label(source) + " environment",
+                            cat({name, " is not a valid ", scheme, " URL (", why, "); check the ", source_label(source),
+                                 " environment"}),
                             source);
   return false;
 }
@@ -3578,8 +3626,8 @@ bool secret_from(const char* name, Source source, std::string& value, Error& err
   value = env(name);
   if (has_control_char(value)) {
     error = ErrorAccess::make(Errc::invalid_argument,
-                              std::string(name) + " contains a control character; check the " + source_label(source) +
-                                  " environment",
+                              cat({name, " contains a control character; check the ", source_label(source),
+                                   " environment"}),
                               source);
     return false;
   }
@@ -3592,8 +3640,7 @@ std::string imds_endpoint() {
   std::string host = env("AZURE_POD_IDENTITY_AUTHORITY_HOST");
   if (host.empty()) return kImdsEndpoint;
   if (!host.empty() && host.back() == '/') host.pop_back();
-  if (host.find("://") == std::string::npos) host = "http://" + host;
-  return host + kImdsPath;
+  return cat({host.find("://") == std::string::npos ? "http://" : "", host, kImdsPath});
 }
 
 // ---- request building -------------------------------------------------------------------
@@ -3659,12 +3706,15 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
     if (!extras.token_sha256.empty()) add_pair(params, "token_sha256_to_refresh", extras.token_sha256);
     if (!extras.capabilities.empty()) {
       std::string joined;
-      for (const std::string& c : extras.capabilities) joined += (joined.empty() ? "" : ",") + c;
+      for (const std::string& c : extras.capabilities) {
+        if (!joined.empty()) joined += ',';
+        joined += c;
+      }
       add_pair(params, "xms_cc", joined);
     }
   }
   if (source != Source::CloudShell) url.query = merge_query(url.query, params);
-  req.url = url.scheme + "://" + url.host_header() + url.target();
+  req.url = url.str();
 
   add_pair(req.headers, "User-Agent", kUserAgent);
   std::string secret;
@@ -3684,7 +3734,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
       req.method = "POST";
       add_pair(req.headers, "Metadata", "true");
       add_pair(req.headers, "Content-Type", "application/x-www-form-urlencoded");
-      req.body = "resource=" + percent_encode(resource);
+      req.body = cat({"resource=", percent_encode(resource)});
       break;
     case Source::ServiceFabric:
       if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
@@ -3711,7 +3761,7 @@ bool arc_token_dir(std::string& dir, Error& error) {
 #elif MI_DETAIL_WINDOWS
   std::string program_data = env("ProgramData");
   if (program_data.empty()) program_data = "C:\\ProgramData";
-  dir = program_data + "\\AzureConnectedMachineAgent\\Tokens";
+  dir = cat({program_data, "\\AzureConnectedMachineAgent\\Tokens"});
   return true;
 #elif defined(__linux__)
   dir = "/var/opt/azcmagent/tokens";
@@ -3724,9 +3774,13 @@ bool arc_token_dir(std::string& dir, Error& error) {
 #endif
 }
 
-inline Error arc_error(const std::string& message) {
-  return ErrorAccess::make(Errc::arc_challenge, "Azure Arc challenge failed: " + message, Source::AzureArc);
+// The parts are joined into the message.
+MI_DETAIL_COLD Error arc_error(std::initializer_list<std::string_view> message) {
+  std::string text = "Azure Arc challenge failed: ";
+  for (std::string_view part : message) text.append(part.data(), part.size());
+  return ErrorAccess::make(Errc::arc_challenge, std::move(text), Source::AzureArc);
 }
+MI_DETAIL_COLD inline Error arc_error(std::string_view message) { return arc_error({message}); }
 
 // Extracts the key file path from leg 1's WWW-Authenticate header ("Basic realm=<path>",
 // the realm optionally quoted, parameters after a comma ignored).
@@ -3782,13 +3836,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   std::string dir;
   if (!arc_token_dir(dir, error)) return false;
   // The realm comes from the endpoint: quote at most 200 bytes of it in messages.
-  const std::string shown = path.size() > 200 ? path.substr(0, 200) + "..." : path;
+  const std::string shown = path.size() > 200 ? cat({std::string_view(path).substr(0, 200), "..."}) : path;
   if (has_control_char(path)) {
     error = arc_error("the key file path in the realm contains a control character");
     return false;
   }
   if (path.find("..") != std::string::npos) {
-    error = arc_error("the key file path '" + shown + "' contains '..'");
+    error = arc_error({"the key file path '", shown, "' contains '..'"});
     return false;
   }
 #if MI_DETAIL_WINDOWS
@@ -3798,11 +3852,11 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 #endif
   std::string name = sep == std::string::npos ? path : path.substr(sep + 1);
   if (name.size() <= 4 || !ends_with(name, ".key")) {
-    error = arc_error("the key file '" + shown + "' does not have the .key extension");
+    error = arc_error({"the key file '", shown, "' does not have the .key extension"});
     return false;
   }
   if (sep == std::string::npos || path.substr(0, sep) != dir) {
-    error = arc_error("the key file '" + shown + "' is not in the agent's token directory " + dir);
+    error = arc_error({"the key file '", shown, "' is not in the agent's token directory ", dir});
     return false;
   }
 #if MI_DETAIL_WINDOWS
@@ -3813,13 +3867,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
     // A directory cannot be opened this way (access denied): say what it is, not to run as admin.
     DWORD attributes = code == ERROR_ACCESS_DENIED ? GetFileAttributesA(path.c_str()) : INVALID_FILE_ATTRIBUTES;
     if (attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) != 0)
-      error = arc_error("the key file '" + shown + "' is not a regular file");
+      error = arc_error({"the key file '", shown, "' is not a regular file"});
+    else if (code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND)
+      error = arc_error({"the key file '", shown, "' does not exist"});
     else
-      error = arc_error(code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND
-                            ? "the key file '" + shown + "' does not exist"
-                            : "the key file '" + shown + "' could not be opened (error " + std::to_string(code) +
-                                  "); run as an administrator or a member of the 'Hybrid agent extension "
-                                  "applications' group");
+      error = arc_error({"the key file '", shown, "' could not be opened (error ", num(code),
+                         "); run as an administrator or a member of the 'Hybrid agent extension "
+                         "applications' group"});
     return false;
   }
   BY_HANDLE_FILE_INFORMATION info;
@@ -3827,13 +3881,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
                  (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT)) == 0;
   if (!regular) {
     CloseHandle(file);
-    error = arc_error("the key file '" + shown + "' is not a regular file");
+    error = arc_error({"the key file '", shown, "' is not a regular file"});
     return false;
   }
   uint64_t size = (static_cast<uint64_t>(info.nFileSizeHigh) << 32) | info.nFileSizeLow;
   if (size > kArcMaxKeyBytes) {
     CloseHandle(file);
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   key.assign(static_cast<size_t>(size), '\0');
@@ -3845,23 +3899,23 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT)
-      error = arc_error("the key file '" + shown + "' does not exist");
+      error = arc_error({"the key file '", shown, "' does not exist"});
     else if (err == ELOOP)
-      error = arc_error("the key file '" + shown + "' is a symbolic link, which is not followed");
+      error = arc_error({"the key file '", shown, "' is a symbolic link, which is not followed"});
     else
-      error = arc_error("the key file '" + shown + "' could not be opened (" + std::strerror(err) +
-                        "); the process must run as root or in the himds group");
+      error = arc_error({"the key file '", shown, "' could not be opened (", std::strerror(err),
+                         "); the process must run as root or in the himds group"});
     return false;
   }
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    error = arc_error("the key file '" + shown + "' is not a regular file");
+    error = arc_error({"the key file '", shown, "' is not a regular file"});
     return false;
   }
   if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) > kArcMaxKeyBytes) {
     ::close(fd);
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   // Read at most one byte past the limit, in case the file grew after fstat.
@@ -3880,7 +3934,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   }
   ::close(fd);
   if (ok && total > kArcMaxKeyBytes) {
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   key.assign(buffer, total);
@@ -3888,7 +3942,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 #endif
   if (!ok) {
     key.clear();
-    error = arc_error("the key file '" + shown + "' could not be read");
+    error = arc_error({"the key file '", shown, "' could not be read"});
     return false;
   }
   return true;
@@ -4381,16 +4435,14 @@ Error http_status_error(const ClientState& st, const HttpResponse& response, int
   ErrorBody details = parse_error_body(response.body);
   std::string code = endpoint_text(details.code, secrets);
   std::string description = endpoint_text(details.description, secrets);
-  std::string message = std::string(source_label(st.source)) + " answered HTTP " + std::to_string(response.status);
+  std::string message = cat({source_label(st.source), " answered HTTP ", num(response.status)});
   if (!code.empty() || !description.empty()) {
-    message += " (" + code;
-    if (!code.empty() && !description.empty()) message += ": ";
-    message += description + ")";
+    message += cat({" (", code, !code.empty() && !description.empty() ? ": " : "", description, ")"});
   } else if (!details.json && !trim(response.body).empty()) {
-    message += " (\"" + endpoint_text(response.body, secrets) + "\")";
+    message += cat({" (\"", endpoint_text(response.body, secrets), "\")"});
   }
-  if (attempts > 1) message += " after " + std::to_string(attempts) + " attempts";
-  message += "; " + status_hint(st.source, response.status, details.json);
+  if (attempts > 1) message += cat({" after ", num(attempts), " attempts"});
+  message += cat({"; ", status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
   ErrorAccess::set_retryable(e, retryable_status(st.source, response.status));
@@ -4402,7 +4454,7 @@ Error http_status_error(const ClientState& st, const HttpResponse& response, int
 // ---- sending with retries -----------------------------------------------------------------
 
 std::string last_status_note(int status) {
-  return status == 0 ? std::string() : " (the last answer was HTTP " + std::to_string(status) + ")";
+  return status == 0 ? std::string() : cat({" (the last answer was HTTP ", num(status), ")"});
 }
 
 // Sends `request` until it gets a final answer (SPEC §8): transport errors and the
@@ -4415,7 +4467,7 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
   for (int retries = 0;; ++retries) {
     ContextStatus cs = context_status(ctx);
     if (cs != ContextStatus::ok) {
-      Error e = context_error(cs, std::string("waiting for ") + source_label(st.source) + last_status_note(last_status));
+      Error e = context_error(cs, {"waiting for ", source_label(st.source), last_status_note(last_status)});
       ErrorAccess::set_source(e, st.source);
       return e;
     }
@@ -4429,36 +4481,34 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
       ErrorAccess::set_message(e, redact(e.message(), secrets));
       cs = context_status(ctx);
       if (cs != ContextStatus::ok) {
-        Error stopped = context_error(cs, std::string("waiting for ") + source_label(st.source) +
-                                              last_status_note(last_status));
+        Error stopped = context_error(cs, {"waiting for ", source_label(st.source), last_status_note(last_status)});
         ErrorAccess::set_source(stopped, st.source);
         return stopped;
       }
       bool transient = e.code() == Errc::network || e.code() == Errc::timeout;
       if (!transient || retries >= retry_limit(st, 0)) {
-        if (attempts > 1) ErrorAccess::set_message(e, e.message() + " (after " + std::to_string(attempts) + " attempts)");
+        if (attempts > 1) ErrorAccess::set_message(e, cat({e.message(), " (after ", num(attempts), " attempts)"}));
         return e;
       }
       wait = backoff(st.source, retries, 0);
-      st.log(LogLevel::Warning, std::string(source_label(st.source)) + " request failed: " + e.message() +
-                                    "; retrying in " + std::to_string(wait.count()) + " ms");
+      st.log(LogLevel::Warning, cat({source_label(st.source), " request failed: ", e.message(), "; retrying in ",
+                                     num(wait.count()), " ms"}));
     } else {
       last_status = result->status;
       if (!retryable_status(st.source, last_status) || retries >= retry_limit(st, last_status)) return result;
       wait = backoff(st.source, retries, last_status);
       Millis after(0);
       if (retry_after(*result, st.now(), after) && after > wait) wait = after;
-      st.log(LogLevel::Warning, std::string(source_label(st.source)) + " answered HTTP " +
-                                    std::to_string(last_status) + "; retrying in " + std::to_string(wait.count()) +
-                                    " ms");
+      st.log(LogLevel::Warning, cat({source_label(st.source), " answered HTTP ", num(last_status), "; retrying in ",
+                                     num(wait.count()), " ms"}));
     }
     // Up to +20 % jitter so that many clients do not retry in lockstep; never past 60 s.
     wait += Millis(static_cast<int64_t>(random_u64() % static_cast<uint64_t>(wait.count() / 5 + 1)));
     if (wait > kMaxRetryWait) wait = kMaxRetryWait;
     if (ctx.deadline() != SteadyClock::time_point::max() && SteadyClock::now() + wait >= ctx.deadline()) {
-      Error e = make_error(Errc::timeout, "the context's deadline would pass before the next retry to " +
-                                              std::string(source_label(st.source)) + last_status_note(last_status) +
-                                              "; give the call more time (mi::Context::WithTimeout)");
+      Error e = make_error(Errc::timeout, cat({"the context's deadline would pass before the next retry to ",
+                                               source_label(st.source), last_status_note(last_status),
+                                               "; give the call more time (mi::Context::WithTimeout)"}));
       ErrorAccess::set_source(e, st.source);
       ErrorAccess::set_status(e, last_status);
       return e;
@@ -4514,13 +4564,12 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
       if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
         return finish_error(st, error, extras.request_id);
       built.secrets.push_back(key);
-      add_pair(built.request.headers, "Authorization", "Basic " + key);
+      add_pair(built.request.headers, "Authorization", cat({"Basic ", key}));
       response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
     } else if (response->status == 200 || response->status == 202) {
       return finish_error(st,
-                          arc_error("the agent answered the first request with HTTP " +
-                                    std::to_string(response->status) +
-                                    " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"),
+                          arc_error({"the agent answered the first request with HTTP ", num(response->status),
+                                     " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"}),
                           extras.request_id);
     }
   }
@@ -4532,14 +4581,14 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   Result<TokenResponse> parsed = parse_token_response(response->body, now);
   if (!parsed) {
     Error e = parsed.error();
-    ErrorAccess::set_message(e, std::string(source_label(st.source)) + ": " + e.message());
+    ErrorAccess::set_message(e, cat({source_label(st.source), ": ", e.message()}));
     return finish_error(st, e, extras.request_id);
   }
   if (st.source == Source::AzureArc && !arc_confirms_identity(st.id, *parsed)) {
     return finish_error(st,
-                        arc_error(std::string("the agent did not confirm the requested ") + id_kind_label(st.id.kind()) +
-                                  " in its token response; the agent is likely too old for user-assigned identities "
-                                  "and returned the system-assigned one (update the Azure Connected Machine agent)"),
+                        arc_error({"the agent did not confirm the requested ", id_kind_label(st.id.kind()),
+                                   " in its token response; the agent is likely too old for user-assigned identities "
+                                   "and returned the system-assigned one (update the Azure Connected Machine agent)"}),
                         extras.request_id);
   }
   AuthResult result;
@@ -4549,10 +4598,9 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   result.expires_on = parsed->expires_on;
   result.refresh_on = parsed->refresh_on;
   result.token_source = TokenSource::IdentityProvider;
-  st.log(LogLevel::Info, std::string("acquired a token for '") + std::string(resource) + "' from " +
-                             source_label(st.source) + ", expiring in " +
-                             std::to_string(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()) +
-                             " s");
+  st.log(LogLevel::Info,
+         cat({"acquired a token for '", resource, "' from ", source_label(st.source), ", expiring in ",
+              num(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()), " s"}));
   return result;
 }
 
@@ -4599,8 +4647,8 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
       if (result) store_token(st, key, *result);
       cache.end_refresh(key);
       if (result) return result;
-      st.log(LogLevel::Warning, "proactive token refresh failed, using the cached token until it expires: " +
-                                    result.error().message());
+      st.log(LogLevel::Warning,
+             cat({"proactive token refresh failed, using the cached token until it expires: ", result.error().message()}));
       cached.resource.assign(resource);
       return Result<AuthResult>(std::move(cached));
     }
@@ -4625,7 +4673,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
     while (!flight->done) {
       ContextStatus cs = context_status(ctx);
       if (cs != ContextStatus::ok) {
-        Error e = context_error(cs, std::string("waiting for another caller's request to ") + source_label(st.source));
+        Error e = context_error(cs, {"waiting for another caller's request to ", source_label(st.source)});
         ErrorAccess::set_source(e, st.source);
         return e;
       }

@@ -186,16 +186,14 @@ Error http_status_error(const ClientState& st, const HttpResponse& response, int
   ErrorBody details = parse_error_body(response.body);
   std::string code = endpoint_text(details.code, secrets);
   std::string description = endpoint_text(details.description, secrets);
-  std::string message = std::string(source_label(st.source)) + " answered HTTP " + std::to_string(response.status);
+  std::string message = cat({source_label(st.source), " answered HTTP ", num(response.status)});
   if (!code.empty() || !description.empty()) {
-    message += " (" + code;
-    if (!code.empty() && !description.empty()) message += ": ";
-    message += description + ")";
+    message += cat({" (", code, !code.empty() && !description.empty() ? ": " : "", description, ")"});
   } else if (!details.json && !trim(response.body).empty()) {
-    message += " (\"" + endpoint_text(response.body, secrets) + "\")";
+    message += cat({" (\"", endpoint_text(response.body, secrets), "\")"});
   }
-  if (attempts > 1) message += " after " + std::to_string(attempts) + " attempts";
-  message += "; " + status_hint(st.source, response.status, details.json);
+  if (attempts > 1) message += cat({" after ", num(attempts), " attempts"});
+  message += cat({"; ", status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
   ErrorAccess::set_retryable(e, retryable_status(st.source, response.status));
@@ -207,7 +205,7 @@ Error http_status_error(const ClientState& st, const HttpResponse& response, int
 // ---- sending with retries -----------------------------------------------------------------
 
 std::string last_status_note(int status) {
-  return status == 0 ? std::string() : " (the last answer was HTTP " + std::to_string(status) + ")";
+  return status == 0 ? std::string() : cat({" (the last answer was HTTP ", num(status), ")"});
 }
 
 // Sends `request` until it gets a final answer (SPEC §8): transport errors and the
@@ -220,7 +218,7 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
   for (int retries = 0;; ++retries) {
     ContextStatus cs = context_status(ctx);
     if (cs != ContextStatus::ok) {
-      Error e = context_error(cs, std::string("waiting for ") + source_label(st.source) + last_status_note(last_status));
+      Error e = context_error(cs, {"waiting for ", source_label(st.source), last_status_note(last_status)});
       ErrorAccess::set_source(e, st.source);
       return e;
     }
@@ -234,36 +232,34 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
       ErrorAccess::set_message(e, redact(e.message(), secrets));
       cs = context_status(ctx);
       if (cs != ContextStatus::ok) {
-        Error stopped = context_error(cs, std::string("waiting for ") + source_label(st.source) +
-                                              last_status_note(last_status));
+        Error stopped = context_error(cs, {"waiting for ", source_label(st.source), last_status_note(last_status)});
         ErrorAccess::set_source(stopped, st.source);
         return stopped;
       }
       bool transient = e.code() == Errc::network || e.code() == Errc::timeout;
       if (!transient || retries >= retry_limit(st, 0)) {
-        if (attempts > 1) ErrorAccess::set_message(e, e.message() + " (after " + std::to_string(attempts) + " attempts)");
+        if (attempts > 1) ErrorAccess::set_message(e, cat({e.message(), " (after ", num(attempts), " attempts)"}));
         return e;
       }
       wait = backoff(st.source, retries, 0);
-      st.log(LogLevel::Warning, std::string(source_label(st.source)) + " request failed: " + e.message() +
-                                    "; retrying in " + std::to_string(wait.count()) + " ms");
+      st.log(LogLevel::Warning, cat({source_label(st.source), " request failed: ", e.message(), "; retrying in ",
+                                     num(wait.count()), " ms"}));
     } else {
       last_status = result->status;
       if (!retryable_status(st.source, last_status) || retries >= retry_limit(st, last_status)) return result;
       wait = backoff(st.source, retries, last_status);
       Millis after(0);
       if (retry_after(*result, st.now(), after) && after > wait) wait = after;
-      st.log(LogLevel::Warning, std::string(source_label(st.source)) + " answered HTTP " +
-                                    std::to_string(last_status) + "; retrying in " + std::to_string(wait.count()) +
-                                    " ms");
+      st.log(LogLevel::Warning, cat({source_label(st.source), " answered HTTP ", num(last_status), "; retrying in ",
+                                     num(wait.count()), " ms"}));
     }
     // Up to +20 % jitter so that many clients do not retry in lockstep; never past 60 s.
     wait += Millis(static_cast<int64_t>(random_u64() % static_cast<uint64_t>(wait.count() / 5 + 1)));
     if (wait > kMaxRetryWait) wait = kMaxRetryWait;
     if (ctx.deadline() != SteadyClock::time_point::max() && SteadyClock::now() + wait >= ctx.deadline()) {
-      Error e = make_error(Errc::timeout, "the context's deadline would pass before the next retry to " +
-                                              std::string(source_label(st.source)) + last_status_note(last_status) +
-                                              "; give the call more time (mi::Context::WithTimeout)");
+      Error e = make_error(Errc::timeout, cat({"the context's deadline would pass before the next retry to ",
+                                               source_label(st.source), last_status_note(last_status),
+                                               "; give the call more time (mi::Context::WithTimeout)"}));
       ErrorAccess::set_source(e, st.source);
       ErrorAccess::set_status(e, last_status);
       return e;
@@ -319,13 +315,12 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
       if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
         return finish_error(st, error, extras.request_id);
       built.secrets.push_back(key);
-      add_pair(built.request.headers, "Authorization", "Basic " + key);
+      add_pair(built.request.headers, "Authorization", cat({"Basic ", key}));
       response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
     } else if (response->status == 200 || response->status == 202) {
       return finish_error(st,
-                          arc_error("the agent answered the first request with HTTP " +
-                                    std::to_string(response->status) +
-                                    " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"),
+                          arc_error({"the agent answered the first request with HTTP ", num(response->status),
+                                     " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"}),
                           extras.request_id);
     }
   }
@@ -337,14 +332,14 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   Result<TokenResponse> parsed = parse_token_response(response->body, now);
   if (!parsed) {
     Error e = parsed.error();
-    ErrorAccess::set_message(e, std::string(source_label(st.source)) + ": " + e.message());
+    ErrorAccess::set_message(e, cat({source_label(st.source), ": ", e.message()}));
     return finish_error(st, e, extras.request_id);
   }
   if (st.source == Source::AzureArc && !arc_confirms_identity(st.id, *parsed)) {
     return finish_error(st,
-                        arc_error(std::string("the agent did not confirm the requested ") + id_kind_label(st.id.kind()) +
-                                  " in its token response; the agent is likely too old for user-assigned identities "
-                                  "and returned the system-assigned one (update the Azure Connected Machine agent)"),
+                        arc_error({"the agent did not confirm the requested ", id_kind_label(st.id.kind()),
+                                   " in its token response; the agent is likely too old for user-assigned identities "
+                                   "and returned the system-assigned one (update the Azure Connected Machine agent)"}),
                         extras.request_id);
   }
   AuthResult result;
@@ -354,10 +349,9 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   result.expires_on = parsed->expires_on;
   result.refresh_on = parsed->refresh_on;
   result.token_source = TokenSource::IdentityProvider;
-  st.log(LogLevel::Info, std::string("acquired a token for '") + std::string(resource) + "' from " +
-                             source_label(st.source) + ", expiring in " +
-                             std::to_string(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()) +
-                             " s");
+  st.log(LogLevel::Info,
+         cat({"acquired a token for '", resource, "' from ", source_label(st.source), ", expiring in ",
+              num(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()), " s"}));
   return result;
 }
 
@@ -404,8 +398,8 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
       if (result) store_token(st, key, *result);
       cache.end_refresh(key);
       if (result) return result;
-      st.log(LogLevel::Warning, "proactive token refresh failed, using the cached token until it expires: " +
-                                    result.error().message());
+      st.log(LogLevel::Warning,
+             cat({"proactive token refresh failed, using the cached token until it expires: ", result.error().message()}));
       cached.resource.assign(resource);
       return Result<AuthResult>(std::move(cached));
     }
@@ -430,7 +424,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
     while (!flight->done) {
       ContextStatus cs = context_status(ctx);
       if (cs != ContextStatus::ok) {
-        Error e = context_error(cs, std::string("waiting for another caller's request to ") + source_label(st.source));
+        Error e = context_error(cs, {"waiting for another caller's request to ", source_label(st.source)});
         ErrorAccess::set_source(e, st.source);
         return e;
       }

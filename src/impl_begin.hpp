@@ -50,3 +50,17 @@
 #if defined(MI_USE_CURL)
 #include <curl/curl.h>
 #endif
+
+// Helpers that build messages and errors stay out of line (MI_DETAIL_NOINLINE), and those
+// that only error paths call are cold (MI_DETAIL_COLD): copied into every caller, they
+// made most of the code there is to compile, for paths that run once per failure.
+#if defined(__GNUC__) || defined(__clang__)
+#define MI_DETAIL_NOINLINE __attribute__((noinline))
+#define MI_DETAIL_COLD __attribute__((noinline, cold))
+#elif defined(_MSC_VER)
+#define MI_DETAIL_NOINLINE __declspec(noinline)
+#define MI_DETAIL_COLD __declspec(noinline)
+#else
+#define MI_DETAIL_NOINLINE
+#define MI_DETAIL_COLD
+#endif

@@ -379,7 +379,7 @@ bool parse_json(std::string_view text, JsonValue& out, std::string& error) {
   size_t offset = 0;
   if (parse_json(text, out, error, offset)) return true;
   error += " at byte ";
-  error += std::to_string(offset);
+  error += num(offset);
   return false;
 }
 

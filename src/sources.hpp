@@ -45,8 +45,8 @@ std::vector<std::string> arc_himds_paths() {
   std::vector<std::string> out;
   // The agent installs under Program Files; Go looks under ProgramData: accept both.
   std::string program_files = env("ProgramFiles"), program_data = env("ProgramData");
-  if (!program_files.empty()) out.push_back(program_files + "\\AzureConnectedMachineAgent\\himds.exe");
-  if (!program_data.empty()) out.push_back(program_data + "\\AzureConnectedMachineAgent\\himds.exe");
+  if (!program_files.empty()) out.push_back(cat({program_files, "\\AzureConnectedMachineAgent\\himds.exe"}));
+  if (!program_data.empty()) out.push_back(cat({program_data, "\\AzureConnectedMachineAgent\\himds.exe"}));
   return out;
 #elif defined(__linux__)
   return {"/opt/azcmagent/bin/himds"};
@@ -92,13 +92,13 @@ bool check_identity(Source source, const ID& id, Error& error) {
       why = "Azure ML accepts a user-assigned identity by client ID only; use mi::UserAssignedClientID()";
     if (!why.empty()) {
       error = ErrorAccess::make(Errc::unsupported_identity,
-                                std::string("a ") + id_kind_label(id.kind()) + " cannot be used here: " + why, source);
+                                cat({"a ", id_kind_label(id.kind()), " cannot be used here: ", why}), source);
       return false;
     }
     if (id.value().empty()) {
       error = ErrorAccess::make(Errc::invalid_argument,
-                                std::string("the ") + id_kind_label(id.kind()) +
-                                    " is empty; pass the identity's ID, or use mi::SystemAssigned()",
+                                cat({"the ", id_kind_label(id.kind()),
+                                     " is empty; pass the identity's ID, or use mi::SystemAssigned()"}),
                                 source);
       return false;
     }
@@ -129,13 +129,13 @@ bool endpoint_from(const std::string& value, const char* name, const char* schem
   } else if (!parse_url(value, url, why)) {
     // why is set by parse_url
   } else if (url.scheme != scheme) {
-    why = std::string("its scheme must be ") + scheme + "://";
+    why = cat({"its scheme must be ", scheme, "://"});
   } else {
     return true;
   }
   error = ErrorAccess::make(Errc::invalid_argument,
-                            std::string(name) + " is not a valid " + scheme + " URL (" + why + "); check the " +
-                                source_label(source) + " environment",
+                            cat({name, " is not a valid ", scheme, " URL (", why, "); check the ", source_label(source),
+                                 " environment"}),
                             source);
   return false;
 }
@@ -145,8 +145,8 @@ bool secret_from(const char* name, Source source, std::string& value, Error& err
   value = env(name);
   if (has_control_char(value)) {
     error = ErrorAccess::make(Errc::invalid_argument,
-                              std::string(name) + " contains a control character; check the " + source_label(source) +
-                                  " environment",
+                              cat({name, " contains a control character; check the ", source_label(source),
+                                   " environment"}),
                               source);
     return false;
   }
@@ -159,8 +159,7 @@ std::string imds_endpoint() {
   std::string host = env("AZURE_POD_IDENTITY_AUTHORITY_HOST");
   if (host.empty()) return kImdsEndpoint;
   if (!host.empty() && host.back() == '/') host.pop_back();
-  if (host.find("://") == std::string::npos) host = "http://" + host;
-  return host + kImdsPath;
+  return cat({host.find("://") == std::string::npos ? "http://" : "", host, kImdsPath});
 }
 
 // ---- request building -------------------------------------------------------------------
@@ -226,12 +225,15 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
     if (!extras.token_sha256.empty()) add_pair(params, "token_sha256_to_refresh", extras.token_sha256);
     if (!extras.capabilities.empty()) {
       std::string joined;
-      for (const std::string& c : extras.capabilities) joined += (joined.empty() ? "" : ",") + c;
+      for (const std::string& c : extras.capabilities) {
+        if (!joined.empty()) joined += ',';
+        joined += c;
+      }
       add_pair(params, "xms_cc", joined);
     }
   }
   if (source != Source::CloudShell) url.query = merge_query(url.query, params);
-  req.url = url.scheme + "://" + url.host_header() + url.target();
+  req.url = url.str();
 
   add_pair(req.headers, "User-Agent", kUserAgent);
   std::string secret;
@@ -251,7 +253,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
       req.method = "POST";
       add_pair(req.headers, "Metadata", "true");
       add_pair(req.headers, "Content-Type", "application/x-www-form-urlencoded");
-      req.body = "resource=" + percent_encode(resource);
+      req.body = cat({"resource=", percent_encode(resource)});
       break;
     case Source::ServiceFabric:
       if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
@@ -278,7 +280,7 @@ bool arc_token_dir(std::string& dir, Error& error) {
 #elif MI_DETAIL_WINDOWS
   std::string program_data = env("ProgramData");
   if (program_data.empty()) program_data = "C:\\ProgramData";
-  dir = program_data + "\\AzureConnectedMachineAgent\\Tokens";
+  dir = cat({program_data, "\\AzureConnectedMachineAgent\\Tokens"});
   return true;
 #elif defined(__linux__)
   dir = "/var/opt/azcmagent/tokens";
@@ -291,9 +293,13 @@ bool arc_token_dir(std::string& dir, Error& error) {
 #endif
 }
 
-inline Error arc_error(const std::string& message) {
-  return ErrorAccess::make(Errc::arc_challenge, "Azure Arc challenge failed: " + message, Source::AzureArc);
+// The parts are joined into the message.
+MI_DETAIL_COLD Error arc_error(std::initializer_list<std::string_view> message) {
+  std::string text = "Azure Arc challenge failed: ";
+  for (std::string_view part : message) text.append(part.data(), part.size());
+  return ErrorAccess::make(Errc::arc_challenge, std::move(text), Source::AzureArc);
 }
+MI_DETAIL_COLD inline Error arc_error(std::string_view message) { return arc_error({message}); }
 
 // Extracts the key file path from leg 1's WWW-Authenticate header ("Basic realm=<path>",
 // the realm optionally quoted, parameters after a comma ignored).
@@ -349,13 +355,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   std::string dir;
   if (!arc_token_dir(dir, error)) return false;
   // The realm comes from the endpoint: quote at most 200 bytes of it in messages.
-  const std::string shown = path.size() > 200 ? path.substr(0, 200) + "..." : path;
+  const std::string shown = path.size() > 200 ? cat({std::string_view(path).substr(0, 200), "..."}) : path;
   if (has_control_char(path)) {
     error = arc_error("the key file path in the realm contains a control character");
     return false;
   }
   if (path.find("..") != std::string::npos) {
-    error = arc_error("the key file path '" + shown + "' contains '..'");
+    error = arc_error({"the key file path '", shown, "' contains '..'"});
     return false;
   }
 #if MI_DETAIL_WINDOWS
@@ -365,11 +371,11 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 #endif
   std::string name = sep == std::string::npos ? path : path.substr(sep + 1);
   if (name.size() <= 4 || !ends_with(name, ".key")) {
-    error = arc_error("the key file '" + shown + "' does not have the .key extension");
+    error = arc_error({"the key file '", shown, "' does not have the .key extension"});
     return false;
   }
   if (sep == std::string::npos || path.substr(0, sep) != dir) {
-    error = arc_error("the key file '" + shown + "' is not in the agent's token directory " + dir);
+    error = arc_error({"the key file '", shown, "' is not in the agent's token directory ", dir});
     return false;
   }
 #if MI_DETAIL_WINDOWS
@@ -380,13 +386,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
     // A directory cannot be opened this way (access denied): say what it is, not to run as admin.
     DWORD attributes = code == ERROR_ACCESS_DENIED ? GetFileAttributesA(path.c_str()) : INVALID_FILE_ATTRIBUTES;
     if (attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) != 0)
-      error = arc_error("the key file '" + shown + "' is not a regular file");
+      error = arc_error({"the key file '", shown, "' is not a regular file"});
+    else if (code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND)
+      error = arc_error({"the key file '", shown, "' does not exist"});
     else
-      error = arc_error(code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND
-                            ? "the key file '" + shown + "' does not exist"
-                            : "the key file '" + shown + "' could not be opened (error " + std::to_string(code) +
-                                  "); run as an administrator or a member of the 'Hybrid agent extension "
-                                  "applications' group");
+      error = arc_error({"the key file '", shown, "' could not be opened (error ", num(code),
+                         "); run as an administrator or a member of the 'Hybrid agent extension "
+                         "applications' group"});
     return false;
   }
   BY_HANDLE_FILE_INFORMATION info;
@@ -394,13 +400,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
                  (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT)) == 0;
   if (!regular) {
     CloseHandle(file);
-    error = arc_error("the key file '" + shown + "' is not a regular file");
+    error = arc_error({"the key file '", shown, "' is not a regular file"});
     return false;
   }
   uint64_t size = (static_cast<uint64_t>(info.nFileSizeHigh) << 32) | info.nFileSizeLow;
   if (size > kArcMaxKeyBytes) {
     CloseHandle(file);
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   key.assign(static_cast<size_t>(size), '\0');
@@ -412,23 +418,23 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT)
-      error = arc_error("the key file '" + shown + "' does not exist");
+      error = arc_error({"the key file '", shown, "' does not exist"});
     else if (err == ELOOP)
-      error = arc_error("the key file '" + shown + "' is a symbolic link, which is not followed");
+      error = arc_error({"the key file '", shown, "' is a symbolic link, which is not followed"});
     else
-      error = arc_error("the key file '" + shown + "' could not be opened (" + std::strerror(err) +
-                        "); the process must run as root or in the himds group");
+      error = arc_error({"the key file '", shown, "' could not be opened (", std::strerror(err),
+                         "); the process must run as root or in the himds group"});
     return false;
   }
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    error = arc_error("the key file '" + shown + "' is not a regular file");
+    error = arc_error({"the key file '", shown, "' is not a regular file"});
     return false;
   }
   if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) > kArcMaxKeyBytes) {
     ::close(fd);
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   // Read at most one byte past the limit, in case the file grew after fstat.
@@ -447,7 +453,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   }
   ::close(fd);
   if (ok && total > kArcMaxKeyBytes) {
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   key.assign(buffer, total);
@@ -455,7 +461,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 #endif
   if (!ok) {
     key.clear();
-    error = arc_error("the key file '" + shown + "' could not be read");
+    error = arc_error({"the key file '", shown, "' could not be read"});
     return false;
   }
   return true;

@@ -23,21 +23,21 @@ struct Url {
   std::string str() const;
 };
 
-std::string Url::target() const { return query.empty() ? path : path + "?" + query; }
+std::string Url::target() const { return query.empty() ? path : cat({path, "?", query}); }
 
 std::string Url::authority() const {
-  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  return out + ":" + std::to_string(port);
+  const bool ipv6 = host.find(':') != std::string::npos;
+  return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : "", ":", num(port)});
 }
 
 std::string Url::host_header() const {
-  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
-  if (!default_port) out += ":" + std::to_string(port);
-  return out;
+  const bool ipv6 = host.find(':') != std::string::npos;
+  const bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
+  if (default_port) return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : ""});
+  return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : "", ":", num(port)});
 }
 
-std::string Url::str() const { return scheme + "://" + host_header() + target(); }
+std::string Url::str() const { return cat({scheme, "://", host_header(), target()}); }
 
 namespace url_impl {
 
