@@ -580,6 +580,13 @@ MI_DETAIL_NOINLINE std::string num(Int value) {
   return std::to_string(value);
 }
 
+// An error result, the message parts joined: one call at each of the many places that
+// give up, instead of a string, an Error and a Result built (and cleaned up) inline.
+template <class T>
+MI_DETAIL_COLD Result<T> failure(Errc code, std::initializer_list<std::string_view> message) {
+  return Result<T>(make_error(code, cat(message)));
+}
+
 // ---- name/value lists ------------------------------------------------------------
 
 using StringPairs = std::vector<std::pair<std::string, std::string>>;
@@ -1989,6 +1996,11 @@ MI_DETAIL_COLD Error context_error(ContextStatus status, std::initializer_list<s
   return make_error(Errc::timeout, std::move(message));
 }
 MI_DETAIL_COLD inline Error context_error(ContextStatus status, std::string_view doing) { return context_error(status, {doing}); }
+// context_error as a Result<T>.
+template <class T>
+MI_DETAIL_COLD Result<T> stopped(ContextStatus status, std::initializer_list<std::string_view> doing) {
+  return Result<T>(context_error(status, doing));
+}
 
 // Milliseconds left before the context's deadline (capped at `cap`), at least 0.
 inline Millis time_left(const Context& ctx, Millis cap) noexcept {
@@ -2327,7 +2339,7 @@ Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context
 // address in turn, all within connect_timeout and the context. Returns the socket.
 Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
   int err = 0;
-  if (!network_ready(err)) return make_error(Errc::network, cat({"could not start WinSock (", describe_error(err), ")"}));
+  if (!network_ready(err)) return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -2354,11 +2366,11 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     if (rc == EAI_SYSTEM) reason = describe_error(errno);
 #endif
 #endif
-    return make_error(Errc::network, cat({"could not resolve the host name ", url.host, " (", reason,
-                                          "): check the endpoint URL and this machine's DNS settings"}));
+    return failure<socket_handle>(Errc::network, {"could not resolve the host name ", url.host, " (", reason,
+                                          "): check the endpoint URL and this machine's DNS settings"});
   }
   ContextStatus status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, {"connecting to ", where});
+  if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"connecting to ", where});
 
   SteadyClock::time_point start = SteadyClock::now();
   SteadyClock::time_point until = SteadyClock::time_point::max();
@@ -2386,11 +2398,11 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     }
     if (pending) {
       Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
-      if (w == Wait::stopped) return context_error(status, {"connecting to ", where});
+      if (w == Wait::stopped) return stopped<socket_handle>(status, {"connecting to ", where});
       if (w == Wait::deadline)
-        return make_error(Errc::timeout, cat({"connecting to ", where, " timed out after ", num(connect_timeout.count()),
+        return failure<socket_handle>(Errc::timeout, {"connecting to ", where, " timed out after ", num(connect_timeout.count()),
                                               " ms: check that the endpoint address is right and reachable from "
-                                              "this machine (a firewall may be dropping the packets)"}));
+                                              "this machine (a firewall may be dropping the packets)"});
       if (w == Wait::failed) {
         connect_err = err;
         continue;
@@ -2411,10 +2423,10 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #else
   bool refused = connect_err == ECONNREFUSED;
 #endif
-  return make_error(Errc::network, cat({"could not connect to ", where, " (", describe_error(connect_err), "): ",
+  return failure<socket_handle>(Errc::network, {"could not connect to ", where, " (", describe_error(connect_err), "): ",
                                         refused ? "is the managed identity endpoint running?"
                                                 : "check that the endpoint address is right and reachable "
-                                                  "from this machine"}));
+                                                  "from this machine"});
 }
 
 // Sends all of `data`, waiting (in context slices) whenever the socket is full.
@@ -2422,7 +2434,7 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
   size_t sent = 0;
   while (sent < data.size()) {
     ContextStatus status = context_status(ctx);
-    if (status != ContextStatus::ok) return context_error(status, {"sending the request to ", where});
+    if (status != ContextStatus::ok) return stopped<bool>(status, {"sending the request to ", where});
     size_t chunk = data.size() - sent;
 #if MI_DETAIL_WINDOWS
     if (chunk > static_cast<size_t>(INT_MAX)) chunk = static_cast<size_t>(INT_MAX);
@@ -2438,12 +2450,12 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
     if (n < 0 && is_interrupted(err)) continue;
     if (n < 0 && would_block(err)) {
       Wait w = wait_socket(s, true, false, ctx, SteadyClock::time_point::max(), status, err);
-      if (w == Wait::stopped) return context_error(status, {"sending the request to ", where});
+      if (w == Wait::stopped) return stopped<bool>(status, {"sending the request to ", where});
       if (w == Wait::ready) continue;
     }
-    return make_error(Errc::network, cat({"could not send the request to ", where, " (",
+    return failure<bool>(Errc::network, {"could not send the request to ", where, " (",
                                           n == 0 ? std::string("connection closed") : describe_error(err),
-                                          "): the endpoint dropped the connection; retrying may help"}));
+                                          "): the endpoint dropped the connection; retrying may help"});
   }
   return true;
 }
@@ -2455,7 +2467,7 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
   for (;;) {
     // Checked on every read too, so a peer that keeps the socket busy cannot outlast the context.
     ContextStatus status = context_status(ctx);
-    if (status != ContextStatus::ok) return context_error(status, {"waiting for the response from ", where});
+    if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"waiting for the response from ", where});
 #if MI_DETAIL_WINDOWS
     int n = ::recv(s, buffer, static_cast<int>(sizeof buffer), 0);
 #else
@@ -2470,13 +2482,13 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
       int err = last_error();
       if (is_interrupted(err)) continue;
       if (!would_block(err))
-        return make_error(Errc::network, cat({"reading the response from ", where, " failed (", describe_error(err),
-                                              "): the endpoint dropped the connection; retrying may help"}));
+        return failure<HttpResponse>(Errc::network, {"reading the response from ", where, " failed (", describe_error(err),
+                                              "): the endpoint dropped the connection; retrying may help"});
       Wait w = wait_socket(s, false, false, ctx, SteadyClock::time_point::max(), status, err);
-      if (w == Wait::stopped) return context_error(status, {"waiting for the response from ", where});
+      if (w == Wait::stopped) return stopped<HttpResponse>(status, {"waiting for the response from ", where});
       if (w == Wait::failed)
-        return make_error(Errc::network,
-                          cat({"waiting for the response from ", where, " failed (", describe_error(err), ")"}));
+        return failure<HttpResponse>(Errc::network,
+                          {"waiting for the response from ", where, " failed (", describe_error(err), ")"});
       continue;
     }
     if (st == ResponseParser::Status::done) return std::move(parser.response());
@@ -2504,17 +2516,17 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
   Url url;
   std::string why;
   if (!parse_url(request.url, url, why))
-    return make_error(Errc::invalid_argument, cat({"the endpoint URL is invalid: ", why}));
+    return failure<HttpResponse>(Errc::invalid_argument, {"the endpoint URL is invalid: ", why});
   if (url.scheme != "http")
-    return make_error(Errc::tls,
-                      "HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
-                      "MI_IMPLEMENTATION is defined and link libcurl and OpenSSL)");
+    return failure<HttpResponse>(Errc::tls,
+                      {"HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
+                      "MI_IMPLEMENTATION is defined and link libcurl and OpenSSL)"});
   std::string wire;
   if (!serialize_request(request, url, wire, why))
-    return make_error(Errc::invalid_argument, cat({"the request cannot be sent: ", why}));
+    return failure<HttpResponse>(Errc::invalid_argument, {"the request cannot be sent: ", why});
   const std::string where = url.authority();
   ContextStatus status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, {"connecting to ", where});
+  if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"connecting to ", where});
 
   Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_);
   if (!connected) return connected.error();

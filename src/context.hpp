@@ -49,6 +49,11 @@ MI_DETAIL_COLD Error context_error(ContextStatus status, std::initializer_list<s
   return make_error(Errc::timeout, std::move(message));
 }
 MI_DETAIL_COLD inline Error context_error(ContextStatus status, std::string_view doing) { return context_error(status, {doing}); }
+// context_error as a Result<T>.
+template <class T>
+MI_DETAIL_COLD Result<T> stopped(ContextStatus status, std::initializer_list<std::string_view> doing) {
+  return Result<T>(context_error(status, doing));
+}
 
 // Milliseconds left before the context's deadline (capped at `cap`), at least 0.
 inline Millis time_left(const Context& ctx, Millis cap) noexcept {

@@ -47,6 +47,13 @@ MI_DETAIL_NOINLINE std::string num(Int value) {
   return std::to_string(value);
 }
 
+// An error result, the message parts joined: one call at each of the many places that
+// give up, instead of a string, an Error and a Result built (and cleaned up) inline.
+template <class T>
+MI_DETAIL_COLD Result<T> failure(Errc code, std::initializer_list<std::string_view> message) {
+  return Result<T>(make_error(code, cat(message)));
+}
+
 // ---- name/value lists ------------------------------------------------------------
 
 using StringPairs = std::vector<std::pair<std::string, std::string>>;
