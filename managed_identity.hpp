@@ -906,12 +906,13 @@ struct JsonValue {
   bool is_object() const noexcept { return type == Type::Object; }
 };
 
-JsonValue::JsonValue() = default;
-JsonValue::JsonValue(const JsonValue& other) = default;
-JsonValue::JsonValue(JsonValue&& other) noexcept = default;
-JsonValue& JsonValue::operator=(const JsonValue& other) = default;
-JsonValue& JsonValue::operator=(JsonValue&& other) noexcept = default;
-JsonValue::~JsonValue() = default;
+// Inline, so that only those the program uses are compiled.
+inline JsonValue::JsonValue() = default;
+inline JsonValue::JsonValue(const JsonValue& other) = default;
+inline JsonValue::JsonValue(JsonValue&& other) noexcept = default;
+inline JsonValue& JsonValue::operator=(const JsonValue& other) = default;
+inline JsonValue& JsonValue::operator=(JsonValue&& other) noexcept = default;
+inline JsonValue::~JsonValue() = default;
 
 const JsonValue* JsonValue::find(std::string_view key) const noexcept {
   if (type != Type::Object) return nullptr;
