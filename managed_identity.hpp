@@ -3759,7 +3759,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
       add_pair(req.headers, "secret", secret);
       break;
   }
-  if (!secret.empty()) out.secrets.push_back(secret);
+  if (!secret.empty()) out.secrets.push_back(std::string(secret));
   return true;
 }
 
@@ -4558,7 +4558,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
                      error))
     return finish_error(st, error, extras.request_id);
   // An endpoint that echoes the token we hold (claims, refresh) must not get it into a message.
-  if (cached_token != nullptr) built.secrets.push_back(*cached_token);
+  if (cached_token != nullptr) built.secrets.push_back(std::string(*cached_token));
   if (!st.transport) {
     return finish_error(st,
                         make_error(Errc::tls,
@@ -4576,7 +4576,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
       std::string path, key;
       if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
         return finish_error(st, error, extras.request_id);
-      built.secrets.push_back(key);
+      built.secrets.push_back(std::string(key));
       add_pair(built.request.headers, "Authorization", cat({"Basic ", key}));
       response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
     } else if (response->status == 200 || response->status == 202) {
@@ -4703,40 +4703,77 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
 
 // ---- public functions ---------------------------------------------------------------------
 
+namespace detail {
+
+// How an option changes the configuration: `apply` takes its fields from the option's `patch`.
+using ConfigApply = void (*)(ClientConfig& config, const ClientConfig& patch);
+
+// Every ClientOption holds the same kind of callable (a patch and the plain function that
+// applies it), so std::function's machinery is compiled once rather than once per option.
+ClientOption patch_option(std::shared_ptr<ClientConfig> patch, ConfigApply apply) {
+  return ClientOption([patch = std::move(patch), apply](ClientConfig& c) { apply(c, *patch); });
+}
+
+std::shared_ptr<ClientConfig> new_patch() { return std::make_shared<ClientConfig>(); }
+
+}  // namespace detail
+
 ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
-  return ClientOption([client = std::move(client)](detail::ClientConfig& c) { c.http = client; });
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->http = std::move(client);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.http = p.http; });
 }
 ClientOption WithRetryPolicyDisabled() {
-  return ClientOption([](detail::ClientConfig& c) { c.retry = false; });
+  return detail::patch_option(detail::new_patch(),
+                              [](detail::ClientConfig& c, const detail::ClientConfig&) { c.retry = false; });
 }
 ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
-  return ClientOption([capabilities = std::move(capabilities)](detail::ClientConfig& c) {
-    for (const std::string& cap : capabilities) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->capabilities = std::move(capabilities);
+  return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
+    for (const std::string& cap : p.capabilities) {
       std::string_view trimmed = detail::trim(cap);
-      if (!trimmed.empty()) c.capabilities.emplace_back(trimmed);
+      if (!trimmed.empty()) c.capabilities.push_back(std::string(trimmed));
     }
   });
 }
 ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
-  return ClientOption([logger = std::move(logger)](detail::ClientConfig& c) { c.logger = logger; });
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->logger = std::move(logger);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.logger = p.logger; });
 }
 AcquireTokenOption WithClaims(std::string claims) {
   return AcquireTokenOption([claims = std::move(claims)](detail::AcquireConfig& c) { c.claims = claims; });
 }
 ClientOption WithMaxRetries(int retries) {
-  return ClientOption([retries](detail::ClientConfig& c) { c.max_retries = retries < 0 ? 0 : retries; });
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->max_retries = retries;
+  return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
+    c.max_retries = p.max_retries < 0 ? 0 : p.max_retries;
+  });
 }
 ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt) {
-  return ClientOption([connect, attempt](detail::ClientConfig& c) {
-    if (connect.count() > 0) c.connect_timeout = connect;
-    if (attempt.count() > 0) c.attempt_timeout = attempt;
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->connect_timeout = connect;
+  patch->attempt_timeout = attempt;
+  return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
+    if (p.connect_timeout.count() > 0) c.connect_timeout = p.connect_timeout;
+    if (p.attempt_timeout.count() > 0) c.attempt_timeout = p.attempt_timeout;
   });
 }
 ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
-  return ClientOption([now = std::move(now)](detail::ClientConfig& c) { c.clock = now; });
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->clock = std::move(now);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.clock = p.clock; });
 }
 ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
-  return ClientOption([sleep = std::move(sleep)](detail::ClientConfig& c) { c.sleep = sleep; });
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->sleep = std::move(sleep);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.sleep = p.sleep; });
 }
 
 Result<Client> New(ID id, const std::vector<ClientOption>& options) {

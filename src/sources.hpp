@@ -265,7 +265,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
       add_pair(req.headers, "secret", secret);
       break;
   }
-  if (!secret.empty()) out.secrets.push_back(secret);
+  if (!secret.empty()) out.secrets.push_back(std::string(secret));
   return true;
 }
 
