@@ -3658,16 +3658,28 @@ std::string imds_endpoint() {
 
 // ---- request building -------------------------------------------------------------------
 
+// These two live in fetch_token, which returns from many places: their destructors are out
+// of line so that each return calls one function instead of destroying every member inline.
 struct RequestExtras {
   std::string request_id;             // IMDS x-ms-client-request-id
   std::string token_sha256;           // Service Fabric token_sha256_to_refresh (with claims)
-  std::vector<std::string> capabilities;  // Service Fabric xms_cc
+  const std::vector<std::string>* capabilities = nullptr;  // Service Fabric xms_cc (the client's, not a copy)
+  RequestExtras() = default;
+  RequestExtras(const RequestExtras&) = delete;
+  RequestExtras& operator=(const RequestExtras&) = delete;
+  MI_DETAIL_NOINLINE ~RequestExtras();
 };
+RequestExtras::~RequestExtras() = default;
 
 struct BuiltRequest {
   HttpRequest request;
   std::vector<std::string> secrets;  // values that must never appear in a message or log
+  BuiltRequest() = default;
+  BuiltRequest(const BuiltRequest&) = delete;
+  BuiltRequest& operator=(const BuiltRequest&) = delete;
+  MI_DETAIL_NOINLINE ~BuiltRequest();
 };
+BuiltRequest::~BuiltRequest() = default;
 
 // Builds the one request of an acquisition (Azure Arc: leg 1). Endpoint and secret
 // variables are read now, except Service Fabric's endpoint, fixed at New (`fixed_endpoint`).
@@ -3717,9 +3729,9 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
   }
   if (source == Source::ServiceFabric) {
     if (!extras.token_sha256.empty()) add_pair(params, "token_sha256_to_refresh", extras.token_sha256);
-    if (!extras.capabilities.empty()) {
+    if (extras.capabilities != nullptr && !extras.capabilities->empty()) {
       std::string joined;
-      for (const std::string& c : extras.capabilities) {
+      for (const std::string& c : *extras.capabilities) {
         if (!joined.empty()) joined += ',';
         joined += c;
       }
@@ -3884,7 +3896,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
     else if (code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND)
       error = arc_error({"the key file '", shown, "' does not exist"});
     else
-      error = arc_error({"the key file '", shown, "' could not be opened (error ", num(code),
+      error = arc_error({"the key file '", shown, "' could not be opened (error ", num(static_cast<long long>(code)),
                          "); run as an administrator or a member of the 'Hybrid agent extension "
                          "applications' group"});
     return false;
@@ -4491,6 +4503,42 @@ std::string last_status_note(int status) {
   return status == 0 ? std::string() : cat({" (the last answer was HTTP ", num(status), ")"});
 }
 
+// The retry loop's rare paths, out of line: the context stopped, the transport failed for
+// good, a retry is logged, the deadline would pass before the next retry.
+MI_DETAIL_COLD Result<HttpResponse> retry_stopped(const ClientState& st, ContextStatus cs, int last_status) {
+  Error e = context_error(cs, {"waiting for ", source_label(st.source), last_status_note(last_status)});
+  ErrorAccess::set_source(e, st.source);
+  return e;
+}
+
+MI_DETAIL_COLD Result<HttpResponse> transport_failure(const ClientState& st, const Error& error,
+                                                      const std::vector<std::string>& secrets, int attempts) {
+  Error e = error;
+  ErrorAccess::set_source(e, st.source);
+  ErrorAccess::set_message(e, redact(e.message(), secrets));
+  if (attempts > 1) ErrorAccess::set_message(e, cat({e.message(), " (after ", num(attempts), " attempts)"}));
+  return e;
+}
+
+MI_DETAIL_COLD void log_retry(const ClientState& st, const Error* error, const std::vector<std::string>& secrets,
+                              int status, Millis wait) {
+  if (error != nullptr)
+    st.log(LogLevel::Warning, cat({source_label(st.source), " request failed: ", redact(error->message(), secrets),
+                                   "; retrying in ", num(wait.count()), " ms"}));
+  else
+    st.log(LogLevel::Warning, cat({source_label(st.source), " answered HTTP ", num(status), "; retrying in ",
+                                   num(wait.count()), " ms"}));
+}
+
+MI_DETAIL_COLD Result<HttpResponse> retry_deadline(const ClientState& st, int last_status) {
+  Error e = make_error(Errc::timeout, cat({"the context's deadline would pass before the next retry to ",
+                                           source_label(st.source), last_status_note(last_status),
+                                           "; give the call more time (mi::Context::WithTimeout)"}));
+  ErrorAccess::set_source(e, st.source);
+  ErrorAccess::set_status(e, last_status);
+  return e;
+}
+
 // Sends `request` until it gets a final answer (SPEC §8): transport errors and the
 // source's retryable statuses are retried with backoff, honouring Retry-After, within
 // the context. Any status that is not retried is returned as a value.
@@ -4500,53 +4548,32 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
   int last_status = 0;
   for (int retries = 0;; ++retries) {
     ContextStatus cs = context_status(ctx);
-    if (cs != ContextStatus::ok) {
-      Error e = context_error(cs, {"waiting for ", source_label(st.source), last_status_note(last_status)});
-      ErrorAccess::set_source(e, st.source);
-      return e;
-    }
+    if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
     ++attempts;
     Context attempt_ctx = ctx.WithTimeout(st.config.attempt_timeout);
     Result<HttpResponse> result = st.transport->Do(attempt_ctx, request);
     Millis wait(0);
     if (!result) {
-      Error e = result.error();
-      ErrorAccess::set_source(e, st.source);
-      ErrorAccess::set_message(e, redact(e.message(), secrets));
       cs = context_status(ctx);
-      if (cs != ContextStatus::ok) {
-        Error stopped = context_error(cs, {"waiting for ", source_label(st.source), last_status_note(last_status)});
-        ErrorAccess::set_source(stopped, st.source);
-        return stopped;
-      }
-      bool transient = e.code() == Errc::network || e.code() == Errc::timeout;
-      if (!transient || retries >= retry_limit(st, 0)) {
-        if (attempts > 1) ErrorAccess::set_message(e, cat({e.message(), " (after ", num(attempts), " attempts)"}));
-        return e;
-      }
+      if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
+      const Errc code = result.error().code();
+      bool transient = code == Errc::network || code == Errc::timeout;
+      if (!transient || retries >= retry_limit(st, 0)) return transport_failure(st, result.error(), secrets, attempts);
       wait = backoff(st.source, retries, 0);
-      st.log(LogLevel::Warning, cat({source_label(st.source), " request failed: ", e.message(), "; retrying in ",
-                                     num(wait.count()), " ms"}));
+      log_retry(st, &result.error(), secrets, 0, wait);
     } else {
       last_status = result->status;
       if (!retryable_status(st.source, last_status) || retries >= retry_limit(st, last_status)) return result;
       wait = backoff(st.source, retries, last_status);
       Millis after(0);
       if (retry_after(*result, st.now(), after) && after > wait) wait = after;
-      st.log(LogLevel::Warning, cat({source_label(st.source), " answered HTTP ", num(last_status), "; retrying in ",
-                                     num(wait.count()), " ms"}));
+      log_retry(st, nullptr, secrets, last_status, wait);
     }
     // Up to +20 % jitter so that many clients do not retry in lockstep; never past 60 s.
     wait += Millis(static_cast<int64_t>(random_u64() % static_cast<uint64_t>(wait.count() / 5 + 1)));
     if (wait > kMaxRetryWait) wait = kMaxRetryWait;
-    if (ctx.deadline() != SteadyClock::time_point::max() && SteadyClock::now() + wait >= ctx.deadline()) {
-      Error e = make_error(Errc::timeout, cat({"the context's deadline would pass before the next retry to ",
-                                               source_label(st.source), last_status_note(last_status),
-                                               "; give the call more time (mi::Context::WithTimeout)"}));
-      ErrorAccess::set_source(e, st.source);
-      ErrorAccess::set_status(e, last_status);
-      return e;
-    }
+    if (ctx.deadline() != SteadyClock::time_point::max() && SteadyClock::now() + wait >= ctx.deadline())
+      return retry_deadline(st, last_status);
     if (st.config.sleep) {
       st.config.sleep(wait);
     } else {
@@ -4557,8 +4584,13 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
 
 // ---- one acquisition against the endpoint ---------------------------------------------------
 
-Error finish_error(const ClientState& st, Error e, const std::string& request_id) {
+// An acquisition's failure: the source set, and the request id as correlation id if the
+// endpoint gave none. `prefix` (if any) goes before the message.
+MI_DETAIL_COLD Result<AuthResult> finish_error(const ClientState& st, const Error& error, const std::string& request_id,
+                                               bool prefix_source = false) {
+  Error e = error;
   ErrorAccess::set_source(e, st.source);
+  if (prefix_source) ErrorAccess::set_message(e, cat({source_label(st.source), ": ", e.message()}));
   if (e.correlation_id().empty() && !request_id.empty()) ErrorAccess::set_correlation_id(e, request_id);
   return e;
 }
@@ -4571,7 +4603,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   if (st.source == Source::DefaultToIMDS) extras.request_id = uuid4();
   if (st.source == Source::ServiceFabric) {
     if (!options.claims.empty() && cached_token != nullptr) extras.token_sha256 = sha256_hex(*cached_token);
-    extras.capabilities = st.config.capabilities;
+    extras.capabilities = &st.config.capabilities;
   }
   BuiltRequest built;
   Error error(Errc::invalid_argument, "");
@@ -4613,11 +4645,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
 
   SysClock::time_point now = st.now();
   Result<TokenResponse> parsed = parse_token_response(response->body, now);
-  if (!parsed) {
-    Error e = parsed.error();
-    ErrorAccess::set_message(e, cat({source_label(st.source), ": ", e.message()}));
-    return finish_error(st, e, extras.request_id);
-  }
+  if (!parsed) return finish_error(st, parsed.error(), extras.request_id, true);
   if (st.source == Source::AzureArc && !arc_confirms_identity(st.id, *parsed)) {
     return finish_error(st,
                         arc_error({"the agent did not confirm the requested ", id_kind_label(st.id.kind()),

@@ -164,16 +164,28 @@ std::string imds_endpoint() {
 
 // ---- request building -------------------------------------------------------------------
 
+// These two live in fetch_token, which returns from many places: their destructors are out
+// of line so that each return calls one function instead of destroying every member inline.
 struct RequestExtras {
   std::string request_id;             // IMDS x-ms-client-request-id
   std::string token_sha256;           // Service Fabric token_sha256_to_refresh (with claims)
-  std::vector<std::string> capabilities;  // Service Fabric xms_cc
+  const std::vector<std::string>* capabilities = nullptr;  // Service Fabric xms_cc (the client's, not a copy)
+  RequestExtras() = default;
+  RequestExtras(const RequestExtras&) = delete;
+  RequestExtras& operator=(const RequestExtras&) = delete;
+  MI_DETAIL_NOINLINE ~RequestExtras();
 };
+RequestExtras::~RequestExtras() = default;
 
 struct BuiltRequest {
   HttpRequest request;
   std::vector<std::string> secrets;  // values that must never appear in a message or log
+  BuiltRequest() = default;
+  BuiltRequest(const BuiltRequest&) = delete;
+  BuiltRequest& operator=(const BuiltRequest&) = delete;
+  MI_DETAIL_NOINLINE ~BuiltRequest();
 };
+BuiltRequest::~BuiltRequest() = default;
 
 // Builds the one request of an acquisition (Azure Arc: leg 1). Endpoint and secret
 // variables are read now, except Service Fabric's endpoint, fixed at New (`fixed_endpoint`).
@@ -223,9 +235,9 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
   }
   if (source == Source::ServiceFabric) {
     if (!extras.token_sha256.empty()) add_pair(params, "token_sha256_to_refresh", extras.token_sha256);
-    if (!extras.capabilities.empty()) {
+    if (extras.capabilities != nullptr && !extras.capabilities->empty()) {
       std::string joined;
-      for (const std::string& c : extras.capabilities) {
+      for (const std::string& c : *extras.capabilities) {
         if (!joined.empty()) joined += ',';
         joined += c;
       }
@@ -390,7 +402,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
     else if (code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND)
       error = arc_error({"the key file '", shown, "' does not exist"});
     else
-      error = arc_error({"the key file '", shown, "' could not be opened (error ", num(code),
+      error = arc_error({"the key file '", shown, "' could not be opened (error ", num(static_cast<long long>(code)),
                          "); run as an administrator or a member of the 'Hybrid agent extension "
                          "applications' group"});
     return false;
