@@ -574,11 +574,8 @@ MI_DETAIL_NOINLINE std::string cat(std::initializer_list<std::string_view> parts
   return out;
 }
 
-// Decimal text of an integer (std::to_string, out of line: one copy per integer type).
-template <class Int>
-MI_DETAIL_NOINLINE std::string num(Int value) {
-  return std::to_string(value);
-}
+// Decimal text of an integer (std::to_string, out of line; unsigned values are cast by the caller).
+MI_DETAIL_NOINLINE std::string num(long long value) { return std::to_string(value); }
 
 // An error result, the message parts joined: one call at each of the many places that
 // give up, instead of a string, an Error and a Result built (and cleaned up) inline.
@@ -894,7 +891,7 @@ struct JsonValue {
   JsonValue(JsonValue&& other) noexcept;
   JsonValue& operator=(const JsonValue& other);
   JsonValue& operator=(JsonValue&& other) noexcept;
-  ~JsonValue();
+  MI_DETAIL_NOINLINE ~JsonValue();  // recursive: inlined, GCC copies it into itself levels deep
 
   // The first member with that key (objects only), else nullptr.
   const JsonValue* find(std::string_view key) const noexcept;
@@ -906,13 +903,13 @@ struct JsonValue {
   bool is_object() const noexcept { return type == Type::Object; }
 };
 
-// Inline, so that only those the program uses are compiled.
+// Inline, so that only those the program uses are compiled; the destructor (always used) is not.
 inline JsonValue::JsonValue() = default;
 inline JsonValue::JsonValue(const JsonValue& other) = default;
 inline JsonValue::JsonValue(JsonValue&& other) noexcept = default;
 inline JsonValue& JsonValue::operator=(const JsonValue& other) = default;
 inline JsonValue& JsonValue::operator=(JsonValue&& other) noexcept = default;
-inline JsonValue::~JsonValue() = default;
+JsonValue::~JsonValue() = default;
 
 const JsonValue* JsonValue::find(std::string_view key) const noexcept {
   if (type != Type::Object) return nullptr;
@@ -1208,7 +1205,6 @@ bool JsonParser::parse_object(JsonValue& out, int depth) {
     ++p_;
     return true;
   }
-  out.members.reserve(8);
   for (;;) {
     if (p_ == end_) return fail("unexpected end of input in an object", p_);
     if (*p_ != '"') return fail("expected a string key in an object", p_);
@@ -1249,7 +1245,7 @@ bool parse_json(std::string_view text, JsonValue& out, std::string& error) {
   size_t offset = 0;
   if (parse_json(text, out, error, offset)) return true;
   error += " at byte ";
-  error += num(offset);
+  error += num(static_cast<long long>(offset));
   return false;
 }
 
@@ -1367,7 +1363,11 @@ inline bool host_char(char c) noexcept { return is_alpha(c) || is_digit(c) || c 
 }  // namespace url_impl
 
 bool parse_url(std::string_view text, Url& out, std::string& why) {
-  out = Url();
+  out.scheme.clear();  // reset (cheaper to compile than assigning a fresh Url)
+  out.host.clear();
+  out.port = 0;
+  out.path.clear();
+  out.query.clear();
   for (char ch : text) {
     unsigned char c = static_cast<unsigned char>(ch);
     if (c <= 0x20 || c >= 0x7f) {
@@ -1644,7 +1644,7 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   }
   if (!request.body.empty() || request.method == "POST" || request.method == "PUT" || request.method == "PATCH") {
     text += "Content-Length: ";
-    text += num(request.body.size());
+    text += num(static_cast<long long>(request.body.size()));
     text += "\r\n";
   }
   text += "Connection: close\r\n\r\n";
@@ -1718,7 +1718,7 @@ ResponseParser::Status ResponseParser::invalid(std::initializer_list<std::string
 }
 
 ResponseParser::Status ResponseParser::body_too_large() {
-  return invalid({"the body is larger than the limit of ", num(max_body_), " bytes (MI_MAX_RESPONSE_BYTES)"});
+  return invalid({"the body is larger than the limit of ", num(static_cast<long long>(max_body_)), " bytes (MI_MAX_RESPONSE_BYTES)"});
 }
 
 ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
@@ -1758,7 +1758,7 @@ ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
         size_t limit = head ? max_header_ - head_bytes_ : state_ == State::chunk_data_end ? 2 : max_header_;
         if (take > limit - line_.size()) {
           if (head)
-            return invalid({"the response head is larger than the limit of ", num(max_header_),
+            return invalid({"the response head is larger than the limit of ", num(static_cast<long long>(max_header_)),
                             " bytes (MI_MAX_HEADER_BYTES)"});
           if (state_ == State::chunk_data_end) return invalid("a chunk is longer than its declared size");
           return invalid("a chunk-size line is too long");
@@ -1871,7 +1871,7 @@ ResponseParser::Status ResponseParser::on_head_end() {
             if (c < '0' || c > '9') return invalid("Content-Length is not a non-negative decimal number");
           while (item.size() > 1 && item[0] == '0') item.remove_prefix(1);
           if (has_cl && item != length) return invalid("conflicting Content-Length values");
-          length = std::string(item);
+          length.assign(item.data(), item.size());
           has_cl = true;
         }
       }
@@ -3400,7 +3400,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   size_t at = 0;
   if (!parse_json(body, root, why, at))
     return make_error(Errc::invalid_response,
-                      cat({"the token response is not valid JSON (at byte ", num(at), "): ", why}));
+                      cat({"the token response is not valid JSON (at byte ", num(static_cast<long long>(at)), "): ", why}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
 
   TokenResponse out;

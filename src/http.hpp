@@ -128,7 +128,7 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   }
   if (!request.body.empty() || request.method == "POST" || request.method == "PUT" || request.method == "PATCH") {
     text += "Content-Length: ";
-    text += num(request.body.size());
+    text += num(static_cast<long long>(request.body.size()));
     text += "\r\n";
   }
   text += "Connection: close\r\n\r\n";
@@ -202,7 +202,7 @@ ResponseParser::Status ResponseParser::invalid(std::initializer_list<std::string
 }
 
 ResponseParser::Status ResponseParser::body_too_large() {
-  return invalid({"the body is larger than the limit of ", num(max_body_), " bytes (MI_MAX_RESPONSE_BYTES)"});
+  return invalid({"the body is larger than the limit of ", num(static_cast<long long>(max_body_)), " bytes (MI_MAX_RESPONSE_BYTES)"});
 }
 
 ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
@@ -242,7 +242,7 @@ ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
         size_t limit = head ? max_header_ - head_bytes_ : state_ == State::chunk_data_end ? 2 : max_header_;
         if (take > limit - line_.size()) {
           if (head)
-            return invalid({"the response head is larger than the limit of ", num(max_header_),
+            return invalid({"the response head is larger than the limit of ", num(static_cast<long long>(max_header_)),
                             " bytes (MI_MAX_HEADER_BYTES)"});
           if (state_ == State::chunk_data_end) return invalid("a chunk is longer than its declared size");
           return invalid("a chunk-size line is too long");
@@ -355,7 +355,7 @@ ResponseParser::Status ResponseParser::on_head_end() {
             if (c < '0' || c > '9') return invalid("Content-Length is not a non-negative decimal number");
           while (item.size() > 1 && item[0] == '0') item.remove_prefix(1);
           if (has_cl && item != length) return invalid("conflicting Content-Length values");
-          length = std::string(item);
+          length.assign(item.data(), item.size());
           has_cl = true;
         }
       }

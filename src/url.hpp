@@ -107,7 +107,11 @@ inline bool host_char(char c) noexcept { return is_alpha(c) || is_digit(c) || c 
 }  // namespace url_impl
 
 bool parse_url(std::string_view text, Url& out, std::string& why) {
-  out = Url();
+  out.scheme.clear();  // reset (cheaper to compile than assigning a fresh Url)
+  out.host.clear();
+  out.port = 0;
+  out.path.clear();
+  out.query.clear();
   for (char ch : text) {
     unsigned char c = static_cast<unsigned char>(ch);
     if (c <= 0x20 || c >= 0x7f) {

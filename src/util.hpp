@@ -41,11 +41,8 @@ MI_DETAIL_NOINLINE std::string cat(std::initializer_list<std::string_view> parts
   return out;
 }
 
-// Decimal text of an integer (std::to_string, out of line: one copy per integer type).
-template <class Int>
-MI_DETAIL_NOINLINE std::string num(Int value) {
-  return std::to_string(value);
-}
+// Decimal text of an integer (std::to_string, out of line; unsigned values are cast by the caller).
+MI_DETAIL_NOINLINE std::string num(long long value) { return std::to_string(value); }
 
 // An error result, the message parts joined: one call at each of the many places that
 // give up, instead of a string, an Error and a Result built (and cleaned up) inline.
