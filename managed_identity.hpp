@@ -516,9 +516,10 @@ Result<Client> New(ID id, First&& first, Rest&&... rest) {
 #include <curl/curl.h>
 #endif
 
-// Helpers that build messages and errors stay out of line (MI_DETAIL_NOINLINE), and those
-// that only error paths call are cold (MI_DETAIL_COLD): copied into every caller, they
-// made most of the code there is to compile, for paths that run once per failure.
+// Helpers that build messages stay out of line (MI_DETAIL_NOINLINE). Functions that run
+// only on failures, retries or the Azure Arc challenge, or once per client (New, options,
+// detection), are cold (MI_DETAIL_COLD): GCC then optimises them for size and inlines
+// nothing into them, which saves compile time where speed does not matter.
 #if defined(__GNUC__) || defined(__clang__)
 #define MI_DETAIL_NOINLINE __attribute__((noinline))
 #define MI_DETAIL_COLD __attribute__((noinline, cold))
@@ -778,7 +779,7 @@ std::string uuid4() {
 
 // ---- SHA-256 (FIPS 180-4), for Service Fabric's token_sha256_to_refresh ---------------
 
-std::string sha256_hex(std::string_view data) {
+MI_DETAIL_COLD std::string sha256_hex(std::string_view data) {
   static const uint32_t k[64] = {
       0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
       0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -1544,7 +1545,7 @@ bool is_token(std::string_view s) noexcept {
 }
 
 // A name for a message: control and non-ASCII bytes escaped, at most 64 characters.
-std::string printable_name(std::string_view s) {
+MI_DETAIL_COLD std::string printable_name(std::string_view s) {
   static const char hex[] = "0123456789abcdef";
   std::string out;
   for (char ch : s) {
@@ -2115,7 +2116,7 @@ inline bool would_block(int err) noexcept {
 }
 
 // A short, lowercase reason for an OS socket error (thread-safe, no strerror).
-std::string describe_error(int err) {
+MI_DETAIL_COLD std::string describe_error(int err) {
 #if MI_DETAIL_WINDOWS
   switch (err) {
     case WSAECONNREFUSED: return "connection refused";
@@ -3460,7 +3461,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
 // Best effort on any body: flat {"error", "error_description", "correlation_id"}, nested
 // {"error": {"code", "message", "correlationId"}}, or App Service's {"message", "correlationId"}.
 // Anything else (not JSON, HTML, empty, not an object) gives empty fields.
-ErrorBody parse_error_body(std::string_view body) {
+MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   ErrorBody out;
   JsonValue root;
   std::string why;
@@ -3520,7 +3521,7 @@ inline const char* source_label(Source source) {
 
 // ---- detection -------------------------------------------------------------------
 
-bool file_exists(const std::string& path) {
+MI_DETAIL_COLD bool file_exists(const std::string& path) {
   if (path.empty()) return false;
 #if MI_DETAIL_WINDOWS
   DWORD attributes = GetFileAttributesA(path.c_str());
@@ -3532,7 +3533,7 @@ bool file_exists(const std::string& path) {
 }
 
 // Where the Arc agent's himds executable would be (SPEC §1 step 4).
-std::vector<std::string> arc_himds_paths() {
+MI_DETAIL_COLD std::vector<std::string> arc_himds_paths() {
 #if defined(MI_AZURE_ARC_HIMDS_PATH)
   return {MI_AZURE_ARC_HIMDS_PATH};
 #elif MI_DETAIL_WINDOWS
@@ -3549,7 +3550,7 @@ std::vector<std::string> arc_himds_paths() {
 #endif
 }
 
-Source detect_source() {
+MI_DETAIL_COLD Source detect_source() {
   std::string identity_endpoint = env("IDENTITY_ENDPOINT");
   if (!identity_endpoint.empty() && !env("IDENTITY_HEADER").empty())
     return env("IDENTITY_SERVER_THUMBPRINT").empty() ? Source::AppService : Source::ServiceFabric;
@@ -3562,7 +3563,7 @@ Source detect_source() {
 
 // ---- identities ------------------------------------------------------------------------
 
-const char* id_kind_label(IDKind kind) {
+MI_DETAIL_COLD const char* id_kind_label(IDKind kind) {
   switch (kind) {
     case IDKind::SystemAssigned: return "system-assigned identity";
     case IDKind::ClientID: return "user-assigned client ID";
@@ -3573,7 +3574,7 @@ const char* id_kind_label(IDKind kind) {
 }
 
 // SPEC §2: the source's support for the ID kind first, then an empty value.
-bool check_identity(Source source, const ID& id, Error& error) {
+MI_DETAIL_COLD bool check_identity(Source source, const ID& id, Error& error) {
   const bool user_assigned = id.kind() != IDKind::SystemAssigned;
   if (user_assigned) {
     std::string why;
@@ -3615,7 +3616,7 @@ const char* id_parameter(Source source, IDKind kind) {
 
 // Parses an endpoint URL taken from variable `name`; SPEC §2: malformed, wrong scheme or a
 // control character is invalid_argument. The message names the variable, not the value.
-bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source, Url& url,
+MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source, Url& url,
                    Error& error) {
   std::string why;
   if (has_control_char(value)) {
@@ -3635,7 +3636,7 @@ bool endpoint_from(const std::string& value, const char* name, const char* schem
 }
 
 // Reads a secret variable; a control character is invalid_argument (the value is never shown).
-bool secret_from(const char* name, Source source, std::string& value, Error& error) {
+MI_DETAIL_COLD bool secret_from(const char* name, Source source, std::string& value, Error& error) {
   value = env(name);
   if (has_control_char(value)) {
     error = ErrorAccess::make(Errc::invalid_argument,
@@ -3649,7 +3650,7 @@ bool secret_from(const char* name, Source source, std::string& value, Error& err
 
 // AZURE_POD_IDENTITY_AUTHORITY_HOST: a base URL; one trailing '/' dropped, the token path
 // appended, http:// assumed without a scheme (SPEC §2).
-std::string imds_endpoint() {
+MI_DETAIL_COLD std::string imds_endpoint() {
   std::string host = env("AZURE_POD_IDENTITY_AUTHORITY_HOST");
   if (host.empty()) return kImdsEndpoint;
   if (!host.empty() && host.back() == '/') host.pop_back();
@@ -3778,7 +3779,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
 // ---- Azure Arc challenge (SPEC §3) -----------------------------------------------------
 
 // The directory the key file must be in, or "" with platform_not_supported.
-bool arc_token_dir(std::string& dir, Error& error) {
+MI_DETAIL_COLD bool arc_token_dir(std::string& dir, Error& error) {
   (void)error;  // set only where the platform has no Arc agent
 #if defined(MI_AZURE_ARC_TOKEN_DIR)
   dir = MI_AZURE_ARC_TOKEN_DIR;
@@ -3809,7 +3810,7 @@ MI_DETAIL_COLD inline Error arc_error(std::string_view message) { return arc_err
 
 // Extracts the key file path from leg 1's WWW-Authenticate header ("Basic realm=<path>",
 // the realm optionally quoted, parameters after a comma ignored).
-bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
+MI_DETAIL_COLD bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
   const std::string* header = nullptr;
   for (const auto& h : leg1.headers)
     if (iequals(h.first, "WWW-Authenticate")) {
@@ -3857,7 +3858,7 @@ bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
 
 // Checks the realm path against the token directory and reads the key file without
 // following links or blocking (SPEC §3 step 2). Never puts the contents in a message.
-bool arc_read_key(const std::string& path, std::string& key, Error& error) {
+MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   std::string dir;
   if (!arc_token_dir(dir, error)) return false;
   // The realm comes from the endpoint: quote at most 200 bytes of it in messages.
@@ -3974,7 +3975,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 }
 
 // SPEC §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
-bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
+MI_DETAIL_COLD bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
   switch (id.kind()) {
     case IDKind::SystemAssigned: return true;
     case IDKind::ClientID: return !token.client_id.empty() && iequals(token.client_id, id.value());
@@ -4362,7 +4363,7 @@ Millis backoff(Source source, int retry, int status) {
 constexpr Millis kMaxRetryWait{60000};
 
 // Parses an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") as Retry-After allows.
-bool parse_http_date(std::string_view text, SysClock::time_point& out) {
+MI_DETAIL_COLD bool parse_http_date(std::string_view text, SysClock::time_point& out) {
   text = trim(text);
   size_t comma = text.find(',');
   if (comma == std::string_view::npos) return false;
@@ -4387,7 +4388,7 @@ bool parse_http_date(std::string_view text, SysClock::time_point& out) {
 }
 
 // Retry-After as a wait from `now`: seconds or an HTTP-date; false when absent or unusable.
-bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis& wait) {
+MI_DETAIL_COLD bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis& wait) {
   for (const auto& h : response.headers) {
     if (!iequals(h.first, "Retry-After")) continue;
     std::string_view value = trim(h.second);
@@ -4409,7 +4410,7 @@ bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis&
 // ---- errors from responses ----------------------------------------------------------------
 
 // Replaces every secret in `text` so no message can carry one.
-std::string redact(std::string text, const std::vector<std::string>& secrets) {
+MI_DETAIL_COLD std::string redact(std::string text, const std::vector<std::string>& secrets) {
   for (const std::string& secret : secrets) {
     if (secret.empty()) continue;
     for (size_t pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos + 10))
@@ -4419,7 +4420,7 @@ std::string redact(std::string text, const std::vector<std::string>& secrets) {
 }
 
 // A printable excerpt of at most `limit` bytes: control characters become one space.
-std::string body_excerpt(std::string_view body, size_t limit) {
+MI_DETAIL_COLD std::string body_excerpt(std::string_view body, size_t limit) {
   std::string out;
   bool space = false;
   for (char ch : body) {
@@ -4439,7 +4440,7 @@ std::string body_excerpt(std::string_view body, size_t limit) {
   return out;
 }
 
-std::string status_hint(Source source, int status, bool json_body) {
+MI_DETAIL_COLD std::string status_hint(Source source, int status, bool json_body) {
   if (status >= 300 && status < 400)
     return "the endpoint answered with a redirect, which is never followed; a managed identity endpoint does not "
            "redirect, so a proxy may be intercepting the request";
@@ -4472,11 +4473,11 @@ std::string status_hint(Source source, int status, bool json_body) {
 
 // Text from the endpoint made safe for a message: control characters folded to
 // spaces, secrets replaced, length capped (a hostile endpoint may send megabytes).
-std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
+MI_DETAIL_COLD std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
   return body_excerpt(redact(std::string(text), secrets), 512);
 }
 
-Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
+MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
                         const std::vector<std::string>& secrets) {
   ErrorBody details = parse_error_body(response.body);
   std::string code = endpoint_text(details.code, secrets);
@@ -4499,7 +4500,7 @@ Error http_status_error(const ClientState& st, const HttpResponse& response, int
 
 // ---- sending with retries -----------------------------------------------------------------
 
-std::string last_status_note(int status) {
+MI_DETAIL_COLD std::string last_status_note(int status) {
   return status == 0 ? std::string() : cat({" (the last answer was HTTP ", num(status), ")"});
 }
 
@@ -4767,17 +4768,17 @@ std::shared_ptr<ClientConfig> new_patch() { return std::make_shared<ClientConfig
 
 }  // namespace detail
 
-ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
+MI_DETAIL_COLD ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->http = std::move(client);
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.http = p.http; });
 }
-ClientOption WithRetryPolicyDisabled() {
+MI_DETAIL_COLD ClientOption WithRetryPolicyDisabled() {
   return detail::patch_option(detail::new_patch(),
                               [](detail::ClientConfig& c, const detail::ClientConfig&) { c.retry = false; });
 }
-ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
+MI_DETAIL_COLD ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->capabilities = std::move(capabilities);
   return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
@@ -4787,23 +4788,23 @@ ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
     }
   });
 }
-ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
+MI_DETAIL_COLD ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->logger = std::move(logger);
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.logger = p.logger; });
 }
-AcquireTokenOption WithClaims(std::string claims) {
+MI_DETAIL_COLD AcquireTokenOption WithClaims(std::string claims) {
   return AcquireTokenOption([claims = std::move(claims)](detail::AcquireConfig& c) { c.claims = claims; });
 }
-ClientOption WithMaxRetries(int retries) {
+MI_DETAIL_COLD ClientOption WithMaxRetries(int retries) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->max_retries = retries;
   return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
     c.max_retries = p.max_retries < 0 ? 0 : p.max_retries;
   });
 }
-ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt) {
+MI_DETAIL_COLD ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->connect_timeout = connect;
   patch->attempt_timeout = attempt;
@@ -4812,20 +4813,20 @@ ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::millis
     if (p.attempt_timeout.count() > 0) c.attempt_timeout = p.attempt_timeout;
   });
 }
-ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
+MI_DETAIL_COLD ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->clock = std::move(now);
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.clock = p.clock; });
 }
-ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
+MI_DETAIL_COLD ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->sleep = std::move(sleep);
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.sleep = p.sleep; });
 }
 
-Result<Client> New(ID id, const std::vector<ClientOption>& options) {
+MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& options) {
   auto state = std::make_shared<detail::ClientState>();
   state->source = detail::detect_source();
   Error error(Errc::invalid_argument, "");

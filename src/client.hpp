@@ -67,7 +67,7 @@ Millis backoff(Source source, int retry, int status) {
 constexpr Millis kMaxRetryWait{60000};
 
 // Parses an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") as Retry-After allows.
-bool parse_http_date(std::string_view text, SysClock::time_point& out) {
+MI_DETAIL_COLD bool parse_http_date(std::string_view text, SysClock::time_point& out) {
   text = trim(text);
   size_t comma = text.find(',');
   if (comma == std::string_view::npos) return false;
@@ -92,7 +92,7 @@ bool parse_http_date(std::string_view text, SysClock::time_point& out) {
 }
 
 // Retry-After as a wait from `now`: seconds or an HTTP-date; false when absent or unusable.
-bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis& wait) {
+MI_DETAIL_COLD bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis& wait) {
   for (const auto& h : response.headers) {
     if (!iequals(h.first, "Retry-After")) continue;
     std::string_view value = trim(h.second);
@@ -114,7 +114,7 @@ bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis&
 // ---- errors from responses ----------------------------------------------------------------
 
 // Replaces every secret in `text` so no message can carry one.
-std::string redact(std::string text, const std::vector<std::string>& secrets) {
+MI_DETAIL_COLD std::string redact(std::string text, const std::vector<std::string>& secrets) {
   for (const std::string& secret : secrets) {
     if (secret.empty()) continue;
     for (size_t pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos + 10))
@@ -124,7 +124,7 @@ std::string redact(std::string text, const std::vector<std::string>& secrets) {
 }
 
 // A printable excerpt of at most `limit` bytes: control characters become one space.
-std::string body_excerpt(std::string_view body, size_t limit) {
+MI_DETAIL_COLD std::string body_excerpt(std::string_view body, size_t limit) {
   std::string out;
   bool space = false;
   for (char ch : body) {
@@ -144,7 +144,7 @@ std::string body_excerpt(std::string_view body, size_t limit) {
   return out;
 }
 
-std::string status_hint(Source source, int status, bool json_body) {
+MI_DETAIL_COLD std::string status_hint(Source source, int status, bool json_body) {
   if (status >= 300 && status < 400)
     return "the endpoint answered with a redirect, which is never followed; a managed identity endpoint does not "
            "redirect, so a proxy may be intercepting the request";
@@ -177,11 +177,11 @@ std::string status_hint(Source source, int status, bool json_body) {
 
 // Text from the endpoint made safe for a message: control characters folded to
 // spaces, secrets replaced, length capped (a hostile endpoint may send megabytes).
-std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
+MI_DETAIL_COLD std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
   return body_excerpt(redact(std::string(text), secrets), 512);
 }
 
-Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
+MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
                         const std::vector<std::string>& secrets) {
   ErrorBody details = parse_error_body(response.body);
   std::string code = endpoint_text(details.code, secrets);
@@ -204,7 +204,7 @@ Error http_status_error(const ClientState& st, const HttpResponse& response, int
 
 // ---- sending with retries -----------------------------------------------------------------
 
-std::string last_status_note(int status) {
+MI_DETAIL_COLD std::string last_status_note(int status) {
   return status == 0 ? std::string() : cat({" (the last answer was HTTP ", num(status), ")"});
 }
 
@@ -472,17 +472,17 @@ std::shared_ptr<ClientConfig> new_patch() { return std::make_shared<ClientConfig
 
 }  // namespace detail
 
-ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
+MI_DETAIL_COLD ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->http = std::move(client);
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.http = p.http; });
 }
-ClientOption WithRetryPolicyDisabled() {
+MI_DETAIL_COLD ClientOption WithRetryPolicyDisabled() {
   return detail::patch_option(detail::new_patch(),
                               [](detail::ClientConfig& c, const detail::ClientConfig&) { c.retry = false; });
 }
-ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
+MI_DETAIL_COLD ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->capabilities = std::move(capabilities);
   return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
@@ -492,23 +492,23 @@ ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
     }
   });
 }
-ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
+MI_DETAIL_COLD ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->logger = std::move(logger);
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.logger = p.logger; });
 }
-AcquireTokenOption WithClaims(std::string claims) {
+MI_DETAIL_COLD AcquireTokenOption WithClaims(std::string claims) {
   return AcquireTokenOption([claims = std::move(claims)](detail::AcquireConfig& c) { c.claims = claims; });
 }
-ClientOption WithMaxRetries(int retries) {
+MI_DETAIL_COLD ClientOption WithMaxRetries(int retries) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->max_retries = retries;
   return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
     c.max_retries = p.max_retries < 0 ? 0 : p.max_retries;
   });
 }
-ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt) {
+MI_DETAIL_COLD ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->connect_timeout = connect;
   patch->attempt_timeout = attempt;
@@ -517,20 +517,20 @@ ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::millis
     if (p.attempt_timeout.count() > 0) c.attempt_timeout = p.attempt_timeout;
   });
 }
-ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
+MI_DETAIL_COLD ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->clock = std::move(now);
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.clock = p.clock; });
 }
-ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
+MI_DETAIL_COLD ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
   std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
   patch->sleep = std::move(sleep);
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.sleep = p.sleep; });
 }
 
-Result<Client> New(ID id, const std::vector<ClientOption>& options) {
+MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& options) {
   auto state = std::make_shared<detail::ClientState>();
   state->source = detail::detect_source();
   Error error(Errc::invalid_argument, "");

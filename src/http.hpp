@@ -28,7 +28,7 @@ bool is_token(std::string_view s) noexcept {
 }
 
 // A name for a message: control and non-ASCII bytes escaped, at most 64 characters.
-std::string printable_name(std::string_view s) {
+MI_DETAIL_COLD std::string printable_name(std::string_view s) {
   static const char hex[] = "0123456789abcdef";
   std::string out;
   for (char ch : s) {

@@ -51,9 +51,10 @@
 #include <curl/curl.h>
 #endif
 
-// Helpers that build messages and errors stay out of line (MI_DETAIL_NOINLINE), and those
-// that only error paths call are cold (MI_DETAIL_COLD): copied into every caller, they
-// made most of the code there is to compile, for paths that run once per failure.
+// Helpers that build messages stay out of line (MI_DETAIL_NOINLINE). Functions that run
+// only on failures, retries or the Azure Arc challenge, or once per client (New, options,
+// detection), are cold (MI_DETAIL_COLD): GCC then optimises them for size and inlines
+// nothing into them, which saves compile time where speed does not matter.
 #if defined(__GNUC__) || defined(__clang__)
 #define MI_DETAIL_NOINLINE __attribute__((noinline))
 #define MI_DETAIL_COLD __attribute__((noinline, cold))

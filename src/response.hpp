@@ -269,7 +269,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
 // Best effort on any body: flat {"error", "error_description", "correlation_id"}, nested
 // {"error": {"code", "message", "correlationId"}}, or App Service's {"message", "correlationId"}.
 // Anything else (not JSON, HTML, empty, not an object) gives empty fields.
-ErrorBody parse_error_body(std::string_view body) {
+MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   ErrorBody out;
   JsonValue root;
   std::string why;

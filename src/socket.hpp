@@ -53,7 +53,7 @@ inline bool would_block(int err) noexcept {
 }
 
 // A short, lowercase reason for an OS socket error (thread-safe, no strerror).
-std::string describe_error(int err) {
+MI_DETAIL_COLD std::string describe_error(int err) {
 #if MI_DETAIL_WINDOWS
   switch (err) {
     case WSAECONNREFUSED: return "connection refused";

@@ -26,7 +26,7 @@ inline const char* source_label(Source source) {
 
 // ---- detection -------------------------------------------------------------------
 
-bool file_exists(const std::string& path) {
+MI_DETAIL_COLD bool file_exists(const std::string& path) {
   if (path.empty()) return false;
 #if MI_DETAIL_WINDOWS
   DWORD attributes = GetFileAttributesA(path.c_str());
@@ -38,7 +38,7 @@ bool file_exists(const std::string& path) {
 }
 
 // Where the Arc agent's himds executable would be (SPEC §1 step 4).
-std::vector<std::string> arc_himds_paths() {
+MI_DETAIL_COLD std::vector<std::string> arc_himds_paths() {
 #if defined(MI_AZURE_ARC_HIMDS_PATH)
   return {MI_AZURE_ARC_HIMDS_PATH};
 #elif MI_DETAIL_WINDOWS
@@ -55,7 +55,7 @@ std::vector<std::string> arc_himds_paths() {
 #endif
 }
 
-Source detect_source() {
+MI_DETAIL_COLD Source detect_source() {
   std::string identity_endpoint = env("IDENTITY_ENDPOINT");
   if (!identity_endpoint.empty() && !env("IDENTITY_HEADER").empty())
     return env("IDENTITY_SERVER_THUMBPRINT").empty() ? Source::AppService : Source::ServiceFabric;
@@ -68,7 +68,7 @@ Source detect_source() {
 
 // ---- identities ------------------------------------------------------------------------
 
-const char* id_kind_label(IDKind kind) {
+MI_DETAIL_COLD const char* id_kind_label(IDKind kind) {
   switch (kind) {
     case IDKind::SystemAssigned: return "system-assigned identity";
     case IDKind::ClientID: return "user-assigned client ID";
@@ -79,7 +79,7 @@ const char* id_kind_label(IDKind kind) {
 }
 
 // SPEC §2: the source's support for the ID kind first, then an empty value.
-bool check_identity(Source source, const ID& id, Error& error) {
+MI_DETAIL_COLD bool check_identity(Source source, const ID& id, Error& error) {
   const bool user_assigned = id.kind() != IDKind::SystemAssigned;
   if (user_assigned) {
     std::string why;
@@ -121,7 +121,7 @@ const char* id_parameter(Source source, IDKind kind) {
 
 // Parses an endpoint URL taken from variable `name`; SPEC §2: malformed, wrong scheme or a
 // control character is invalid_argument. The message names the variable, not the value.
-bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source, Url& url,
+MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source, Url& url,
                    Error& error) {
   std::string why;
   if (has_control_char(value)) {
@@ -141,7 +141,7 @@ bool endpoint_from(const std::string& value, const char* name, const char* schem
 }
 
 // Reads a secret variable; a control character is invalid_argument (the value is never shown).
-bool secret_from(const char* name, Source source, std::string& value, Error& error) {
+MI_DETAIL_COLD bool secret_from(const char* name, Source source, std::string& value, Error& error) {
   value = env(name);
   if (has_control_char(value)) {
     error = ErrorAccess::make(Errc::invalid_argument,
@@ -155,7 +155,7 @@ bool secret_from(const char* name, Source source, std::string& value, Error& err
 
 // AZURE_POD_IDENTITY_AUTHORITY_HOST: a base URL; one trailing '/' dropped, the token path
 // appended, http:// assumed without a scheme (SPEC §2).
-std::string imds_endpoint() {
+MI_DETAIL_COLD std::string imds_endpoint() {
   std::string host = env("AZURE_POD_IDENTITY_AUTHORITY_HOST");
   if (host.empty()) return kImdsEndpoint;
   if (!host.empty() && host.back() == '/') host.pop_back();
@@ -284,7 +284,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
 // ---- Azure Arc challenge (SPEC §3) -----------------------------------------------------
 
 // The directory the key file must be in, or "" with platform_not_supported.
-bool arc_token_dir(std::string& dir, Error& error) {
+MI_DETAIL_COLD bool arc_token_dir(std::string& dir, Error& error) {
   (void)error;  // set only where the platform has no Arc agent
 #if defined(MI_AZURE_ARC_TOKEN_DIR)
   dir = MI_AZURE_ARC_TOKEN_DIR;
@@ -315,7 +315,7 @@ MI_DETAIL_COLD inline Error arc_error(std::string_view message) { return arc_err
 
 // Extracts the key file path from leg 1's WWW-Authenticate header ("Basic realm=<path>",
 // the realm optionally quoted, parameters after a comma ignored).
-bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
+MI_DETAIL_COLD bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
   const std::string* header = nullptr;
   for (const auto& h : leg1.headers)
     if (iequals(h.first, "WWW-Authenticate")) {
@@ -363,7 +363,7 @@ bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
 
 // Checks the realm path against the token directory and reads the key file without
 // following links or blocking (SPEC §3 step 2). Never puts the contents in a message.
-bool arc_read_key(const std::string& path, std::string& key, Error& error) {
+MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   std::string dir;
   if (!arc_token_dir(dir, error)) return false;
   // The realm comes from the endpoint: quote at most 200 bytes of it in messages.
@@ -480,7 +480,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 }
 
 // SPEC §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
-bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
+MI_DETAIL_COLD bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
   switch (id.kind()) {
     case IDKind::SystemAssigned: return true;
     case IDKind::ClientID: return !token.client_id.empty() && iequals(token.client_id, id.value());
