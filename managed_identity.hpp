@@ -559,7 +559,9 @@ struct ErrorAccess {
   static void set_message(Error& e, std::string message) { e.message_ = std::move(message); }
 };
 
-MI_DETAIL_COLD inline Error make_error(Errc code, std::string message) { return ErrorAccess::make(code, std::move(message)); }
+MI_DETAIL_COLD inline Error make_error(Errc code, std::string message) {
+  return ErrorAccess::make(code, std::move(message));
+}
 
 // ---- message building --------------------------------------------------------------
 
@@ -1719,7 +1721,8 @@ ResponseParser::Status ResponseParser::invalid(std::initializer_list<std::string
 }
 
 ResponseParser::Status ResponseParser::body_too_large() {
-  return invalid({"the body is larger than the limit of ", num(static_cast<long long>(max_body_)), " bytes (MI_MAX_RESPONSE_BYTES)"});
+  return invalid({"the body is larger than the limit of ", num(static_cast<long long>(max_body_)),
+                  " bytes (MI_MAX_RESPONSE_BYTES)"});
 }
 
 ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
@@ -1997,7 +2000,9 @@ MI_DETAIL_COLD Error context_error(ContextStatus status, std::initializer_list<s
   message += "; give the call more time (mi::Context::WithTimeout) or check that the endpoint is reachable";
   return make_error(Errc::timeout, std::move(message));
 }
-MI_DETAIL_COLD inline Error context_error(ContextStatus status, std::string_view doing) { return context_error(status, {doing}); }
+MI_DETAIL_COLD inline Error context_error(ContextStatus status, std::string_view doing) {
+  return context_error(status, {doing});
+}
 // context_error as a Result<T>.
 template <class T>
 MI_DETAIL_COLD Result<T> stopped(ContextStatus status, std::initializer_list<std::string_view> doing) {
@@ -2341,7 +2346,8 @@ Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context
 // address in turn, all within connect_timeout and the context. Returns the socket.
 Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
   int err = 0;
-  if (!network_ready(err)) return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
+  if (!network_ready(err))
+    return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -2369,7 +2375,7 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #endif
 #endif
     return failure<socket_handle>(Errc::network, {"could not resolve the host name ", url.host, " (", reason,
-                                          "): check the endpoint URL and this machine's DNS settings"});
+                                                  "): check the endpoint URL and this machine's DNS settings"});
   }
   ContextStatus status = context_status(ctx);
   if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"connecting to ", where});
@@ -2402,9 +2408,10 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
       Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
       if (w == Wait::stopped) return stopped<socket_handle>(status, {"connecting to ", where});
       if (w == Wait::deadline)
-        return failure<socket_handle>(Errc::timeout, {"connecting to ", where, " timed out after ", num(connect_timeout.count()),
-                                              " ms: check that the endpoint address is right and reachable from "
-                                              "this machine (a firewall may be dropping the packets)"});
+        return failure<socket_handle>(Errc::timeout,
+                                      {"connecting to ", where, " timed out after ", num(connect_timeout.count()),
+                                       " ms: check that the endpoint address is right and reachable from "
+                                       "this machine (a firewall may be dropping the packets)"});
       if (w == Wait::failed) {
         connect_err = err;
         continue;
@@ -2425,10 +2432,11 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #else
   bool refused = connect_err == ECONNREFUSED;
 #endif
-  return failure<socket_handle>(Errc::network, {"could not connect to ", where, " (", describe_error(connect_err), "): ",
-                                        refused ? "is the managed identity endpoint running?"
-                                                : "check that the endpoint address is right and reachable "
-                                                  "from this machine"});
+  return failure<socket_handle>(Errc::network,
+                                {"could not connect to ", where, " (", describe_error(connect_err), "): ",
+                                 refused ? "is the managed identity endpoint running?"
+                                         : "check that the endpoint address is right and reachable "
+                                           "from this machine"});
 }
 
 // Sends all of `data`, waiting (in context slices) whenever the socket is full.
@@ -2456,8 +2464,8 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
       if (w == Wait::ready) continue;
     }
     return failure<bool>(Errc::network, {"could not send the request to ", where, " (",
-                                          n == 0 ? std::string("connection closed") : describe_error(err),
-                                          "): the endpoint dropped the connection; retrying may help"});
+                                         n == 0 ? std::string("connection closed") : describe_error(err),
+                                         "): the endpoint dropped the connection; retrying may help"});
   }
   return true;
 }
@@ -2484,13 +2492,14 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
       int err = last_error();
       if (is_interrupted(err)) continue;
       if (!would_block(err))
-        return failure<HttpResponse>(Errc::network, {"reading the response from ", where, " failed (", describe_error(err),
-                                              "): the endpoint dropped the connection; retrying may help"});
+        return failure<HttpResponse>(Errc::network,
+                                     {"reading the response from ", where, " failed (", describe_error(err),
+                                      "): the endpoint dropped the connection; retrying may help"});
       Wait w = wait_socket(s, false, false, ctx, SteadyClock::time_point::max(), status, err);
       if (w == Wait::stopped) return stopped<HttpResponse>(status, {"waiting for the response from ", where});
       if (w == Wait::failed)
         return failure<HttpResponse>(Errc::network,
-                          {"waiting for the response from ", where, " failed (", describe_error(err), ")"});
+                                     {"waiting for the response from ", where, " failed (", describe_error(err), ")"});
       continue;
     }
     if (st == ResponseParser::Status::done) return std::move(parser.response());
@@ -2520,9 +2529,9 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
   if (!parse_url(request.url, url, why))
     return failure<HttpResponse>(Errc::invalid_argument, {"the endpoint URL is invalid: ", why});
   if (url.scheme != "http")
-    return failure<HttpResponse>(Errc::tls,
-                      {"HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
-                      "MI_IMPLEMENTATION is defined and link libcurl and OpenSSL)"});
+    return failure<HttpResponse>(Errc::tls, {"HTTPS needs MI_USE_CURL: this build has no TLS transport (define "
+                                             "MI_USE_CURL where MI_IMPLEMENTATION is defined and link libcurl and "
+                                             "OpenSSL)"});
   std::string wire;
   if (!serialize_request(request, url, wire, why))
     return failure<HttpResponse>(Errc::invalid_argument, {"the request cannot be sent: ", why});
@@ -3400,8 +3409,8 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   std::string why;
   size_t at = 0;
   if (!parse_json(body, root, why, at))
-    return make_error(Errc::invalid_response,
-                      cat({"the token response is not valid JSON (at byte ", num(static_cast<long long>(at)), "): ", why}));
+    return make_error(Errc::invalid_response, cat({"the token response is not valid JSON (at byte ",
+                                                   num(static_cast<long long>(at)), "): ", why}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
 
   TokenResponse out;
@@ -3616,8 +3625,8 @@ const char* id_parameter(Source source, IDKind kind) {
 
 // Parses an endpoint URL taken from variable `name`; SPEC §2: malformed, wrong scheme or a
 // control character is invalid_argument. The message names the variable, not the value.
-MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source, Url& url,
-                   Error& error) {
+MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source,
+                                  Url& url, Error& error) {
   std::string why;
   if (has_control_char(value)) {
     why = "it contains a control character";
@@ -4478,7 +4487,7 @@ MI_DETAIL_COLD std::string endpoint_text(std::string_view text, const std::vecto
 }
 
 MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
-                        const std::vector<std::string>& secrets) {
+                                       const std::vector<std::string>& secrets) {
   ErrorBody details = parse_error_body(response.body);
   std::string code = endpoint_text(details.code, secrets);
   std::string description = endpoint_text(details.description, secrets);
@@ -4710,8 +4719,8 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
       if (result) store_token(st, key, *result);
       cache.end_refresh(key);
       if (result) return result;
-      st.log(LogLevel::Warning,
-             cat({"proactive token refresh failed, using the cached token until it expires: ", result.error().message()}));
+      st.log(LogLevel::Warning, cat({"proactive token refresh failed, using the cached token until it expires: ",
+                                     result.error().message()}));
       cached.resource.assign(resource);
       return Result<AuthResult>(std::move(cached));
     }

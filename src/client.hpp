@@ -182,7 +182,7 @@ MI_DETAIL_COLD std::string endpoint_text(std::string_view text, const std::vecto
 }
 
 MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
-                        const std::vector<std::string>& secrets) {
+                                       const std::vector<std::string>& secrets) {
   ErrorBody details = parse_error_body(response.body);
   std::string code = endpoint_text(details.code, secrets);
   std::string description = endpoint_text(details.description, secrets);
@@ -414,8 +414,8 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
       if (result) store_token(st, key, *result);
       cache.end_refresh(key);
       if (result) return result;
-      st.log(LogLevel::Warning,
-             cat({"proactive token refresh failed, using the cached token until it expires: ", result.error().message()}));
+      st.log(LogLevel::Warning, cat({"proactive token refresh failed, using the cached token until it expires: ",
+                                     result.error().message()}));
       cached.resource.assign(resource);
       return Result<AuthResult>(std::move(cached));
     }

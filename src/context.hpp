@@ -48,7 +48,9 @@ MI_DETAIL_COLD Error context_error(ContextStatus status, std::initializer_list<s
   message += "; give the call more time (mi::Context::WithTimeout) or check that the endpoint is reachable";
   return make_error(Errc::timeout, std::move(message));
 }
-MI_DETAIL_COLD inline Error context_error(ContextStatus status, std::string_view doing) { return context_error(status, {doing}); }
+MI_DETAIL_COLD inline Error context_error(ContextStatus status, std::string_view doing) {
+  return context_error(status, {doing});
+}
 // context_error as a Result<T>.
 template <class T>
 MI_DETAIL_COLD Result<T> stopped(ContextStatus status, std::initializer_list<std::string_view> doing) {

@@ -202,7 +202,8 @@ ResponseParser::Status ResponseParser::invalid(std::initializer_list<std::string
 }
 
 ResponseParser::Status ResponseParser::body_too_large() {
-  return invalid({"the body is larger than the limit of ", num(static_cast<long long>(max_body_)), " bytes (MI_MAX_RESPONSE_BYTES)"});
+  return invalid({"the body is larger than the limit of ", num(static_cast<long long>(max_body_)),
+                  " bytes (MI_MAX_RESPONSE_BYTES)"});
 }
 
 ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {

@@ -208,8 +208,8 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   std::string why;
   size_t at = 0;
   if (!parse_json(body, root, why, at))
-    return make_error(Errc::invalid_response,
-                      cat({"the token response is not valid JSON (at byte ", num(static_cast<long long>(at)), "): ", why}));
+    return make_error(Errc::invalid_response, cat({"the token response is not valid JSON (at byte ",
+                                                   num(static_cast<long long>(at)), "): ", why}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
 
   TokenResponse out;

@@ -278,7 +278,8 @@ Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context
 // address in turn, all within connect_timeout and the context. Returns the socket.
 Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
   int err = 0;
-  if (!network_ready(err)) return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
+  if (!network_ready(err))
+    return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -306,7 +307,7 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #endif
 #endif
     return failure<socket_handle>(Errc::network, {"could not resolve the host name ", url.host, " (", reason,
-                                          "): check the endpoint URL and this machine's DNS settings"});
+                                                  "): check the endpoint URL and this machine's DNS settings"});
   }
   ContextStatus status = context_status(ctx);
   if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"connecting to ", where});
@@ -339,9 +340,10 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
       Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
       if (w == Wait::stopped) return stopped<socket_handle>(status, {"connecting to ", where});
       if (w == Wait::deadline)
-        return failure<socket_handle>(Errc::timeout, {"connecting to ", where, " timed out after ", num(connect_timeout.count()),
-                                              " ms: check that the endpoint address is right and reachable from "
-                                              "this machine (a firewall may be dropping the packets)"});
+        return failure<socket_handle>(Errc::timeout,
+                                      {"connecting to ", where, " timed out after ", num(connect_timeout.count()),
+                                       " ms: check that the endpoint address is right and reachable from "
+                                       "this machine (a firewall may be dropping the packets)"});
       if (w == Wait::failed) {
         connect_err = err;
         continue;
@@ -362,10 +364,11 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #else
   bool refused = connect_err == ECONNREFUSED;
 #endif
-  return failure<socket_handle>(Errc::network, {"could not connect to ", where, " (", describe_error(connect_err), "): ",
-                                        refused ? "is the managed identity endpoint running?"
-                                                : "check that the endpoint address is right and reachable "
-                                                  "from this machine"});
+  return failure<socket_handle>(Errc::network,
+                                {"could not connect to ", where, " (", describe_error(connect_err), "): ",
+                                 refused ? "is the managed identity endpoint running?"
+                                         : "check that the endpoint address is right and reachable "
+                                           "from this machine"});
 }
 
 // Sends all of `data`, waiting (in context slices) whenever the socket is full.
@@ -393,8 +396,8 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
       if (w == Wait::ready) continue;
     }
     return failure<bool>(Errc::network, {"could not send the request to ", where, " (",
-                                          n == 0 ? std::string("connection closed") : describe_error(err),
-                                          "): the endpoint dropped the connection; retrying may help"});
+                                         n == 0 ? std::string("connection closed") : describe_error(err),
+                                         "): the endpoint dropped the connection; retrying may help"});
   }
   return true;
 }
@@ -421,13 +424,14 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
       int err = last_error();
       if (is_interrupted(err)) continue;
       if (!would_block(err))
-        return failure<HttpResponse>(Errc::network, {"reading the response from ", where, " failed (", describe_error(err),
-                                              "): the endpoint dropped the connection; retrying may help"});
+        return failure<HttpResponse>(Errc::network,
+                                     {"reading the response from ", where, " failed (", describe_error(err),
+                                      "): the endpoint dropped the connection; retrying may help"});
       Wait w = wait_socket(s, false, false, ctx, SteadyClock::time_point::max(), status, err);
       if (w == Wait::stopped) return stopped<HttpResponse>(status, {"waiting for the response from ", where});
       if (w == Wait::failed)
         return failure<HttpResponse>(Errc::network,
-                          {"waiting for the response from ", where, " failed (", describe_error(err), ")"});
+                                     {"waiting for the response from ", where, " failed (", describe_error(err), ")"});
       continue;
     }
     if (st == ResponseParser::Status::done) return std::move(parser.response());
@@ -457,9 +461,9 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
   if (!parse_url(request.url, url, why))
     return failure<HttpResponse>(Errc::invalid_argument, {"the endpoint URL is invalid: ", why});
   if (url.scheme != "http")
-    return failure<HttpResponse>(Errc::tls,
-                      {"HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
-                      "MI_IMPLEMENTATION is defined and link libcurl and OpenSSL)"});
+    return failure<HttpResponse>(Errc::tls, {"HTTPS needs MI_USE_CURL: this build has no TLS transport (define "
+                                             "MI_USE_CURL where MI_IMPLEMENTATION is defined and link libcurl and "
+                                             "OpenSSL)"});
   std::string wire;
   if (!serialize_request(request, url, wire, why))
     return failure<HttpResponse>(Errc::invalid_argument, {"the request cannot be sent: ", why});

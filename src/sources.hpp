@@ -121,8 +121,8 @@ const char* id_parameter(Source source, IDKind kind) {
 
 // Parses an endpoint URL taken from variable `name`; SPEC §2: malformed, wrong scheme or a
 // control character is invalid_argument. The message names the variable, not the value.
-MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source, Url& url,
-                   Error& error) {
+MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source,
+                                  Url& url, Error& error) {
   std::string why;
   if (has_control_char(value)) {
     why = "it contains a control character";

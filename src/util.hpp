@@ -25,7 +25,9 @@ struct ErrorAccess {
   static void set_message(Error& e, std::string message) { e.message_ = std::move(message); }
 };
 
-MI_DETAIL_COLD inline Error make_error(Errc code, std::string message) { return ErrorAccess::make(code, std::move(message)); }
+MI_DETAIL_COLD inline Error make_error(Errc code, std::string message) {
+  return ErrorAccess::make(code, std::move(message));
+}
 
 // ---- message building --------------------------------------------------------------
 
