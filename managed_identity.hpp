@@ -541,6 +541,21 @@ Result<Client> New(ID id, First&& first, Rest&&... rest) {
 #endif
 #endif
 
+// Helpers that build messages stay out of line (MI_DETAIL_NOINLINE). Functions that run
+// only on failures, retries or the Azure Arc challenge, or once per client (New, options,
+// detection), are cold (MI_DETAIL_COLD): GCC then optimises them for size and inlines
+// nothing into them, which saves compile time where speed does not matter.
+#if defined(__GNUC__) || defined(__clang__)
+#define MI_DETAIL_NOINLINE __attribute__((noinline))
+#define MI_DETAIL_COLD __attribute__((noinline, cold))
+#elif defined(_MSC_VER)
+#define MI_DETAIL_NOINLINE __declspec(noinline)
+#define MI_DETAIL_COLD __declspec(noinline)
+#else
+#define MI_DETAIL_NOINLINE
+#define MI_DETAIL_COLD
+#endif
+
 // ---- src/util.hpp ----
 // Small helpers shared by every part: errors, strings, environment, UUIDs,
 // hashes. Nothing here does I/O except reading the environment.
@@ -551,7 +566,7 @@ namespace detail {
 
 // Builds mi::Error values with the fields the public constructor does not take.
 struct ErrorAccess {
-  static Error make(Errc code, std::string message, Source source = Source::DefaultToIMDS) {
+  MI_DETAIL_COLD static Error make(Errc code, std::string message, Source source = Source::DefaultToIMDS) {
     Error e(code, std::move(message));
     e.source_ = source;
     e.retryable_ = code == Errc::network || code == Errc::timeout;
@@ -569,13 +584,50 @@ struct ErrorAccess {
   static void set_message(Error& e, std::string message) { e.message_ = std::move(message); }
 };
 
-inline Error make_error(Errc code, std::string message) { return ErrorAccess::make(code, std::move(message)); }
+MI_DETAIL_COLD inline Error make_error(Errc code, std::string message) {
+  return ErrorAccess::make(code, std::move(message));
+}
+
+// ---- message building --------------------------------------------------------------
+
+// Joins the parts into one string. Messages are built with this (and num below) rather
+// than with chains of std::string operator+ and std::to_string, each of which inlines
+// a temporary string and its clean-up at the call site: that made most of the code.
+MI_DETAIL_NOINLINE std::string cat(std::initializer_list<std::string_view> parts) {
+  size_t size = 0;
+  for (std::string_view part : parts) size += part.size();
+  std::string out;
+  out.reserve(size);
+  for (std::string_view part : parts) out.append(part.data(), part.size());
+  return out;
+}
+
+// Decimal text of an integer (std::to_string, out of line; unsigned values are cast by the caller).
+MI_DETAIL_NOINLINE std::string num(long long value) { return std::to_string(value); }
+
+// An error result, the message parts joined: one call at each of the many places that
+// give up, instead of a string, an Error and a Result built (and cleaned up) inline.
+template <class T>
+MI_DETAIL_COLD Result<T> failure(Errc code, std::initializer_list<std::string_view> message) {
+  return Result<T>(make_error(code, cat(message)));
+}
+
+// ---- name/value lists ------------------------------------------------------------
+
+using StringPairs = std::vector<std::pair<std::string, std::string>>;
+
+// Appends one name/value pair (query parameters, headers). Every caller goes through
+// this one function, so the vector's growth code is compiled once, not once per
+// combination of argument types.
+void add_pair(StringPairs& list, std::string_view name, std::string_view value) {
+  list.emplace_back(std::string(name), std::string(value));
+}
 
 // ---- strings -------------------------------------------------------------------
 
 inline char ascii_lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
-inline std::string ascii_lowercase(std::string_view s) {
+std::string ascii_lowercase(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = ascii_lower(c);
   return out;
@@ -614,7 +666,7 @@ inline bool has_control_char(std::string_view s) noexcept {
 }
 
 // RFC 3986: unreserved characters stay, every other byte becomes %XX.
-inline std::string percent_encode(std::string_view s) {
+std::string percent_encode(std::string_view s) {
   static const char hex[] = "0123456789ABCDEF";
   std::string out;
   out.reserve(s.size() + s.size() / 2);
@@ -640,7 +692,7 @@ inline int hex_value(char c) noexcept {
 }
 
 // Decodes %XX (and '+' as space when form is true); invalid escapes stay as they are.
-inline std::string percent_decode(std::string_view s, bool form) {
+std::string percent_decode(std::string_view s, bool form) {
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
@@ -657,7 +709,7 @@ inline std::string percent_decode(std::string_view s, bool form) {
   return out;
 }
 
-inline std::string to_hex(const unsigned char* data, size_t n) {
+std::string to_hex(const unsigned char* data, size_t n) {
   static const char hex[] = "0123456789abcdef";
   std::string out(n * 2, '0');
   for (size_t i = 0; i < n; ++i) {
@@ -682,7 +734,7 @@ inline bool parse_int64(std::string_view s, int64_t& out) noexcept {
 // ---- environment -----------------------------------------------------------------
 
 // The variable's value; an unset and an empty variable both give "".
-inline std::string env(const char* name) {
+std::string env(const char* name) {
 #if defined(_MSC_VER)
   char* value = nullptr;
   size_t len = 0;
@@ -707,7 +759,7 @@ inline uint64_t splitmix64(uint64_t& state) noexcept {
   return z ^ (z >> 31);
 }
 
-inline uint64_t random_seed() {
+uint64_t random_seed() {
   uint64_t seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
                   (static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) << 1) ^
                   static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&seed));
@@ -724,7 +776,7 @@ inline uint64_t random_seed() {
   return seed;
 }
 
-inline uint64_t random_u64() {
+uint64_t random_u64() {
   static std::mutex mutex;
   static uint64_t state = random_seed();
   std::lock_guard<std::mutex> lock(mutex);
@@ -732,7 +784,7 @@ inline uint64_t random_u64() {
 }
 
 // A random (version 4, RFC 9562) UUID in lowercase 8-4-4-4-12 form.
-inline std::string uuid4() {
+std::string uuid4() {
   unsigned char b[16];
   uint64_t hi = random_u64(), lo = random_u64();
   for (int i = 0; i < 8; ++i) {
@@ -741,14 +793,20 @@ inline std::string uuid4() {
   }
   b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);
   b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);
-  std::string hex = to_hex(b, 16);
-  return hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" + hex.substr(16, 4) + "-" +
-         hex.substr(20, 12);
+  static const char hex[] = "0123456789abcdef";
+  char text[36];
+  size_t n = 0;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) text[n++] = '-';
+    text[n++] = hex[b[i] >> 4];
+    text[n++] = hex[b[i] & 15];
+  }
+  return std::string(text, sizeof text);
 }
 
 // ---- SHA-256 (FIPS 180-4), for Service Fabric's token_sha256_to_refresh ---------------
 
-inline std::string sha256_hex(std::string_view data) {
+MI_DETAIL_COLD std::string sha256_hex(std::string_view data) {
   static const uint32_t k[64] = {
       0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
       0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -861,7 +919,7 @@ struct JsonValue {
   JsonValue(JsonValue&& other) noexcept;
   JsonValue& operator=(const JsonValue& other);
   JsonValue& operator=(JsonValue&& other) noexcept;
-  ~JsonValue();
+  MI_DETAIL_NOINLINE ~JsonValue();  // recursive: inlined, GCC copies it into itself levels deep
 
   // The first member with that key (objects only), else nullptr.
   const JsonValue* find(std::string_view key) const noexcept;
@@ -873,11 +931,12 @@ struct JsonValue {
   bool is_object() const noexcept { return type == Type::Object; }
 };
 
-JsonValue::JsonValue() = default;
-JsonValue::JsonValue(const JsonValue& other) = default;
-JsonValue::JsonValue(JsonValue&& other) noexcept = default;
-JsonValue& JsonValue::operator=(const JsonValue& other) = default;
-JsonValue& JsonValue::operator=(JsonValue&& other) noexcept = default;
+// Inline, so that only those the program uses are compiled; the destructor (always used) is not.
+inline JsonValue::JsonValue() = default;
+inline JsonValue::JsonValue(const JsonValue& other) = default;
+inline JsonValue::JsonValue(JsonValue&& other) noexcept = default;
+inline JsonValue& JsonValue::operator=(const JsonValue& other) = default;
+inline JsonValue& JsonValue::operator=(JsonValue&& other) noexcept = default;
 JsonValue::~JsonValue() = default;
 
 const JsonValue* JsonValue::find(std::string_view key) const noexcept {
@@ -1174,7 +1233,6 @@ bool JsonParser::parse_object(JsonValue& out, int depth) {
     ++p_;
     return true;
   }
-  out.members.reserve(8);
   for (;;) {
     if (p_ == end_) return fail("unexpected end of input in an object", p_);
     if (*p_ != '"') return fail("expected a string key in an object", p_);
@@ -1215,7 +1273,7 @@ bool parse_json(std::string_view text, JsonValue& out, std::string& error) {
   size_t offset = 0;
   if (parse_json(text, out, error, offset)) return true;
   error += " at byte ";
-  error += std::to_string(offset);
+  error += num(static_cast<long long>(offset));
   return false;
 }
 
@@ -1249,21 +1307,21 @@ struct Url {
   std::string str() const;
 };
 
-std::string Url::target() const { return query.empty() ? path : path + "?" + query; }
+std::string Url::target() const { return query.empty() ? path : cat({path, "?", query}); }
 
 std::string Url::authority() const {
-  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  return out + ":" + std::to_string(port);
+  const bool ipv6 = host.find(':') != std::string::npos;
+  return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : "", ":", num(port)});
 }
 
 std::string Url::host_header() const {
-  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
-  if (!default_port) out += ":" + std::to_string(port);
-  return out;
+  const bool ipv6 = host.find(':') != std::string::npos;
+  const bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
+  if (default_port) return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : ""});
+  return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : "", ":", num(port)});
 }
 
-std::string Url::str() const { return scheme + "://" + host_header() + target(); }
+std::string Url::str() const { return cat({scheme, "://", host_header(), target()}); }
 
 namespace url_impl {
 
@@ -1333,7 +1391,11 @@ inline bool host_char(char c) noexcept { return is_alpha(c) || is_digit(c) || c 
 }  // namespace url_impl
 
 bool parse_url(std::string_view text, Url& out, std::string& why) {
-  out = Url();
+  out.scheme.clear();  // reset (cheaper to compile than assigning a fresh Url)
+  out.host.clear();
+  out.port = 0;
+  out.path.clear();
+  out.query.clear();
   for (char ch : text) {
     unsigned char c = static_cast<unsigned char>(ch);
     if (c <= 0x20 || c >= 0x7f) {
@@ -1443,7 +1505,7 @@ bool parse_url(std::string_view text, Url& out, std::string& why) {
 
 std::string merge_query(std::string_view existing_raw,
                         const std::vector<std::pair<std::string, std::string>>& params) {
-  std::vector<std::pair<std::string, std::string>> pairs;
+  StringPairs pairs;
   size_t pos = 0;
   while (pos <= existing_raw.size()) {
     size_t amp = existing_raw.find('&', pos);
@@ -1456,16 +1518,15 @@ std::string merge_query(std::string_view existing_raw,
       bool replaced = false;
       for (const auto& p : params)
         if (p.first == name) replaced = true;
-      if (!replaced) pairs.emplace_back(std::move(name), std::move(value));
+      if (!replaced) add_pair(pairs, name, value);
     }
     if (amp == std::string_view::npos) break;
     pos = amp + 1;
   }
-  for (const auto& p : params) pairs.push_back(p);
-  std::stable_sort(pairs.begin(), pairs.end(),
-                   [](const std::pair<std::string, std::string>& a, const std::pair<std::string, std::string>& b) {
-                     return a.first < b.first;
-                   });
+  for (const auto& p : params) add_pair(pairs, p.first, p.second);
+  // Stable insertion sort by name: a handful of parameters, and far less code than std::stable_sort.
+  for (size_t i = 1; i < pairs.size(); ++i)
+    for (size_t j = i; j > 0 && pairs[j].first < pairs[j - 1].first; --j) pairs[j].swap(pairs[j - 1]);
   std::string out;
   for (const auto& p : pairs) {
     if (!out.empty()) out.push_back('&');
@@ -1511,7 +1572,7 @@ bool is_token(std::string_view s) noexcept {
 }
 
 // A name for a message: control and non-ASCII bytes escaped, at most 64 characters.
-std::string printable_name(std::string_view s) {
+MI_DETAIL_COLD std::string printable_name(std::string_view s) {
   static const char hex[] = "0123456789abcdef";
   std::string out;
   for (char ch : s) {
@@ -1592,12 +1653,12 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   text += "\r\n";
   for (const auto& header : request.headers) {
     if (!http_impl::is_token(header.first)) {
-      why = "the header name \"" + http_impl::printable_name(header.first) +
-            "\" is not a valid HTTP token (empty, or a control character, space or separator)";
+      why = cat({"the header name \"", http_impl::printable_name(header.first),
+                 "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
       return false;
     }
     if (has_control_char(header.second)) {  // never quote the value: it may be a secret
-      why = "the value of the header \"" + header.first + "\" contains a control character (such as CR or LF)";
+      why = cat({"the value of the header \"", header.first, "\" contains a control character (such as CR or LF)"});
       return false;
     }
     // The transport owns the framing headers; the request's own copies are dropped.
@@ -1611,7 +1672,7 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   }
   if (!request.body.empty() || request.method == "POST" || request.method == "PUT" || request.method == "PATCH") {
     text += "Content-Length: ";
-    text += std::to_string(request.body.size());
+    text += num(static_cast<long long>(request.body.size()));
     text += "\r\n";
   }
   text += "Connection: close\r\n\r\n";
@@ -1648,9 +1709,10 @@ class ResponseParser {
  private:
   enum class State { status_line, header_line, length_body, close_body, chunk_size, chunk_data, chunk_data_end, trailer_line, done, failed };
 
-  Status fail(Errc code, std::string message);
-  Status invalid(const std::string& reason) { return fail(Errc::invalid_response, "invalid HTTP response: " + reason); }
-  Status body_too_large();
+  MI_DETAIL_COLD Status fail(Errc code, std::string message);
+  MI_DETAIL_COLD Status invalid(std::string_view reason) { return invalid({reason}); }
+  MI_DETAIL_COLD Status invalid(std::initializer_list<std::string_view> reason);
+  MI_DETAIL_COLD Status body_too_large();
   Status on_line(std::string_view line);
   Status on_status_line(std::string_view line);
   Status on_header_line(std::string_view line);
@@ -1677,9 +1739,15 @@ ResponseParser::Status ResponseParser::fail(Errc code, std::string message) {
   return Status::error;
 }
 
+ResponseParser::Status ResponseParser::invalid(std::initializer_list<std::string_view> reason) {
+  std::string message = "invalid HTTP response: ";
+  for (std::string_view part : reason) message.append(part.data(), part.size());
+  return fail(Errc::invalid_response, std::move(message));
+}
+
 ResponseParser::Status ResponseParser::body_too_large() {
-  return invalid("the body is larger than the limit of " + std::to_string(max_body_) +
-                 " bytes (MI_MAX_RESPONSE_BYTES)");
+  return invalid({"the body is larger than the limit of ", num(static_cast<long long>(max_body_)),
+                  " bytes (MI_MAX_RESPONSE_BYTES)"});
 }
 
 ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
@@ -1719,8 +1787,8 @@ ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
         size_t limit = head ? max_header_ - head_bytes_ : state_ == State::chunk_data_end ? 2 : max_header_;
         if (take > limit - line_.size()) {
           if (head)
-            return invalid("the response head is larger than the limit of " + std::to_string(max_header_) +
-                           " bytes (MI_MAX_HEADER_BYTES)");
+            return invalid({"the response head is larger than the limit of ", num(static_cast<long long>(max_header_)),
+                            " bytes (MI_MAX_HEADER_BYTES)"});
           if (state_ == State::chunk_data_end) return invalid("a chunk is longer than its declared size");
           return invalid("a chunk-size line is too long");
         }
@@ -1791,8 +1859,8 @@ ResponseParser::Status ResponseParser::on_header_line(std::string_view line) {
   if (!http_impl::is_token(name)) return invalid("a header name is not a valid token");
   std::string_view value = http_impl::trim_ows(line.substr(colon + 1));
   if (http_impl::bad_field_char(value))
-    return invalid("the header \"" + http_impl::printable_name(name) + "\" contains a control character");
-  response_.headers.emplace_back(std::string(name), std::string(value));
+    return invalid({"the header \"", http_impl::printable_name(name), "\" contains a control character"});
+  add_pair(response_.headers, name, value);
   return Status::need_more;
 }
 
@@ -1832,7 +1900,7 @@ ResponseParser::Status ResponseParser::on_head_end() {
             if (c < '0' || c > '9') return invalid("Content-Length is not a non-negative decimal number");
           while (item.size() > 1 && item[0] == '0') item.remove_prefix(1);
           if (has_cl && item != length) return invalid("conflicting Content-Length values");
-          length = std::string(item);
+          length.assign(item.data(), item.size());
           has_cl = true;
         }
       }
@@ -1948,13 +2016,22 @@ inline ContextStatus context_status(const Context& ctx) noexcept {
   return ContextStatus::ok;
 }
 
-// The error for a context that stopped; `doing` says what was interrupted.
-inline Error context_error(ContextStatus status, std::string_view doing) {
-  if (status == ContextStatus::canceled)
-    return make_error(Errc::canceled, "the request was canceled (mi::Context::Cancel) while " + std::string(doing));
-  return make_error(Errc::timeout,
-                    "the context's deadline passed while " + std::string(doing) +
-                        "; give the call more time (mi::Context::WithTimeout) or check that the endpoint is reachable");
+// The error for a context that stopped; `doing` (the parts joined) says what was interrupted.
+MI_DETAIL_COLD Error context_error(ContextStatus status, std::initializer_list<std::string_view> doing) {
+  std::string message = status == ContextStatus::canceled ? "the request was canceled (mi::Context::Cancel) while "
+                                                          : "the context's deadline passed while ";
+  for (std::string_view part : doing) message.append(part.data(), part.size());
+  if (status == ContextStatus::canceled) return make_error(Errc::canceled, std::move(message));
+  message += "; give the call more time (mi::Context::WithTimeout) or check that the endpoint is reachable";
+  return make_error(Errc::timeout, std::move(message));
+}
+MI_DETAIL_COLD inline Error context_error(ContextStatus status, std::string_view doing) {
+  return context_error(status, {doing});
+}
+// context_error as a Result<T>.
+template <class T>
+MI_DETAIL_COLD Result<T> stopped(ContextStatus status, std::initializer_list<std::string_view> doing) {
+  return Result<T>(context_error(status, doing));
 }
 
 // Milliseconds left before the context's deadline (capped at `cap`), at least 0.
@@ -1968,7 +2045,7 @@ inline Millis time_left(const Context& ctx, Millis cap) noexcept {
 }
 
 // Sleeps for `duration` unless the context stops first; returns its status.
-inline ContextStatus sleep_for(const Context& ctx, Millis duration) {
+ContextStatus sleep_for(const Context& ctx, Millis duration) {
   SteadyClock::time_point end = SteadyClock::now() + duration;
   for (;;) {
     ContextStatus status = context_status(ctx);
@@ -2069,7 +2146,7 @@ inline bool would_block(int err) noexcept {
 }
 
 // A short, lowercase reason for an OS socket error (thread-safe, no strerror).
-std::string describe_error(int err) {
+MI_DETAIL_COLD std::string describe_error(int err) {
 #if MI_DETAIL_WINDOWS
   switch (err) {
     case WSAECONNREFUSED: return "connection refused";
@@ -2092,7 +2169,7 @@ std::string describe_error(int err) {
     case WSANOTINITIALISED: return "WinSock not initialised";
     case WSASYSNOTREADY: return "network subsystem not ready";
     case WSAVERNOTSUPPORTED: return "WinSock 2.2 not supported";
-    default: return "WinSock error " + std::to_string(err);
+    default: return cat({"WinSock error ", num(err)});
   }
 #else
   switch (err) {
@@ -2112,7 +2189,7 @@ std::string describe_error(int err) {
     case ENFILE: return "too many open files in the system";
     case ENOBUFS: return "no buffer space available";
     case ENOMEM: return "out of memory";
-    default: return "errno " + std::to_string(err);
+    default: return cat({"errno ", num(err)});
   }
 #endif
 }
@@ -2372,7 +2449,8 @@ Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context
 // address in turn, all within connect_timeout and the context. Returns the socket.
 Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
   int err = 0;
-  if (!network_ready(err)) return make_error(Errc::network, "could not start WinSock (" + describe_error(err) + ")");
+  if (!network_ready(err))
+    return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -2382,7 +2460,7 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #if defined(AI_NUMERICSERV)
   hints.ai_flags |= AI_NUMERICSERV;
 #endif
-  const std::string port_text = std::to_string(url.port);
+  const std::string port_text = num(url.port);
   SteadyClock::time_point start = SteadyClock::now();
   SteadyClock::time_point until = SteadyClock::time_point::max();
   if (connect_timeout.count() > 0 &&
@@ -2404,12 +2482,12 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     std::unique_lock<std::mutex> lock(lookup->mutex);
     while (!lookup->done) {
       status = context_status(ctx);
-      if (status != ContextStatus::ok) return context_error(status, "resolving the host name " + url.host);
+      if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"resolving the host name ", url.host});
       SteadyClock::time_point now = SteadyClock::now();
       if (now >= until)
-        return make_error(Errc::timeout, "resolving the host name " + url.host + " timed out after " +
-                                             std::to_string(connect_timeout.count()) +
-                                             " ms: check the endpoint URL and this machine's DNS settings");
+        return failure<socket_handle>(Errc::timeout, {"resolving the host name ", url.host, " timed out after ",
+                                                      num(connect_timeout.count()),
+                                                      " ms: check the endpoint URL and this machine's DNS settings"});
       Millis slice = time_left(ctx, kContextSlice);
       if (until != SteadyClock::time_point::max())
         slice = std::min(slice, std::chrono::duration_cast<Millis>(until - now) + Millis(1));
@@ -2430,11 +2508,11 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     if (rc == EAI_SYSTEM) reason = describe_error(sys_error);
 #endif
 #endif
-    return make_error(Errc::network, "could not resolve the host name " + url.host + " (" + reason +
-                                         "): check the endpoint URL and this machine's DNS settings");
+    return failure<socket_handle>(Errc::network, {"could not resolve the host name ", url.host, " (", reason,
+                                                  "): check the endpoint URL and this machine's DNS settings"});
   }
   status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+  if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"connecting to ", where});
 
   int connect_err = 0;
   for (addrinfo* ai = addresses.list; ai != nullptr; ai = ai->ai_next) {
@@ -2457,12 +2535,12 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     }
     if (pending) {
       Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
-      if (w == Wait::stopped) return context_error(status, "connecting to " + where);
+      if (w == Wait::stopped) return stopped<socket_handle>(status, {"connecting to ", where});
       if (w == Wait::deadline)
-        return make_error(Errc::timeout, "connecting to " + where + " timed out after " +
-                                             std::to_string(connect_timeout.count()) +
-                                             " ms: check that the endpoint address is right and reachable from "
-                                             "this machine (a firewall may be dropping the packets)");
+        return failure<socket_handle>(Errc::timeout,
+                                      {"connecting to ", where, " timed out after ", num(connect_timeout.count()),
+                                       " ms: check that the endpoint address is right and reachable from "
+                                       "this machine (a firewall may be dropping the packets)"});
       if (w == Wait::failed) {
         connect_err = err;
         continue;
@@ -2483,10 +2561,11 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #else
   bool refused = connect_err == ECONNREFUSED;
 #endif
-  return make_error(Errc::network, "could not connect to " + where + " (" + describe_error(connect_err) + "): " +
-                                       (refused ? "is the managed identity endpoint running?"
-                                                : "check that the endpoint address is right and reachable "
-                                                  "from this machine"));
+  return failure<socket_handle>(Errc::network,
+                                {"could not connect to ", where, " (", describe_error(connect_err), "): ",
+                                 refused ? "is the managed identity endpoint running?"
+                                         : "check that the endpoint address is right and reachable "
+                                           "from this machine"});
 }
 
 // Sends all of `data`, waiting (in context slices) whenever the socket is full.
@@ -2494,7 +2573,7 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
   size_t sent = 0;
   while (sent < data.size()) {
     ContextStatus status = context_status(ctx);
-    if (status != ContextStatus::ok) return context_error(status, "sending the request to " + where);
+    if (status != ContextStatus::ok) return stopped<bool>(status, {"sending the request to ", where});
     size_t chunk = data.size() - sent;
 #if MI_DETAIL_WINDOWS
     if (chunk > static_cast<size_t>(INT_MAX)) chunk = static_cast<size_t>(INT_MAX);
@@ -2510,12 +2589,12 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
     if (n < 0 && is_interrupted(err)) continue;
     if (n < 0 && would_block(err)) {
       Wait w = wait_socket(s, true, false, ctx, SteadyClock::time_point::max(), status, err);
-      if (w == Wait::stopped) return context_error(status, "sending the request to " + where);
+      if (w == Wait::stopped) return stopped<bool>(status, {"sending the request to ", where});
       if (w == Wait::ready) continue;
     }
-    return make_error(Errc::network, "could not send the request to " + where + " (" +
-                                         (n == 0 ? std::string("connection closed") : describe_error(err)) +
-                                         "): the endpoint dropped the connection; retrying may help");
+    return failure<bool>(Errc::network, {"could not send the request to ", where, " (",
+                                         n == 0 ? std::string("connection closed") : describe_error(err),
+                                         "): the endpoint dropped the connection; retrying may help"});
   }
   return true;
 }
@@ -2527,7 +2606,7 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
   for (;;) {
     // Checked on every read too, so a peer that keeps the socket busy cannot outlast the context.
     ContextStatus status = context_status(ctx);
-    if (status != ContextStatus::ok) return context_error(status, "waiting for the response from " + where);
+    if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"waiting for the response from ", where});
 #if MI_DETAIL_WINDOWS
     int n = ::recv(s, buffer, static_cast<int>(sizeof buffer), 0);
 #else
@@ -2542,19 +2621,20 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
       int err = last_error();
       if (is_interrupted(err)) continue;
       if (!would_block(err))
-        return make_error(Errc::network, "reading the response from " + where + " failed (" + describe_error(err) +
-                                             "): the endpoint dropped the connection; retrying may help");
+        return failure<HttpResponse>(Errc::network,
+                                     {"reading the response from ", where, " failed (", describe_error(err),
+                                      "): the endpoint dropped the connection; retrying may help"});
       Wait w = wait_socket(s, false, false, ctx, SteadyClock::time_point::max(), status, err);
-      if (w == Wait::stopped) return context_error(status, "waiting for the response from " + where);
+      if (w == Wait::stopped) return stopped<HttpResponse>(status, {"waiting for the response from ", where});
       if (w == Wait::failed)
-        return make_error(Errc::network, "waiting for the response from " + where + " failed (" +
-                                             describe_error(err) + ")");
+        return failure<HttpResponse>(Errc::network,
+                                     {"waiting for the response from ", where, " failed (", describe_error(err), ")"});
       continue;
     }
     if (st == ResponseParser::Status::done) return std::move(parser.response());
     if (st == ResponseParser::Status::error) {
       Error e = parser.error();
-      ErrorAccess::set_message(e, e.message() + " (endpoint " + where + ")");
+      ErrorAccess::set_message(e, cat({e.message(), " (endpoint ", where, ")"}));
       return e;
     }
   }
@@ -2575,17 +2655,18 @@ class SocketTransport final : public HttpClient {
 Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& request) {
   Url url;
   std::string why;
-  if (!parse_url(request.url, url, why)) return make_error(Errc::invalid_argument, "the endpoint URL is invalid: " + why);
+  if (!parse_url(request.url, url, why))
+    return failure<HttpResponse>(Errc::invalid_argument, {"the endpoint URL is invalid: ", why});
   if (url.scheme != "http")
-    return make_error(Errc::tls,
-                      "HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
-                      "MI_IMPLEMENTATION is defined, with the libcurl and OpenSSL headers installed)");
+    return failure<HttpResponse>(Errc::tls, {"HTTPS needs MI_USE_CURL: this build has no TLS transport (define "
+                                             "MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl and "
+                                             "OpenSSL headers installed)"});
   std::string wire;
   if (!serialize_request(request, url, wire, why))
-    return make_error(Errc::invalid_argument, "the request cannot be sent: " + why);
+    return failure<HttpResponse>(Errc::invalid_argument, {"the request cannot be sent: ", why});
   const std::string where = url.authority();
   ContextStatus status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+  if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"connecting to ", where});
 
   Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_);
   if (!connected) return connected.error();
@@ -3643,8 +3724,8 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   std::string why;
   size_t at = 0;
   if (!parse_json(body, root, why, at))
-    return make_error(Errc::invalid_response,
-                      "the token response is not valid JSON (at byte " + std::to_string(at) + "): " + why);
+    return make_error(Errc::invalid_response, cat({"the token response is not valid JSON (at byte ",
+                                                   num(static_cast<long long>(at)), "): ", why}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
 
   TokenResponse out;
@@ -3704,7 +3785,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
 // Best effort on any body: flat {"error", "error_description", "correlation_id"}, nested
 // {"error": {"code", "message", "correlationId"}}, or App Service's {"message", "correlationId"}.
 // Anything else (not JSON, HTML, empty, not an object) gives empty fields.
-ErrorBody parse_error_body(std::string_view body) {
+MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   ErrorBody out;
   JsonValue root;
   std::string why;
@@ -3764,7 +3845,7 @@ inline const char* source_label(Source source) {
 
 // ---- detection -------------------------------------------------------------------
 
-bool file_exists(const std::string& path) {
+MI_DETAIL_COLD bool file_exists(const std::string& path) {
   if (path.empty()) return false;
 #if MI_DETAIL_WINDOWS
   DWORD attributes = GetFileAttributesA(path.c_str());
@@ -3776,15 +3857,15 @@ bool file_exists(const std::string& path) {
 }
 
 // Where the Arc agent's himds executable would be (SPEC §1 step 4).
-std::vector<std::string> arc_himds_paths() {
+MI_DETAIL_COLD std::vector<std::string> arc_himds_paths() {
 #if defined(MI_AZURE_ARC_HIMDS_PATH)
   return {MI_AZURE_ARC_HIMDS_PATH};
 #elif MI_DETAIL_WINDOWS
   std::vector<std::string> out;
   // The agent installs under Program Files; Go looks under ProgramData: accept both.
   std::string program_files = env("ProgramFiles"), program_data = env("ProgramData");
-  if (!program_files.empty()) out.push_back(program_files + "\\AzureConnectedMachineAgent\\himds.exe");
-  if (!program_data.empty()) out.push_back(program_data + "\\AzureConnectedMachineAgent\\himds.exe");
+  if (!program_files.empty()) out.push_back(cat({program_files, "\\AzureConnectedMachineAgent\\himds.exe"}));
+  if (!program_data.empty()) out.push_back(cat({program_data, "\\AzureConnectedMachineAgent\\himds.exe"}));
   return out;
 #elif defined(__linux__)
   return {"/opt/azcmagent/bin/himds"};
@@ -3793,7 +3874,7 @@ std::vector<std::string> arc_himds_paths() {
 #endif
 }
 
-Source detect_source() {
+MI_DETAIL_COLD Source detect_source() {
   std::string identity_endpoint = env("IDENTITY_ENDPOINT");
   if (!identity_endpoint.empty() && !env("IDENTITY_HEADER").empty())
     return env("IDENTITY_SERVER_THUMBPRINT").empty() ? Source::AppService : Source::ServiceFabric;
@@ -3806,7 +3887,7 @@ Source detect_source() {
 
 // ---- identities ------------------------------------------------------------------------
 
-const char* id_kind_label(IDKind kind) {
+MI_DETAIL_COLD const char* id_kind_label(IDKind kind) {
   switch (kind) {
     case IDKind::SystemAssigned: return "system-assigned identity";
     case IDKind::ClientID: return "user-assigned client ID";
@@ -3817,7 +3898,7 @@ const char* id_kind_label(IDKind kind) {
 }
 
 // SPEC §2: the source's support for the ID kind first, then an empty value.
-bool check_identity(Source source, const ID& id, Error& error) {
+MI_DETAIL_COLD bool check_identity(Source source, const ID& id, Error& error) {
   const bool user_assigned = id.kind() != IDKind::SystemAssigned;
   if (user_assigned) {
     std::string why;
@@ -3830,13 +3911,13 @@ bool check_identity(Source source, const ID& id, Error& error) {
       why = "Azure ML accepts a user-assigned identity by client ID only; use mi::UserAssignedClientID()";
     if (!why.empty()) {
       error = ErrorAccess::make(Errc::unsupported_identity,
-                                std::string("a ") + id_kind_label(id.kind()) + " cannot be used here: " + why, source);
+                                cat({"a ", id_kind_label(id.kind()), " cannot be used here: ", why}), source);
       return false;
     }
     if (id.value().empty()) {
       error = ErrorAccess::make(Errc::invalid_argument,
-                                std::string("the ") + id_kind_label(id.kind()) +
-                                    " is empty; pass the identity's ID, or use mi::SystemAssigned()",
+                                cat({"the ", id_kind_label(id.kind()),
+                                     " is empty; pass the identity's ID, or use mi::SystemAssigned()"}),
                                 source);
       return false;
     }
@@ -3859,32 +3940,32 @@ const char* id_parameter(Source source, IDKind kind) {
 
 // Parses an endpoint URL taken from variable `name`; SPEC §2: malformed, wrong scheme or a
 // control character is invalid_argument. The message names the variable, not the value.
-bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source, Url& url,
-                   Error& error) {
+MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source,
+                                  Url& url, Error& error) {
   std::string why;
   if (has_control_char(value)) {
     why = "it contains a control character";
   } else if (!parse_url(value, url, why)) {
     // why is set by parse_url
   } else if (url.scheme != scheme) {
-    why = std::string("its scheme must be ") + scheme + "://";
+    why = cat({"its scheme must be ", scheme, "://"});
   } else {
     return true;
   }
   error = ErrorAccess::make(Errc::invalid_argument,
-                            std::string(name) + " is not a valid " + scheme + " URL (" + why + "); check the " +
-                                source_label(source) + " environment",
+                            cat({name, " is not a valid ", scheme, " URL (", why, "); check the ", source_label(source),
+                                 " environment"}),
                             source);
   return false;
 }
 
 // Reads a secret variable; a control character is invalid_argument (the value is never shown).
-bool secret_from(const char* name, Source source, std::string& value, Error& error) {
+MI_DETAIL_COLD bool secret_from(const char* name, Source source, std::string& value, Error& error) {
   value = env(name);
   if (has_control_char(value)) {
     error = ErrorAccess::make(Errc::invalid_argument,
-                              std::string(name) + " contains a control character; check the " + source_label(source) +
-                                  " environment",
+                              cat({name, " contains a control character; check the ", source_label(source),
+                                   " environment"}),
                               source);
     return false;
   }
@@ -3893,26 +3974,37 @@ bool secret_from(const char* name, Source source, std::string& value, Error& err
 
 // AZURE_POD_IDENTITY_AUTHORITY_HOST: a base URL; one trailing '/' dropped, the token path
 // appended, http:// assumed without a scheme (SPEC §2).
-std::string imds_endpoint() {
+MI_DETAIL_COLD std::string imds_endpoint() {
   std::string host = env("AZURE_POD_IDENTITY_AUTHORITY_HOST");
   if (host.empty()) return kImdsEndpoint;
   if (!host.empty() && host.back() == '/') host.pop_back();
-  if (host.find("://") == std::string::npos) host = "http://" + host;
-  return host + kImdsPath;
+  return cat({host.find("://") == std::string::npos ? "http://" : "", host, kImdsPath});
 }
 
 // ---- request building -------------------------------------------------------------------
 
+// These two live in fetch_token, which returns from many places: their destructors are out
+// of line so that each return calls one function instead of destroying every member inline.
 struct RequestExtras {
   std::string request_id;             // IMDS x-ms-client-request-id
   std::string token_sha256;           // Service Fabric token_sha256_to_refresh (with claims)
-  std::vector<std::string> capabilities;  // Service Fabric xms_cc
+  const std::vector<std::string>* capabilities = nullptr;  // Service Fabric xms_cc (the client's, not a copy)
+  RequestExtras() = default;
+  RequestExtras(const RequestExtras&) = delete;
+  RequestExtras& operator=(const RequestExtras&) = delete;
+  MI_DETAIL_NOINLINE ~RequestExtras();
 };
+RequestExtras::~RequestExtras() = default;
 
 struct BuiltRequest {
   HttpRequest request;
   std::vector<std::string> secrets;  // values that must never appear in a message or log
+  BuiltRequest() = default;
+  BuiltRequest(const BuiltRequest&) = delete;
+  BuiltRequest& operator=(const BuiltRequest&) = delete;
+  MI_DETAIL_NOINLINE ~BuiltRequest();
 };
+BuiltRequest::~BuiltRequest() = default;
 
 // Builds the one request of an acquisition (Azure Arc: leg 1). Endpoint and secret
 // variables are read now, except Service Fabric's endpoint, fixed at New (`fixed_endpoint`).
@@ -3920,7 +4012,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
                    const Url* fixed_endpoint, BuiltRequest& out, Error& error) {
   HttpRequest& req = out.request;
   req.method = "GET";
-  std::vector<std::pair<std::string, std::string>> params;
+  StringPairs params;
   const char* api_version = nullptr;
   Url url;
   std::string endpoint;
@@ -3952,63 +4044,66 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
     return false;
   }
 
-  if (api_version != nullptr) params.emplace_back("api-version", api_version);
-  if (source != Source::CloudShell) params.emplace_back("resource", std::string(resource));
+  if (api_version != nullptr) add_pair(params, "api-version", api_version);
+  if (source != Source::CloudShell) add_pair(params, "resource", resource);
   if (source == Source::AzureML) {
     // Always sent: the user-assigned client ID, else DEFAULT_IDENTITY_CLIENT_ID, else empty (as Go).
-    params.emplace_back("clientid", id.kind() == IDKind::ClientID ? id.value() : env("DEFAULT_IDENTITY_CLIENT_ID"));
+    add_pair(params, "clientid", id.kind() == IDKind::ClientID ? id.value() : env("DEFAULT_IDENTITY_CLIENT_ID"));
   } else if (const char* name = id_parameter(source, id.kind())) {
-    params.emplace_back(name, id.value());
+    add_pair(params, name, id.value());
   }
   if (source == Source::ServiceFabric) {
-    if (!extras.token_sha256.empty()) params.emplace_back("token_sha256_to_refresh", extras.token_sha256);
-    if (!extras.capabilities.empty()) {
+    if (!extras.token_sha256.empty()) add_pair(params, "token_sha256_to_refresh", extras.token_sha256);
+    if (extras.capabilities != nullptr && !extras.capabilities->empty()) {
       std::string joined;
-      for (const std::string& c : extras.capabilities) joined += (joined.empty() ? "" : ",") + c;
-      params.emplace_back("xms_cc", joined);
+      for (const std::string& c : *extras.capabilities) {
+        if (!joined.empty()) joined += ',';
+        joined += c;
+      }
+      add_pair(params, "xms_cc", joined);
     }
   }
   if (source != Source::CloudShell) url.query = merge_query(url.query, params);
-  req.url = url.scheme + "://" + url.host_header() + url.target();
+  req.url = url.str();
 
-  req.headers.emplace_back("User-Agent", kUserAgent);
+  add_pair(req.headers, "User-Agent", kUserAgent);
   std::string secret;
   switch (source) {
     case Source::DefaultToIMDS:
-      req.headers.emplace_back("Metadata", "true");
-      req.headers.emplace_back("x-client-SKU", "managed-identity-cpp");
-      req.headers.emplace_back("x-client-Ver", MI_VERSION_STRING);
-      req.headers.emplace_back("x-ms-client-request-id", extras.request_id);
+      add_pair(req.headers, "Metadata", "true");
+      add_pair(req.headers, "x-client-SKU", "managed-identity-cpp");
+      add_pair(req.headers, "x-client-Ver", MI_VERSION_STRING);
+      add_pair(req.headers, "x-ms-client-request-id", extras.request_id);
       break;
     case Source::AppService:
       if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
-      req.headers.emplace_back("X-IDENTITY-HEADER", secret);
+      add_pair(req.headers, "X-IDENTITY-HEADER", secret);
       break;
-    case Source::AzureArc: req.headers.emplace_back("Metadata", "true"); break;
+    case Source::AzureArc: add_pair(req.headers, "Metadata", "true"); break;
     case Source::CloudShell:
       req.method = "POST";
-      req.headers.emplace_back("Metadata", "true");
-      req.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
-      req.body = "resource=" + percent_encode(resource);
+      add_pair(req.headers, "Metadata", "true");
+      add_pair(req.headers, "Content-Type", "application/x-www-form-urlencoded");
+      req.body = cat({"resource=", percent_encode(resource)});
       break;
     case Source::ServiceFabric:
       if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
-      req.headers.emplace_back("Secret", secret);
-      req.headers.emplace_back("Accept", "application/json");
+      add_pair(req.headers, "Secret", secret);
+      add_pair(req.headers, "Accept", "application/json");
       break;
     case Source::AzureML:
       if (!secret_from("MSI_SECRET", source, secret, error)) return false;
-      req.headers.emplace_back("secret", secret);
+      add_pair(req.headers, "secret", secret);
       break;
   }
-  if (!secret.empty()) out.secrets.push_back(secret);
+  if (!secret.empty()) out.secrets.push_back(std::string(secret));
   return true;
 }
 
 // ---- Azure Arc challenge (SPEC §3) -----------------------------------------------------
 
 // The directory the key file must be in, or "" with platform_not_supported.
-bool arc_token_dir(std::string& dir, Error& error) {
+MI_DETAIL_COLD bool arc_token_dir(std::string& dir, Error& error) {
   (void)error;  // set only where the platform has no Arc agent
 #if defined(MI_AZURE_ARC_TOKEN_DIR)
   dir = MI_AZURE_ARC_TOKEN_DIR;
@@ -4016,7 +4111,7 @@ bool arc_token_dir(std::string& dir, Error& error) {
 #elif MI_DETAIL_WINDOWS
   std::string program_data = env("ProgramData");
   if (program_data.empty()) program_data = "C:\\ProgramData";
-  dir = program_data + "\\AzureConnectedMachineAgent\\Tokens";
+  dir = cat({program_data, "\\AzureConnectedMachineAgent\\Tokens"});
   return true;
 #elif defined(__linux__)
   dir = "/var/opt/azcmagent/tokens";
@@ -4029,13 +4124,17 @@ bool arc_token_dir(std::string& dir, Error& error) {
 #endif
 }
 
-inline Error arc_error(const std::string& message) {
-  return ErrorAccess::make(Errc::arc_challenge, "Azure Arc challenge failed: " + message, Source::AzureArc);
+// The parts are joined into the message.
+MI_DETAIL_COLD Error arc_error(std::initializer_list<std::string_view> message) {
+  std::string text = "Azure Arc challenge failed: ";
+  for (std::string_view part : message) text.append(part.data(), part.size());
+  return ErrorAccess::make(Errc::arc_challenge, std::move(text), Source::AzureArc);
 }
+MI_DETAIL_COLD inline Error arc_error(std::string_view message) { return arc_error({message}); }
 
 // Extracts the key file path from leg 1's WWW-Authenticate header ("Basic realm=<path>",
 // the realm optionally quoted, parameters after a comma ignored).
-bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
+MI_DETAIL_COLD bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
   const std::string* header = nullptr;
   for (const auto& h : leg1.headers)
     if (iequals(h.first, "WWW-Authenticate")) {
@@ -4083,17 +4182,17 @@ bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
 
 // Checks the realm path against the token directory and reads the key file without
 // following links or blocking (SPEC §3 step 2). Never puts the contents in a message.
-bool arc_read_key(const std::string& path, std::string& key, Error& error) {
+MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   std::string dir;
   if (!arc_token_dir(dir, error)) return false;
   // The realm comes from the endpoint: quote at most 200 bytes of it in messages.
-  const std::string shown = path.size() > 200 ? path.substr(0, 200) + "..." : path;
+  const std::string shown = path.size() > 200 ? cat({std::string_view(path).substr(0, 200), "..."}) : path;
   if (has_control_char(path)) {
     error = arc_error("the key file path in the realm contains a control character");
     return false;
   }
   if (path.find("..") != std::string::npos) {
-    error = arc_error("the key file path '" + shown + "' contains '..'");
+    error = arc_error({"the key file path '", shown, "' contains '..'"});
     return false;
   }
 #if MI_DETAIL_WINDOWS
@@ -4103,11 +4202,11 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 #endif
   std::string name = sep == std::string::npos ? path : path.substr(sep + 1);
   if (name.size() <= 4 || !ends_with(name, ".key")) {
-    error = arc_error("the key file '" + shown + "' does not have the .key extension");
+    error = arc_error({"the key file '", shown, "' does not have the .key extension"});
     return false;
   }
   if (sep == std::string::npos || path.substr(0, sep) != dir) {
-    error = arc_error("the key file '" + shown + "' is not in the agent's token directory " + dir);
+    error = arc_error({"the key file '", shown, "' is not in the agent's token directory ", dir});
     return false;
   }
 #if MI_DETAIL_WINDOWS
@@ -4118,13 +4217,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
     // A directory cannot be opened this way (access denied): say what it is, not to run as admin.
     DWORD attributes = code == ERROR_ACCESS_DENIED ? GetFileAttributesA(path.c_str()) : INVALID_FILE_ATTRIBUTES;
     if (attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) != 0)
-      error = arc_error("the key file '" + shown + "' is not a regular file");
+      error = arc_error({"the key file '", shown, "' is not a regular file"});
+    else if (code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND)
+      error = arc_error({"the key file '", shown, "' does not exist"});
     else
-      error = arc_error(code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND
-                            ? "the key file '" + shown + "' does not exist"
-                            : "the key file '" + shown + "' could not be opened (error " + std::to_string(code) +
-                                  "); run as an administrator or a member of the 'Hybrid agent extension "
-                                  "applications' group");
+      error = arc_error({"the key file '", shown, "' could not be opened (error ", num(static_cast<long long>(code)),
+                         "); run as an administrator or a member of the 'Hybrid agent extension "
+                         "applications' group"});
     return false;
   }
   BY_HANDLE_FILE_INFORMATION info;
@@ -4132,13 +4231,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
                  (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT)) == 0;
   if (!regular) {
     CloseHandle(file);
-    error = arc_error("the key file '" + shown + "' is not a regular file");
+    error = arc_error({"the key file '", shown, "' is not a regular file"});
     return false;
   }
   uint64_t size = (static_cast<uint64_t>(info.nFileSizeHigh) << 32) | info.nFileSizeLow;
   if (size > kArcMaxKeyBytes) {
     CloseHandle(file);
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   key.assign(static_cast<size_t>(size), '\0');
@@ -4150,23 +4249,23 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT)
-      error = arc_error("the key file '" + shown + "' does not exist");
+      error = arc_error({"the key file '", shown, "' does not exist"});
     else if (err == ELOOP)
-      error = arc_error("the key file '" + shown + "' is a symbolic link, which is not followed");
+      error = arc_error({"the key file '", shown, "' is a symbolic link, which is not followed"});
     else
-      error = arc_error("the key file '" + shown + "' could not be opened (" + std::strerror(err) +
-                        "); the process must run as root or in the himds group");
+      error = arc_error({"the key file '", shown, "' could not be opened (", std::strerror(err),
+                         "); the process must run as root or in the himds group"});
     return false;
   }
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    error = arc_error("the key file '" + shown + "' is not a regular file");
+    error = arc_error({"the key file '", shown, "' is not a regular file"});
     return false;
   }
   if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) > kArcMaxKeyBytes) {
     ::close(fd);
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   // Read at most one byte past the limit, in case the file grew after fstat.
@@ -4185,7 +4284,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   }
   ::close(fd);
   if (ok && total > kArcMaxKeyBytes) {
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   key.assign(buffer, total);
@@ -4193,14 +4292,14 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 #endif
   if (!ok) {
     key.clear();
-    error = arc_error("the key file '" + shown + "' could not be read");
+    error = arc_error({"the key file '", shown, "' could not be read"});
     return false;
   }
   return true;
 }
 
 // SPEC §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
-bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
+MI_DETAIL_COLD bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
   switch (id.kind()) {
     case IDKind::SystemAssigned: return true;
     case IDKind::ClientID: return !token.client_id.empty() && iequals(token.client_id, id.value());
@@ -4256,6 +4355,12 @@ struct Flight {
   bool done = false;
   bool leader_stopped = false;  // the leader's own context ended: waiters must try themselves
   std::unique_ptr<Result<AuthResult>> outcome;
+  // The key, and the next flight in the cache's list: set and read under its flights mutex.
+  Source source = Source::DefaultToIMDS;
+  IDKind kind = IDKind::SystemAssigned;
+  std::string id, resource;
+  uint64_t hash = 0;
+  std::shared_ptr<Flight> next;
 };
 
 class TokenCache {
@@ -4275,7 +4380,9 @@ class TokenCache {
   Hit find(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
     const uint64_t generation = generation_.load(std::memory_order_acquire);
     if constexpr (kLocalCopiesEnabled) {
-      for (LocalCopy& local : local_copies()) {
+      LocalCopies& copies = local_copies();
+      for (size_t i = 0; i < copies.used; ++i) {
+        const LocalCopy& local = copies.slots[i];
         if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
         const CachedToken& t = local.token;
         if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
@@ -4318,8 +4425,9 @@ class TokenCache {
     std::unique_lock<std::shared_mutex> lock(mutex_);
     Entry* entry = lookup(key, h);
     if (entry == nullptr) {
-      entries_.push_back(std::unique_ptr<Entry>(new Entry()));
-      entry = entries_.back().get();
+      entry = new Entry();  // owned by the list; deleted by clear()
+      entry->next = entries_;
+      entries_ = entry;
       entry->source = key.source;
       entry->kind = key.kind;
       entry->id.assign(key.id);
@@ -4339,30 +4447,31 @@ class TokenCache {
     // Leaders store before they land, so this re-check closes the miss/land race.
     if (find_usable(key, now, out)) return nullptr;
     uint64_t h = hash(key);
-    for (auto& f : flights_)
-      if (f.hash == h && same(f.source, f.kind, f.id, f.resource, key)) {
+    for (const std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
+      if ((*f)->hash == h && same((*f)->source, (*f)->kind, (*f)->id, (*f)->resource, key)) {
         leader = false;
-        return f.flight;
+        return *f;
       }
-    FlightSlot slot;
-    slot.source = key.source;
-    slot.kind = key.kind;
-    slot.id.assign(key.id);
-    slot.resource.assign(key.resource);
-    slot.hash = h;
-    slot.flight = std::make_shared<Flight>();
-    flights_.push_back(slot);
+    std::shared_ptr<Flight> flight(new Flight());
+    flight->source = key.source;
+    flight->kind = key.kind;
+    flight->id.assign(key.id);
+    flight->resource.assign(key.resource);
+    flight->hash = h;
+    flight->next = std::move(flights_);
+    flights_ = flight;
     leader = true;
-    return slot.flight;
+    return flight;
   }
 
   // The leader publishes its outcome (after storing a success) and removes the flight.
   void land(const std::shared_ptr<Flight>& flight, const Result<AuthResult>& outcome, bool leader_stopped) {
     {
       std::lock_guard<std::mutex> lock(flights_mutex_);
-      for (size_t i = 0; i < flights_.size(); ++i)
-        if (flights_[i].flight == flight) {
-          flights_.erase(flights_.begin() + static_cast<std::ptrdiff_t>(i));
+      for (std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
+        if (*f == flight) {
+          std::shared_ptr<Flight> rest = std::move(flight->next);
+          *f = std::move(rest);  // the caller's reference keeps the flight alive
           break;
         }
     }
@@ -4376,13 +4485,19 @@ class TokenCache {
   // Forgets every token (for tests and for programs that must drop tokens).
   void clear() {
     std::unique_lock<std::shared_mutex> lock(mutex_);
-    entries_.clear();
+    while (entries_ != nullptr) {
+      Entry* next = entries_->next;
+      delete entries_;
+      entries_ = next;
+    }
     generation_.fetch_add(1, std::memory_order_release);
   }
 
   size_t size() const {
     std::shared_lock<std::shared_mutex> lock(mutex_);
-    return entries_.size();
+    size_t n = 0;
+    for (const Entry* e = entries_; e != nullptr; e = e->next) ++n;
+    return n;
   }
 
  private:
@@ -4393,6 +4508,7 @@ class TokenCache {
     uint64_t hash = 0;
     CachedToken token;
     std::atomic<bool> refreshing{false};
+    Entry* next = nullptr;  // the list (newest first)
   };
   // A thread's copy of an entry, valid only while generation_ has not moved.
   struct LocalCopy {
@@ -4412,22 +4528,34 @@ class TokenCache {
   static constexpr bool kLocalCopiesEnabled = true;
 #endif
 
-  static std::vector<LocalCopy>& local_copies() {
-    static thread_local std::vector<LocalCopy> copies;
+  // A thread's copies, replaced oldest first once all kLocalCopies are in use.
+  struct LocalCopies {
+    LocalCopy slots[kLocalCopies];
+    size_t used = 0;    // slots[0, used) hold copies
+    size_t oldest = 0;  // the slot to replace next when all are in use
+  };
+
+  static LocalCopies& local_copies() {
+    static thread_local LocalCopies copies;
     return copies;
   }
 
   // Keeps a per-thread copy of `entry` stamped with the generation read before the
   // lookup: if a store raced with us, the stamp is already stale and the copy unused.
   static void remember(uint64_t generation, const Entry& entry) {
-    std::vector<LocalCopy>& copies = local_copies();
+    LocalCopies& copies = local_copies();
     LocalCopy* slot = nullptr;
-    for (LocalCopy& c : copies)
+    for (size_t i = 0; i < copies.used; ++i) {
+      LocalCopy& c = copies.slots[i];
       if (c.source == entry.source && c.kind == entry.kind && c.id == entry.id && c.resource == entry.resource) slot = &c;
+    }
     if (slot == nullptr) {
-      if (copies.size() >= kLocalCopies) copies.erase(copies.begin());
-      copies.emplace_back();
-      slot = &copies.back();
+      if (copies.used < kLocalCopies) {
+        slot = &copies.slots[copies.used++];
+      } else {
+        slot = &copies.slots[copies.oldest];
+        copies.oldest = (copies.oldest + 1) % kLocalCopies;
+      }
       slot->source = entry.source;
       slot->kind = entry.kind;
       slot->id = entry.id;
@@ -4443,14 +4571,6 @@ class TokenCache {
     out.expires_on = token.expires_on;
     out.refresh_on = token.refresh_on;
   }
-
-  struct FlightSlot {
-    Source source = Source::DefaultToIMDS;
-    IDKind kind = IDKind::SystemAssigned;
-    std::string id, resource;
-    uint64_t hash = 0;
-    std::shared_ptr<Flight> flight;
-  };
 
   // FNV-1a over the key with ASCII case folded, so look-ups need no lowered copy.
   static uint64_t hash(const CacheKey& key) noexcept {
@@ -4473,8 +4593,8 @@ class TokenCache {
   }
 
   Entry* lookup(const CacheKey& key, uint64_t h) const noexcept {
-    for (const auto& e : entries_)
-      if (e->hash == h && same(e->source, e->kind, e->id, e->resource, key)) return e.get();
+    for (Entry* e = entries_; e != nullptr; e = e->next)
+      if (e->hash == h && same(e->source, e->kind, e->id, e->resource, key)) return e;
     return nullptr;
   }
 
@@ -4487,10 +4607,10 @@ class TokenCache {
   }
 
   mutable std::shared_mutex mutex_;
-  std::vector<std::unique_ptr<Entry>> entries_;
+  Entry* entries_ = nullptr;  // a list, newest first; owned, deleted by clear()
   std::atomic<uint64_t> generation_{1};  // moves on every store and clear
   std::mutex flights_mutex_;
-  std::vector<FlightSlot> flights_;
+  std::shared_ptr<Flight> flights_;  // a list through Flight::next
 };
 
 }  // namespace detail
@@ -4567,7 +4687,7 @@ Millis backoff(Source source, int retry, int status) {
 constexpr Millis kMaxRetryWait{60000};
 
 // Parses an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") as Retry-After allows.
-bool parse_http_date(std::string_view text, SysClock::time_point& out) {
+MI_DETAIL_COLD bool parse_http_date(std::string_view text, SysClock::time_point& out) {
   text = trim(text);
   size_t comma = text.find(',');
   if (comma == std::string_view::npos) return false;
@@ -4592,7 +4712,7 @@ bool parse_http_date(std::string_view text, SysClock::time_point& out) {
 }
 
 // Retry-After as a wait from `now`: seconds or an HTTP-date; false when absent or unusable.
-bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis& wait) {
+MI_DETAIL_COLD bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis& wait) {
   for (const auto& h : response.headers) {
     if (!iequals(h.first, "Retry-After")) continue;
     std::string_view value = trim(h.second);
@@ -4614,7 +4734,7 @@ bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis&
 // ---- errors from responses ----------------------------------------------------------------
 
 // Replaces every secret in `text` so no message can carry one.
-std::string redact(std::string text, const std::vector<std::string>& secrets) {
+MI_DETAIL_COLD std::string redact(std::string text, const std::vector<std::string>& secrets) {
   for (const std::string& secret : secrets) {
     if (secret.empty()) continue;
     for (size_t pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos + 10))
@@ -4624,7 +4744,7 @@ std::string redact(std::string text, const std::vector<std::string>& secrets) {
 }
 
 // A printable excerpt of at most `limit` bytes: control characters become one space.
-std::string body_excerpt(std::string_view body, size_t limit) {
+MI_DETAIL_COLD std::string body_excerpt(std::string_view body, size_t limit) {
   std::string out;
   bool space = false;
   for (char ch : body) {
@@ -4644,7 +4764,7 @@ std::string body_excerpt(std::string_view body, size_t limit) {
   return out;
 }
 
-std::string status_hint(Source source, int status, bool json_body) {
+MI_DETAIL_COLD std::string status_hint(Source source, int status, bool json_body) {
   if (status >= 300 && status < 400)
     return "the endpoint answered with a redirect, which is never followed; a managed identity endpoint does not "
            "redirect, so a proxy may be intercepting the request";
@@ -4677,25 +4797,23 @@ std::string status_hint(Source source, int status, bool json_body) {
 
 // Text from the endpoint made safe for a message: control characters folded to
 // spaces, secrets replaced, length capped (a hostile endpoint may send megabytes).
-std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
+MI_DETAIL_COLD std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
   return body_excerpt(redact(std::string(text), secrets), 512);
 }
 
-Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
-                        const std::vector<std::string>& secrets) {
+MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
+                                       const std::vector<std::string>& secrets) {
   ErrorBody details = parse_error_body(response.body);
   std::string code = endpoint_text(details.code, secrets);
   std::string description = endpoint_text(details.description, secrets);
-  std::string message = std::string(source_label(st.source)) + " answered HTTP " + std::to_string(response.status);
+  std::string message = cat({source_label(st.source), " answered HTTP ", num(response.status)});
   if (!code.empty() || !description.empty()) {
-    message += " (" + code;
-    if (!code.empty() && !description.empty()) message += ": ";
-    message += description + ")";
+    message += cat({" (", code, !code.empty() && !description.empty() ? ": " : "", description, ")"});
   } else if (!details.json && !trim(response.body).empty()) {
-    message += " (\"" + endpoint_text(response.body, secrets) + "\")";
+    message += cat({" (\"", endpoint_text(response.body, secrets), "\")"});
   }
-  if (attempts > 1) message += " after " + std::to_string(attempts) + " attempts";
-  message += "; " + status_hint(st.source, response.status, details.json);
+  if (attempts > 1) message += cat({" after ", num(attempts), " attempts"});
+  message += cat({"; ", status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
   ErrorAccess::set_retryable(e, retryable_status(st.source, response.status));
@@ -4706,8 +4824,44 @@ Error http_status_error(const ClientState& st, const HttpResponse& response, int
 
 // ---- sending with retries -----------------------------------------------------------------
 
-std::string last_status_note(int status) {
-  return status == 0 ? std::string() : " (the last answer was HTTP " + std::to_string(status) + ")";
+MI_DETAIL_COLD std::string last_status_note(int status) {
+  return status == 0 ? std::string() : cat({" (the last answer was HTTP ", num(status), ")"});
+}
+
+// The retry loop's rare paths, out of line: the context stopped, the transport failed for
+// good, a retry is logged, the deadline would pass before the next retry.
+MI_DETAIL_COLD Result<HttpResponse> retry_stopped(const ClientState& st, ContextStatus cs, int last_status) {
+  Error e = context_error(cs, {"waiting for ", source_label(st.source), last_status_note(last_status)});
+  ErrorAccess::set_source(e, st.source);
+  return e;
+}
+
+MI_DETAIL_COLD Result<HttpResponse> transport_failure(const ClientState& st, const Error& error,
+                                                      const std::vector<std::string>& secrets, int attempts) {
+  Error e = error;
+  ErrorAccess::set_source(e, st.source);
+  ErrorAccess::set_message(e, redact(e.message(), secrets));
+  if (attempts > 1) ErrorAccess::set_message(e, cat({e.message(), " (after ", num(attempts), " attempts)"}));
+  return e;
+}
+
+MI_DETAIL_COLD void log_retry(const ClientState& st, const Error* error, const std::vector<std::string>& secrets,
+                              int status, Millis wait) {
+  if (error != nullptr)
+    st.log(LogLevel::Warning, cat({source_label(st.source), " request failed: ", redact(error->message(), secrets),
+                                   "; retrying in ", num(wait.count()), " ms"}));
+  else
+    st.log(LogLevel::Warning, cat({source_label(st.source), " answered HTTP ", num(status), "; retrying in ",
+                                   num(wait.count()), " ms"}));
+}
+
+MI_DETAIL_COLD Result<HttpResponse> retry_deadline(const ClientState& st, int last_status) {
+  Error e = make_error(Errc::timeout, cat({"the context's deadline would pass before the next retry to ",
+                                           source_label(st.source), last_status_note(last_status),
+                                           "; give the call more time (mi::Context::WithTimeout)"}));
+  ErrorAccess::set_source(e, st.source);
+  ErrorAccess::set_status(e, last_status);
+  return e;
 }
 
 // Sends `request` until it gets a final answer (SPEC §8): transport errors and the
@@ -4719,55 +4873,32 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
   int last_status = 0;
   for (int retries = 0;; ++retries) {
     ContextStatus cs = context_status(ctx);
-    if (cs != ContextStatus::ok) {
-      Error e = context_error(cs, std::string("waiting for ") + source_label(st.source) + last_status_note(last_status));
-      ErrorAccess::set_source(e, st.source);
-      return e;
-    }
+    if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
     ++attempts;
     Context attempt_ctx = ctx.WithTimeout(st.config.attempt_timeout);
     Result<HttpResponse> result = st.transport->Do(attempt_ctx, request);
     Millis wait(0);
     if (!result) {
-      Error e = result.error();
-      ErrorAccess::set_source(e, st.source);
-      ErrorAccess::set_message(e, redact(e.message(), secrets));
       cs = context_status(ctx);
-      if (cs != ContextStatus::ok) {
-        Error stopped = context_error(cs, std::string("waiting for ") + source_label(st.source) +
-                                              last_status_note(last_status));
-        ErrorAccess::set_source(stopped, st.source);
-        return stopped;
-      }
-      bool transient = e.code() == Errc::network || e.code() == Errc::timeout;
-      if (!transient || retries >= retry_limit(st, 0)) {
-        if (attempts > 1) ErrorAccess::set_message(e, e.message() + " (after " + std::to_string(attempts) + " attempts)");
-        return e;
-      }
+      if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
+      const Errc code = result.error().code();
+      bool transient = code == Errc::network || code == Errc::timeout;
+      if (!transient || retries >= retry_limit(st, 0)) return transport_failure(st, result.error(), secrets, attempts);
       wait = backoff(st.source, retries, 0);
-      st.log(LogLevel::Warning, std::string(source_label(st.source)) + " request failed: " + e.message() +
-                                    "; retrying in " + std::to_string(wait.count()) + " ms");
+      log_retry(st, &result.error(), secrets, 0, wait);
     } else {
       last_status = result->status;
       if (!retryable_status(st.source, last_status) || retries >= retry_limit(st, last_status)) return result;
       wait = backoff(st.source, retries, last_status);
       Millis after(0);
       if (retry_after(*result, st.now(), after) && after > wait) wait = after;
-      st.log(LogLevel::Warning, std::string(source_label(st.source)) + " answered HTTP " +
-                                    std::to_string(last_status) + "; retrying in " + std::to_string(wait.count()) +
-                                    " ms");
+      log_retry(st, nullptr, secrets, last_status, wait);
     }
     // Up to +20 % jitter so that many clients do not retry in lockstep; never past 60 s.
     wait += Millis(static_cast<int64_t>(random_u64() % static_cast<uint64_t>(wait.count() / 5 + 1)));
     if (wait > kMaxRetryWait) wait = kMaxRetryWait;
-    if (ctx.deadline() != SteadyClock::time_point::max() && SteadyClock::now() + wait >= ctx.deadline()) {
-      Error e = make_error(Errc::timeout, "the context's deadline would pass before the next retry to " +
-                                              std::string(source_label(st.source)) + last_status_note(last_status) +
-                                              "; give the call more time (mi::Context::WithTimeout)");
-      ErrorAccess::set_source(e, st.source);
-      ErrorAccess::set_status(e, last_status);
-      return e;
-    }
+    if (ctx.deadline() != SteadyClock::time_point::max() && SteadyClock::now() + wait >= ctx.deadline())
+      return retry_deadline(st, last_status);
     if (st.config.sleep) {
       st.config.sleep(wait);
     } else {
@@ -4778,8 +4909,13 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
 
 // ---- one acquisition against the endpoint ---------------------------------------------------
 
-Error finish_error(const ClientState& st, Error e, const std::string& request_id) {
+// An acquisition's failure: the source set, and the request id as correlation id if the
+// endpoint gave none. `prefix` (if any) goes before the message.
+MI_DETAIL_COLD Result<AuthResult> finish_error(const ClientState& st, const Error& error, const std::string& request_id,
+                                               bool prefix_source = false) {
+  Error e = error;
   ErrorAccess::set_source(e, st.source);
+  if (prefix_source) ErrorAccess::set_message(e, cat({source_label(st.source), ": ", e.message()}));
   if (e.correlation_id().empty() && !request_id.empty()) ErrorAccess::set_correlation_id(e, request_id);
   return e;
 }
@@ -4792,7 +4928,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   if (st.source == Source::DefaultToIMDS) extras.request_id = uuid4();
   if (st.source == Source::ServiceFabric) {
     if (!options.claims.empty() && cached_token != nullptr) extras.token_sha256 = sha256_hex(*cached_token);
-    extras.capabilities = st.config.capabilities;
+    extras.capabilities = &st.config.capabilities;
   }
   BuiltRequest built;
   Error error(Errc::invalid_argument, "");
@@ -4800,7 +4936,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
                      error))
     return finish_error(st, error, extras.request_id);
   // An endpoint that echoes the token we hold (claims, refresh) must not get it into a message.
-  if (cached_token != nullptr) built.secrets.push_back(*cached_token);
+  if (cached_token != nullptr) built.secrets.push_back(std::string(*cached_token));
   if (!st.transport) {
     return finish_error(st,
                         make_error(Errc::tls,
@@ -4819,14 +4955,13 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
       std::string path, key;
       if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
         return finish_error(st, error, extras.request_id);
-      built.secrets.push_back(key);
-      built.request.headers.emplace_back("Authorization", "Basic " + key);
+      built.secrets.push_back(std::string(key));
+      add_pair(built.request.headers, "Authorization", cat({"Basic ", key}));
       response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
     } else if (response->status == 200 || response->status == 202) {
       return finish_error(st,
-                          arc_error("the agent answered the first request with HTTP " +
-                                    std::to_string(response->status) +
-                                    " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"),
+                          arc_error({"the agent answered the first request with HTTP ", num(response->status),
+                                     " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"}),
                           extras.request_id);
     }
   }
@@ -4836,16 +4971,12 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
 
   SysClock::time_point now = st.now();
   Result<TokenResponse> parsed = parse_token_response(response->body, now);
-  if (!parsed) {
-    Error e = parsed.error();
-    ErrorAccess::set_message(e, std::string(source_label(st.source)) + ": " + e.message());
-    return finish_error(st, e, extras.request_id);
-  }
+  if (!parsed) return finish_error(st, parsed.error(), extras.request_id, true);
   if (st.source == Source::AzureArc && !arc_confirms_identity(st.id, *parsed)) {
     return finish_error(st,
-                        arc_error(std::string("the agent did not confirm the requested ") + id_kind_label(st.id.kind()) +
-                                  " in its token response; the agent is likely too old for user-assigned identities "
-                                  "and returned the system-assigned one (update the Azure Connected Machine agent)"),
+                        arc_error({"the agent did not confirm the requested ", id_kind_label(st.id.kind()),
+                                   " in its token response; the agent is likely too old for user-assigned identities "
+                                   "and returned the system-assigned one (update the Azure Connected Machine agent)"}),
                         extras.request_id);
   }
   AuthResult result;
@@ -4855,10 +4986,9 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   result.expires_on = parsed->expires_on;
   result.refresh_on = parsed->refresh_on;
   result.token_source = TokenSource::IdentityProvider;
-  st.log(LogLevel::Info, std::string("acquired a token for '") + std::string(resource) + "' from " +
-                             source_label(st.source) + ", expiring in " +
-                             std::to_string(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()) +
-                             " s");
+  st.log(LogLevel::Info,
+         cat({"acquired a token for '", resource, "' from ", source_label(st.source), ", expiring in ",
+              num(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()), " s"}));
   return result;
 }
 
@@ -4905,8 +5035,8 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
       if (result) store_token(st, key, *result);
       cache.end_refresh(key);
       if (result) return result;
-      st.log(LogLevel::Warning, "proactive token refresh failed, using the cached token until it expires: " +
-                                    result.error().message());
+      st.log(LogLevel::Warning, cat({"proactive token refresh failed, using the cached token until it expires: ",
+                                     result.error().message()}));
       cached.resource.assign(resource);
       return Result<AuthResult>(std::move(cached));
     }
@@ -4931,7 +5061,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
     while (!flight->done) {
       ContextStatus cs = context_status(ctx);
       if (cs != ContextStatus::ok) {
-        Error e = context_error(cs, std::string("waiting for another caller's request to ") + source_label(st.source));
+        Error e = context_error(cs, {"waiting for another caller's request to ", source_label(st.source)});
         ErrorAccess::set_source(e, st.source);
         return e;
       }
@@ -4948,43 +5078,80 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
 
 // ---- public functions ---------------------------------------------------------------------
 
-ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
-  return ClientOption([client = std::move(client)](detail::ClientConfig& c) { c.http = client; });
+namespace detail {
+
+// How an option changes the configuration: `apply` takes its fields from the option's `patch`.
+using ConfigApply = void (*)(ClientConfig& config, const ClientConfig& patch);
+
+// Every ClientOption holds the same kind of callable (a patch and the plain function that
+// applies it), so std::function's machinery is compiled once rather than once per option.
+ClientOption patch_option(std::shared_ptr<ClientConfig> patch, ConfigApply apply) {
+  return ClientOption([patch = std::move(patch), apply](ClientConfig& c) { apply(c, *patch); });
 }
-ClientOption WithRetryPolicyDisabled() {
-  return ClientOption([](detail::ClientConfig& c) { c.retry = false; });
+
+std::shared_ptr<ClientConfig> new_patch() { return std::make_shared<ClientConfig>(); }
+
+}  // namespace detail
+
+MI_DETAIL_COLD ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->http = std::move(client);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.http = p.http; });
 }
-ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
-  return ClientOption([capabilities = std::move(capabilities)](detail::ClientConfig& c) {
-    for (const std::string& cap : capabilities) {
+MI_DETAIL_COLD ClientOption WithRetryPolicyDisabled() {
+  return detail::patch_option(detail::new_patch(),
+                              [](detail::ClientConfig& c, const detail::ClientConfig&) { c.retry = false; });
+}
+MI_DETAIL_COLD ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->capabilities = std::move(capabilities);
+  return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
+    for (const std::string& cap : p.capabilities) {
       std::string_view trimmed = detail::trim(cap);
-      if (!trimmed.empty()) c.capabilities.emplace_back(trimmed);
+      if (!trimmed.empty()) c.capabilities.push_back(std::string(trimmed));
     }
   });
 }
-ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
-  return ClientOption([logger = std::move(logger)](detail::ClientConfig& c) { c.logger = logger; });
+MI_DETAIL_COLD ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->logger = std::move(logger);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.logger = p.logger; });
 }
-AcquireTokenOption WithClaims(std::string claims) {
+MI_DETAIL_COLD AcquireTokenOption WithClaims(std::string claims) {
   return AcquireTokenOption([claims = std::move(claims)](detail::AcquireConfig& c) { c.claims = claims; });
 }
-ClientOption WithMaxRetries(int retries) {
-  return ClientOption([retries](detail::ClientConfig& c) { c.max_retries = retries < 0 ? 0 : retries; });
-}
-ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt) {
-  return ClientOption([connect, attempt](detail::ClientConfig& c) {
-    if (connect.count() > 0) c.connect_timeout = connect;
-    if (attempt.count() > 0) c.attempt_timeout = attempt;
+MI_DETAIL_COLD ClientOption WithMaxRetries(int retries) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->max_retries = retries;
+  return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
+    c.max_retries = p.max_retries < 0 ? 0 : p.max_retries;
   });
 }
-ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
-  return ClientOption([now = std::move(now)](detail::ClientConfig& c) { c.clock = now; });
+MI_DETAIL_COLD ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->connect_timeout = connect;
+  patch->attempt_timeout = attempt;
+  return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
+    if (p.connect_timeout.count() > 0) c.connect_timeout = p.connect_timeout;
+    if (p.attempt_timeout.count() > 0) c.attempt_timeout = p.attempt_timeout;
+  });
 }
-ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
-  return ClientOption([sleep = std::move(sleep)](detail::ClientConfig& c) { c.sleep = sleep; });
+MI_DETAIL_COLD ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->clock = std::move(now);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.clock = p.clock; });
+}
+MI_DETAIL_COLD ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->sleep = std::move(sleep);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.sleep = p.sleep; });
 }
 
-Result<Client> New(ID id, const std::vector<ClientOption>& options) {
+MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& options) {
   auto state = std::make_shared<detail::ClientState>();
   state->source = detail::detect_source();
   Error error(Errc::invalid_argument, "");

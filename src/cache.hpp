@@ -34,6 +34,12 @@ struct Flight {
   bool done = false;
   bool leader_stopped = false;  // the leader's own context ended: waiters must try themselves
   std::unique_ptr<Result<AuthResult>> outcome;
+  // The key, and the next flight in the cache's list: set and read under its flights mutex.
+  Source source = Source::DefaultToIMDS;
+  IDKind kind = IDKind::SystemAssigned;
+  std::string id, resource;
+  uint64_t hash = 0;
+  std::shared_ptr<Flight> next;
 };
 
 class TokenCache {
@@ -53,7 +59,9 @@ class TokenCache {
   Hit find(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
     const uint64_t generation = generation_.load(std::memory_order_acquire);
     if constexpr (kLocalCopiesEnabled) {
-      for (LocalCopy& local : local_copies()) {
+      LocalCopies& copies = local_copies();
+      for (size_t i = 0; i < copies.used; ++i) {
+        const LocalCopy& local = copies.slots[i];
         if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
         const CachedToken& t = local.token;
         if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
@@ -96,8 +104,9 @@ class TokenCache {
     std::unique_lock<std::shared_mutex> lock(mutex_);
     Entry* entry = lookup(key, h);
     if (entry == nullptr) {
-      entries_.push_back(std::unique_ptr<Entry>(new Entry()));
-      entry = entries_.back().get();
+      entry = new Entry();  // owned by the list; deleted by clear()
+      entry->next = entries_;
+      entries_ = entry;
       entry->source = key.source;
       entry->kind = key.kind;
       entry->id.assign(key.id);
@@ -117,30 +126,31 @@ class TokenCache {
     // Leaders store before they land, so this re-check closes the miss/land race.
     if (find_usable(key, now, out)) return nullptr;
     uint64_t h = hash(key);
-    for (auto& f : flights_)
-      if (f.hash == h && same(f.source, f.kind, f.id, f.resource, key)) {
+    for (const std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
+      if ((*f)->hash == h && same((*f)->source, (*f)->kind, (*f)->id, (*f)->resource, key)) {
         leader = false;
-        return f.flight;
+        return *f;
       }
-    FlightSlot slot;
-    slot.source = key.source;
-    slot.kind = key.kind;
-    slot.id.assign(key.id);
-    slot.resource.assign(key.resource);
-    slot.hash = h;
-    slot.flight = std::make_shared<Flight>();
-    flights_.push_back(slot);
+    std::shared_ptr<Flight> flight(new Flight());
+    flight->source = key.source;
+    flight->kind = key.kind;
+    flight->id.assign(key.id);
+    flight->resource.assign(key.resource);
+    flight->hash = h;
+    flight->next = std::move(flights_);
+    flights_ = flight;
     leader = true;
-    return slot.flight;
+    return flight;
   }
 
   // The leader publishes its outcome (after storing a success) and removes the flight.
   void land(const std::shared_ptr<Flight>& flight, const Result<AuthResult>& outcome, bool leader_stopped) {
     {
       std::lock_guard<std::mutex> lock(flights_mutex_);
-      for (size_t i = 0; i < flights_.size(); ++i)
-        if (flights_[i].flight == flight) {
-          flights_.erase(flights_.begin() + static_cast<std::ptrdiff_t>(i));
+      for (std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
+        if (*f == flight) {
+          std::shared_ptr<Flight> rest = std::move(flight->next);
+          *f = std::move(rest);  // the caller's reference keeps the flight alive
           break;
         }
     }
@@ -154,13 +164,19 @@ class TokenCache {
   // Forgets every token (for tests and for programs that must drop tokens).
   void clear() {
     std::unique_lock<std::shared_mutex> lock(mutex_);
-    entries_.clear();
+    while (entries_ != nullptr) {
+      Entry* next = entries_->next;
+      delete entries_;
+      entries_ = next;
+    }
     generation_.fetch_add(1, std::memory_order_release);
   }
 
   size_t size() const {
     std::shared_lock<std::shared_mutex> lock(mutex_);
-    return entries_.size();
+    size_t n = 0;
+    for (const Entry* e = entries_; e != nullptr; e = e->next) ++n;
+    return n;
   }
 
  private:
@@ -171,6 +187,7 @@ class TokenCache {
     uint64_t hash = 0;
     CachedToken token;
     std::atomic<bool> refreshing{false};
+    Entry* next = nullptr;  // the list (newest first)
   };
   // A thread's copy of an entry, valid only while generation_ has not moved.
   struct LocalCopy {
@@ -190,22 +207,34 @@ class TokenCache {
   static constexpr bool kLocalCopiesEnabled = true;
 #endif
 
-  static std::vector<LocalCopy>& local_copies() {
-    static thread_local std::vector<LocalCopy> copies;
+  // A thread's copies, replaced oldest first once all kLocalCopies are in use.
+  struct LocalCopies {
+    LocalCopy slots[kLocalCopies];
+    size_t used = 0;    // slots[0, used) hold copies
+    size_t oldest = 0;  // the slot to replace next when all are in use
+  };
+
+  static LocalCopies& local_copies() {
+    static thread_local LocalCopies copies;
     return copies;
   }
 
   // Keeps a per-thread copy of `entry` stamped with the generation read before the
   // lookup: if a store raced with us, the stamp is already stale and the copy unused.
   static void remember(uint64_t generation, const Entry& entry) {
-    std::vector<LocalCopy>& copies = local_copies();
+    LocalCopies& copies = local_copies();
     LocalCopy* slot = nullptr;
-    for (LocalCopy& c : copies)
+    for (size_t i = 0; i < copies.used; ++i) {
+      LocalCopy& c = copies.slots[i];
       if (c.source == entry.source && c.kind == entry.kind && c.id == entry.id && c.resource == entry.resource) slot = &c;
+    }
     if (slot == nullptr) {
-      if (copies.size() >= kLocalCopies) copies.erase(copies.begin());
-      copies.emplace_back();
-      slot = &copies.back();
+      if (copies.used < kLocalCopies) {
+        slot = &copies.slots[copies.used++];
+      } else {
+        slot = &copies.slots[copies.oldest];
+        copies.oldest = (copies.oldest + 1) % kLocalCopies;
+      }
       slot->source = entry.source;
       slot->kind = entry.kind;
       slot->id = entry.id;
@@ -221,14 +250,6 @@ class TokenCache {
     out.expires_on = token.expires_on;
     out.refresh_on = token.refresh_on;
   }
-
-  struct FlightSlot {
-    Source source = Source::DefaultToIMDS;
-    IDKind kind = IDKind::SystemAssigned;
-    std::string id, resource;
-    uint64_t hash = 0;
-    std::shared_ptr<Flight> flight;
-  };
 
   // FNV-1a over the key with ASCII case folded, so look-ups need no lowered copy.
   static uint64_t hash(const CacheKey& key) noexcept {
@@ -251,8 +272,8 @@ class TokenCache {
   }
 
   Entry* lookup(const CacheKey& key, uint64_t h) const noexcept {
-    for (const auto& e : entries_)
-      if (e->hash == h && same(e->source, e->kind, e->id, e->resource, key)) return e.get();
+    for (Entry* e = entries_; e != nullptr; e = e->next)
+      if (e->hash == h && same(e->source, e->kind, e->id, e->resource, key)) return e;
     return nullptr;
   }
 
@@ -265,10 +286,10 @@ class TokenCache {
   }
 
   mutable std::shared_mutex mutex_;
-  std::vector<std::unique_ptr<Entry>> entries_;
+  Entry* entries_ = nullptr;  // a list, newest first; owned, deleted by clear()
   std::atomic<uint64_t> generation_{1};  // moves on every store and clear
   std::mutex flights_mutex_;
-  std::vector<FlightSlot> flights_;
+  std::shared_ptr<Flight> flights_;  // a list through Flight::next
 };
 
 }  // namespace detail

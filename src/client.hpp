@@ -67,7 +67,7 @@ Millis backoff(Source source, int retry, int status) {
 constexpr Millis kMaxRetryWait{60000};
 
 // Parses an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") as Retry-After allows.
-bool parse_http_date(std::string_view text, SysClock::time_point& out) {
+MI_DETAIL_COLD bool parse_http_date(std::string_view text, SysClock::time_point& out) {
   text = trim(text);
   size_t comma = text.find(',');
   if (comma == std::string_view::npos) return false;
@@ -92,7 +92,7 @@ bool parse_http_date(std::string_view text, SysClock::time_point& out) {
 }
 
 // Retry-After as a wait from `now`: seconds or an HTTP-date; false when absent or unusable.
-bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis& wait) {
+MI_DETAIL_COLD bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis& wait) {
   for (const auto& h : response.headers) {
     if (!iequals(h.first, "Retry-After")) continue;
     std::string_view value = trim(h.second);
@@ -114,7 +114,7 @@ bool retry_after(const HttpResponse& response, SysClock::time_point now, Millis&
 // ---- errors from responses ----------------------------------------------------------------
 
 // Replaces every secret in `text` so no message can carry one.
-std::string redact(std::string text, const std::vector<std::string>& secrets) {
+MI_DETAIL_COLD std::string redact(std::string text, const std::vector<std::string>& secrets) {
   for (const std::string& secret : secrets) {
     if (secret.empty()) continue;
     for (size_t pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos + 10))
@@ -124,7 +124,7 @@ std::string redact(std::string text, const std::vector<std::string>& secrets) {
 }
 
 // A printable excerpt of at most `limit` bytes: control characters become one space.
-std::string body_excerpt(std::string_view body, size_t limit) {
+MI_DETAIL_COLD std::string body_excerpt(std::string_view body, size_t limit) {
   std::string out;
   bool space = false;
   for (char ch : body) {
@@ -144,7 +144,7 @@ std::string body_excerpt(std::string_view body, size_t limit) {
   return out;
 }
 
-std::string status_hint(Source source, int status, bool json_body) {
+MI_DETAIL_COLD std::string status_hint(Source source, int status, bool json_body) {
   if (status >= 300 && status < 400)
     return "the endpoint answered with a redirect, which is never followed; a managed identity endpoint does not "
            "redirect, so a proxy may be intercepting the request";
@@ -177,25 +177,23 @@ std::string status_hint(Source source, int status, bool json_body) {
 
 // Text from the endpoint made safe for a message: control characters folded to
 // spaces, secrets replaced, length capped (a hostile endpoint may send megabytes).
-std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
+MI_DETAIL_COLD std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
   return body_excerpt(redact(std::string(text), secrets), 512);
 }
 
-Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
-                        const std::vector<std::string>& secrets) {
+MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
+                                       const std::vector<std::string>& secrets) {
   ErrorBody details = parse_error_body(response.body);
   std::string code = endpoint_text(details.code, secrets);
   std::string description = endpoint_text(details.description, secrets);
-  std::string message = std::string(source_label(st.source)) + " answered HTTP " + std::to_string(response.status);
+  std::string message = cat({source_label(st.source), " answered HTTP ", num(response.status)});
   if (!code.empty() || !description.empty()) {
-    message += " (" + code;
-    if (!code.empty() && !description.empty()) message += ": ";
-    message += description + ")";
+    message += cat({" (", code, !code.empty() && !description.empty() ? ": " : "", description, ")"});
   } else if (!details.json && !trim(response.body).empty()) {
-    message += " (\"" + endpoint_text(response.body, secrets) + "\")";
+    message += cat({" (\"", endpoint_text(response.body, secrets), "\")"});
   }
-  if (attempts > 1) message += " after " + std::to_string(attempts) + " attempts";
-  message += "; " + status_hint(st.source, response.status, details.json);
+  if (attempts > 1) message += cat({" after ", num(attempts), " attempts"});
+  message += cat({"; ", status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
   ErrorAccess::set_retryable(e, retryable_status(st.source, response.status));
@@ -206,8 +204,44 @@ Error http_status_error(const ClientState& st, const HttpResponse& response, int
 
 // ---- sending with retries -----------------------------------------------------------------
 
-std::string last_status_note(int status) {
-  return status == 0 ? std::string() : " (the last answer was HTTP " + std::to_string(status) + ")";
+MI_DETAIL_COLD std::string last_status_note(int status) {
+  return status == 0 ? std::string() : cat({" (the last answer was HTTP ", num(status), ")"});
+}
+
+// The retry loop's rare paths, out of line: the context stopped, the transport failed for
+// good, a retry is logged, the deadline would pass before the next retry.
+MI_DETAIL_COLD Result<HttpResponse> retry_stopped(const ClientState& st, ContextStatus cs, int last_status) {
+  Error e = context_error(cs, {"waiting for ", source_label(st.source), last_status_note(last_status)});
+  ErrorAccess::set_source(e, st.source);
+  return e;
+}
+
+MI_DETAIL_COLD Result<HttpResponse> transport_failure(const ClientState& st, const Error& error,
+                                                      const std::vector<std::string>& secrets, int attempts) {
+  Error e = error;
+  ErrorAccess::set_source(e, st.source);
+  ErrorAccess::set_message(e, redact(e.message(), secrets));
+  if (attempts > 1) ErrorAccess::set_message(e, cat({e.message(), " (after ", num(attempts), " attempts)"}));
+  return e;
+}
+
+MI_DETAIL_COLD void log_retry(const ClientState& st, const Error* error, const std::vector<std::string>& secrets,
+                              int status, Millis wait) {
+  if (error != nullptr)
+    st.log(LogLevel::Warning, cat({source_label(st.source), " request failed: ", redact(error->message(), secrets),
+                                   "; retrying in ", num(wait.count()), " ms"}));
+  else
+    st.log(LogLevel::Warning, cat({source_label(st.source), " answered HTTP ", num(status), "; retrying in ",
+                                   num(wait.count()), " ms"}));
+}
+
+MI_DETAIL_COLD Result<HttpResponse> retry_deadline(const ClientState& st, int last_status) {
+  Error e = make_error(Errc::timeout, cat({"the context's deadline would pass before the next retry to ",
+                                           source_label(st.source), last_status_note(last_status),
+                                           "; give the call more time (mi::Context::WithTimeout)"}));
+  ErrorAccess::set_source(e, st.source);
+  ErrorAccess::set_status(e, last_status);
+  return e;
 }
 
 // Sends `request` until it gets a final answer (SPEC §8): transport errors and the
@@ -219,55 +253,32 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
   int last_status = 0;
   for (int retries = 0;; ++retries) {
     ContextStatus cs = context_status(ctx);
-    if (cs != ContextStatus::ok) {
-      Error e = context_error(cs, std::string("waiting for ") + source_label(st.source) + last_status_note(last_status));
-      ErrorAccess::set_source(e, st.source);
-      return e;
-    }
+    if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
     ++attempts;
     Context attempt_ctx = ctx.WithTimeout(st.config.attempt_timeout);
     Result<HttpResponse> result = st.transport->Do(attempt_ctx, request);
     Millis wait(0);
     if (!result) {
-      Error e = result.error();
-      ErrorAccess::set_source(e, st.source);
-      ErrorAccess::set_message(e, redact(e.message(), secrets));
       cs = context_status(ctx);
-      if (cs != ContextStatus::ok) {
-        Error stopped = context_error(cs, std::string("waiting for ") + source_label(st.source) +
-                                              last_status_note(last_status));
-        ErrorAccess::set_source(stopped, st.source);
-        return stopped;
-      }
-      bool transient = e.code() == Errc::network || e.code() == Errc::timeout;
-      if (!transient || retries >= retry_limit(st, 0)) {
-        if (attempts > 1) ErrorAccess::set_message(e, e.message() + " (after " + std::to_string(attempts) + " attempts)");
-        return e;
-      }
+      if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
+      const Errc code = result.error().code();
+      bool transient = code == Errc::network || code == Errc::timeout;
+      if (!transient || retries >= retry_limit(st, 0)) return transport_failure(st, result.error(), secrets, attempts);
       wait = backoff(st.source, retries, 0);
-      st.log(LogLevel::Warning, std::string(source_label(st.source)) + " request failed: " + e.message() +
-                                    "; retrying in " + std::to_string(wait.count()) + " ms");
+      log_retry(st, &result.error(), secrets, 0, wait);
     } else {
       last_status = result->status;
       if (!retryable_status(st.source, last_status) || retries >= retry_limit(st, last_status)) return result;
       wait = backoff(st.source, retries, last_status);
       Millis after(0);
       if (retry_after(*result, st.now(), after) && after > wait) wait = after;
-      st.log(LogLevel::Warning, std::string(source_label(st.source)) + " answered HTTP " +
-                                    std::to_string(last_status) + "; retrying in " + std::to_string(wait.count()) +
-                                    " ms");
+      log_retry(st, nullptr, secrets, last_status, wait);
     }
     // Up to +20 % jitter so that many clients do not retry in lockstep; never past 60 s.
     wait += Millis(static_cast<int64_t>(random_u64() % static_cast<uint64_t>(wait.count() / 5 + 1)));
     if (wait > kMaxRetryWait) wait = kMaxRetryWait;
-    if (ctx.deadline() != SteadyClock::time_point::max() && SteadyClock::now() + wait >= ctx.deadline()) {
-      Error e = make_error(Errc::timeout, "the context's deadline would pass before the next retry to " +
-                                              std::string(source_label(st.source)) + last_status_note(last_status) +
-                                              "; give the call more time (mi::Context::WithTimeout)");
-      ErrorAccess::set_source(e, st.source);
-      ErrorAccess::set_status(e, last_status);
-      return e;
-    }
+    if (ctx.deadline() != SteadyClock::time_point::max() && SteadyClock::now() + wait >= ctx.deadline())
+      return retry_deadline(st, last_status);
     if (st.config.sleep) {
       st.config.sleep(wait);
     } else {
@@ -278,8 +289,13 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
 
 // ---- one acquisition against the endpoint ---------------------------------------------------
 
-Error finish_error(const ClientState& st, Error e, const std::string& request_id) {
+// An acquisition's failure: the source set, and the request id as correlation id if the
+// endpoint gave none. `prefix` (if any) goes before the message.
+MI_DETAIL_COLD Result<AuthResult> finish_error(const ClientState& st, const Error& error, const std::string& request_id,
+                                               bool prefix_source = false) {
+  Error e = error;
   ErrorAccess::set_source(e, st.source);
+  if (prefix_source) ErrorAccess::set_message(e, cat({source_label(st.source), ": ", e.message()}));
   if (e.correlation_id().empty() && !request_id.empty()) ErrorAccess::set_correlation_id(e, request_id);
   return e;
 }
@@ -292,7 +308,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   if (st.source == Source::DefaultToIMDS) extras.request_id = uuid4();
   if (st.source == Source::ServiceFabric) {
     if (!options.claims.empty() && cached_token != nullptr) extras.token_sha256 = sha256_hex(*cached_token);
-    extras.capabilities = st.config.capabilities;
+    extras.capabilities = &st.config.capabilities;
   }
   BuiltRequest built;
   Error error(Errc::invalid_argument, "");
@@ -300,7 +316,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
                      error))
     return finish_error(st, error, extras.request_id);
   // An endpoint that echoes the token we hold (claims, refresh) must not get it into a message.
-  if (cached_token != nullptr) built.secrets.push_back(*cached_token);
+  if (cached_token != nullptr) built.secrets.push_back(std::string(*cached_token));
   if (!st.transport) {
     return finish_error(st,
                         make_error(Errc::tls,
@@ -319,14 +335,13 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
       std::string path, key;
       if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
         return finish_error(st, error, extras.request_id);
-      built.secrets.push_back(key);
-      built.request.headers.emplace_back("Authorization", "Basic " + key);
+      built.secrets.push_back(std::string(key));
+      add_pair(built.request.headers, "Authorization", cat({"Basic ", key}));
       response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
     } else if (response->status == 200 || response->status == 202) {
       return finish_error(st,
-                          arc_error("the agent answered the first request with HTTP " +
-                                    std::to_string(response->status) +
-                                    " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"),
+                          arc_error({"the agent answered the first request with HTTP ", num(response->status),
+                                     " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"}),
                           extras.request_id);
     }
   }
@@ -336,16 +351,12 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
 
   SysClock::time_point now = st.now();
   Result<TokenResponse> parsed = parse_token_response(response->body, now);
-  if (!parsed) {
-    Error e = parsed.error();
-    ErrorAccess::set_message(e, std::string(source_label(st.source)) + ": " + e.message());
-    return finish_error(st, e, extras.request_id);
-  }
+  if (!parsed) return finish_error(st, parsed.error(), extras.request_id, true);
   if (st.source == Source::AzureArc && !arc_confirms_identity(st.id, *parsed)) {
     return finish_error(st,
-                        arc_error(std::string("the agent did not confirm the requested ") + id_kind_label(st.id.kind()) +
-                                  " in its token response; the agent is likely too old for user-assigned identities "
-                                  "and returned the system-assigned one (update the Azure Connected Machine agent)"),
+                        arc_error({"the agent did not confirm the requested ", id_kind_label(st.id.kind()),
+                                   " in its token response; the agent is likely too old for user-assigned identities "
+                                   "and returned the system-assigned one (update the Azure Connected Machine agent)"}),
                         extras.request_id);
   }
   AuthResult result;
@@ -355,10 +366,9 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   result.expires_on = parsed->expires_on;
   result.refresh_on = parsed->refresh_on;
   result.token_source = TokenSource::IdentityProvider;
-  st.log(LogLevel::Info, std::string("acquired a token for '") + std::string(resource) + "' from " +
-                             source_label(st.source) + ", expiring in " +
-                             std::to_string(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()) +
-                             " s");
+  st.log(LogLevel::Info,
+         cat({"acquired a token for '", resource, "' from ", source_label(st.source), ", expiring in ",
+              num(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()), " s"}));
   return result;
 }
 
@@ -405,8 +415,8 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
       if (result) store_token(st, key, *result);
       cache.end_refresh(key);
       if (result) return result;
-      st.log(LogLevel::Warning, "proactive token refresh failed, using the cached token until it expires: " +
-                                    result.error().message());
+      st.log(LogLevel::Warning, cat({"proactive token refresh failed, using the cached token until it expires: ",
+                                     result.error().message()}));
       cached.resource.assign(resource);
       return Result<AuthResult>(std::move(cached));
     }
@@ -431,7 +441,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
     while (!flight->done) {
       ContextStatus cs = context_status(ctx);
       if (cs != ContextStatus::ok) {
-        Error e = context_error(cs, std::string("waiting for another caller's request to ") + source_label(st.source));
+        Error e = context_error(cs, {"waiting for another caller's request to ", source_label(st.source)});
         ErrorAccess::set_source(e, st.source);
         return e;
       }
@@ -448,43 +458,80 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
 
 // ---- public functions ---------------------------------------------------------------------
 
-ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
-  return ClientOption([client = std::move(client)](detail::ClientConfig& c) { c.http = client; });
+namespace detail {
+
+// How an option changes the configuration: `apply` takes its fields from the option's `patch`.
+using ConfigApply = void (*)(ClientConfig& config, const ClientConfig& patch);
+
+// Every ClientOption holds the same kind of callable (a patch and the plain function that
+// applies it), so std::function's machinery is compiled once rather than once per option.
+ClientOption patch_option(std::shared_ptr<ClientConfig> patch, ConfigApply apply) {
+  return ClientOption([patch = std::move(patch), apply](ClientConfig& c) { apply(c, *patch); });
 }
-ClientOption WithRetryPolicyDisabled() {
-  return ClientOption([](detail::ClientConfig& c) { c.retry = false; });
+
+std::shared_ptr<ClientConfig> new_patch() { return std::make_shared<ClientConfig>(); }
+
+}  // namespace detail
+
+MI_DETAIL_COLD ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->http = std::move(client);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.http = p.http; });
 }
-ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
-  return ClientOption([capabilities = std::move(capabilities)](detail::ClientConfig& c) {
-    for (const std::string& cap : capabilities) {
+MI_DETAIL_COLD ClientOption WithRetryPolicyDisabled() {
+  return detail::patch_option(detail::new_patch(),
+                              [](detail::ClientConfig& c, const detail::ClientConfig&) { c.retry = false; });
+}
+MI_DETAIL_COLD ClientOption WithClientCapabilities(std::vector<std::string> capabilities) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->capabilities = std::move(capabilities);
+  return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
+    for (const std::string& cap : p.capabilities) {
       std::string_view trimmed = detail::trim(cap);
-      if (!trimmed.empty()) c.capabilities.emplace_back(trimmed);
+      if (!trimmed.empty()) c.capabilities.push_back(std::string(trimmed));
     }
   });
 }
-ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
-  return ClientOption([logger = std::move(logger)](detail::ClientConfig& c) { c.logger = logger; });
+MI_DETAIL_COLD ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->logger = std::move(logger);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.logger = p.logger; });
 }
-AcquireTokenOption WithClaims(std::string claims) {
+MI_DETAIL_COLD AcquireTokenOption WithClaims(std::string claims) {
   return AcquireTokenOption([claims = std::move(claims)](detail::AcquireConfig& c) { c.claims = claims; });
 }
-ClientOption WithMaxRetries(int retries) {
-  return ClientOption([retries](detail::ClientConfig& c) { c.max_retries = retries < 0 ? 0 : retries; });
-}
-ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt) {
-  return ClientOption([connect, attempt](detail::ClientConfig& c) {
-    if (connect.count() > 0) c.connect_timeout = connect;
-    if (attempt.count() > 0) c.attempt_timeout = attempt;
+MI_DETAIL_COLD ClientOption WithMaxRetries(int retries) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->max_retries = retries;
+  return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
+    c.max_retries = p.max_retries < 0 ? 0 : p.max_retries;
   });
 }
-ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
-  return ClientOption([now = std::move(now)](detail::ClientConfig& c) { c.clock = now; });
+MI_DETAIL_COLD ClientOption WithTimeouts(std::chrono::milliseconds connect, std::chrono::milliseconds attempt) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->connect_timeout = connect;
+  patch->attempt_timeout = attempt;
+  return detail::patch_option(std::move(patch), [](detail::ClientConfig& c, const detail::ClientConfig& p) {
+    if (p.connect_timeout.count() > 0) c.connect_timeout = p.connect_timeout;
+    if (p.attempt_timeout.count() > 0) c.attempt_timeout = p.attempt_timeout;
+  });
 }
-ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
-  return ClientOption([sleep = std::move(sleep)](detail::ClientConfig& c) { c.sleep = sleep; });
+MI_DETAIL_COLD ClientOption WithClock(std::function<std::chrono::system_clock::time_point()> now) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->clock = std::move(now);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.clock = p.clock; });
+}
+MI_DETAIL_COLD ClientOption WithSleep(std::function<void(std::chrono::milliseconds)> sleep) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->sleep = std::move(sleep);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.sleep = p.sleep; });
 }
 
-Result<Client> New(ID id, const std::vector<ClientOption>& options) {
+MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& options) {
   auto state = std::make_shared<detail::ClientState>();
   state->source = detail::detect_source();
   Error error(Errc::invalid_argument, "");

@@ -39,13 +39,22 @@ inline ContextStatus context_status(const Context& ctx) noexcept {
   return ContextStatus::ok;
 }
 
-// The error for a context that stopped; `doing` says what was interrupted.
-inline Error context_error(ContextStatus status, std::string_view doing) {
-  if (status == ContextStatus::canceled)
-    return make_error(Errc::canceled, "the request was canceled (mi::Context::Cancel) while " + std::string(doing));
-  return make_error(Errc::timeout,
-                    "the context's deadline passed while " + std::string(doing) +
-                        "; give the call more time (mi::Context::WithTimeout) or check that the endpoint is reachable");
+// The error for a context that stopped; `doing` (the parts joined) says what was interrupted.
+MI_DETAIL_COLD Error context_error(ContextStatus status, std::initializer_list<std::string_view> doing) {
+  std::string message = status == ContextStatus::canceled ? "the request was canceled (mi::Context::Cancel) while "
+                                                          : "the context's deadline passed while ";
+  for (std::string_view part : doing) message.append(part.data(), part.size());
+  if (status == ContextStatus::canceled) return make_error(Errc::canceled, std::move(message));
+  message += "; give the call more time (mi::Context::WithTimeout) or check that the endpoint is reachable";
+  return make_error(Errc::timeout, std::move(message));
+}
+MI_DETAIL_COLD inline Error context_error(ContextStatus status, std::string_view doing) {
+  return context_error(status, {doing});
+}
+// context_error as a Result<T>.
+template <class T>
+MI_DETAIL_COLD Result<T> stopped(ContextStatus status, std::initializer_list<std::string_view> doing) {
+  return Result<T>(context_error(status, doing));
 }
 
 // Milliseconds left before the context's deadline (capped at `cap`), at least 0.
@@ -59,7 +68,7 @@ inline Millis time_left(const Context& ctx, Millis cap) noexcept {
 }
 
 // Sleeps for `duration` unless the context stops first; returns its status.
-inline ContextStatus sleep_for(const Context& ctx, Millis duration) {
+ContextStatus sleep_for(const Context& ctx, Millis duration) {
   SteadyClock::time_point end = SteadyClock::now() + duration;
   for (;;) {
     ContextStatus status = context_status(ctx);

@@ -28,7 +28,7 @@ bool is_token(std::string_view s) noexcept {
 }
 
 // A name for a message: control and non-ASCII bytes escaped, at most 64 characters.
-std::string printable_name(std::string_view s) {
+MI_DETAIL_COLD std::string printable_name(std::string_view s) {
   static const char hex[] = "0123456789abcdef";
   std::string out;
   for (char ch : s) {
@@ -109,12 +109,12 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   text += "\r\n";
   for (const auto& header : request.headers) {
     if (!http_impl::is_token(header.first)) {
-      why = "the header name \"" + http_impl::printable_name(header.first) +
-            "\" is not a valid HTTP token (empty, or a control character, space or separator)";
+      why = cat({"the header name \"", http_impl::printable_name(header.first),
+                 "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
       return false;
     }
     if (has_control_char(header.second)) {  // never quote the value: it may be a secret
-      why = "the value of the header \"" + header.first + "\" contains a control character (such as CR or LF)";
+      why = cat({"the value of the header \"", header.first, "\" contains a control character (such as CR or LF)"});
       return false;
     }
     // The transport owns the framing headers; the request's own copies are dropped.
@@ -128,7 +128,7 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   }
   if (!request.body.empty() || request.method == "POST" || request.method == "PUT" || request.method == "PATCH") {
     text += "Content-Length: ";
-    text += std::to_string(request.body.size());
+    text += num(static_cast<long long>(request.body.size()));
     text += "\r\n";
   }
   text += "Connection: close\r\n\r\n";
@@ -165,9 +165,10 @@ class ResponseParser {
  private:
   enum class State { status_line, header_line, length_body, close_body, chunk_size, chunk_data, chunk_data_end, trailer_line, done, failed };
 
-  Status fail(Errc code, std::string message);
-  Status invalid(const std::string& reason) { return fail(Errc::invalid_response, "invalid HTTP response: " + reason); }
-  Status body_too_large();
+  MI_DETAIL_COLD Status fail(Errc code, std::string message);
+  MI_DETAIL_COLD Status invalid(std::string_view reason) { return invalid({reason}); }
+  MI_DETAIL_COLD Status invalid(std::initializer_list<std::string_view> reason);
+  MI_DETAIL_COLD Status body_too_large();
   Status on_line(std::string_view line);
   Status on_status_line(std::string_view line);
   Status on_header_line(std::string_view line);
@@ -194,9 +195,15 @@ ResponseParser::Status ResponseParser::fail(Errc code, std::string message) {
   return Status::error;
 }
 
+ResponseParser::Status ResponseParser::invalid(std::initializer_list<std::string_view> reason) {
+  std::string message = "invalid HTTP response: ";
+  for (std::string_view part : reason) message.append(part.data(), part.size());
+  return fail(Errc::invalid_response, std::move(message));
+}
+
 ResponseParser::Status ResponseParser::body_too_large() {
-  return invalid("the body is larger than the limit of " + std::to_string(max_body_) +
-                 " bytes (MI_MAX_RESPONSE_BYTES)");
+  return invalid({"the body is larger than the limit of ", num(static_cast<long long>(max_body_)),
+                  " bytes (MI_MAX_RESPONSE_BYTES)"});
 }
 
 ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
@@ -236,8 +243,8 @@ ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
         size_t limit = head ? max_header_ - head_bytes_ : state_ == State::chunk_data_end ? 2 : max_header_;
         if (take > limit - line_.size()) {
           if (head)
-            return invalid("the response head is larger than the limit of " + std::to_string(max_header_) +
-                           " bytes (MI_MAX_HEADER_BYTES)");
+            return invalid({"the response head is larger than the limit of ", num(static_cast<long long>(max_header_)),
+                            " bytes (MI_MAX_HEADER_BYTES)"});
           if (state_ == State::chunk_data_end) return invalid("a chunk is longer than its declared size");
           return invalid("a chunk-size line is too long");
         }
@@ -308,8 +315,8 @@ ResponseParser::Status ResponseParser::on_header_line(std::string_view line) {
   if (!http_impl::is_token(name)) return invalid("a header name is not a valid token");
   std::string_view value = http_impl::trim_ows(line.substr(colon + 1));
   if (http_impl::bad_field_char(value))
-    return invalid("the header \"" + http_impl::printable_name(name) + "\" contains a control character");
-  response_.headers.emplace_back(std::string(name), std::string(value));
+    return invalid({"the header \"", http_impl::printable_name(name), "\" contains a control character"});
+  add_pair(response_.headers, name, value);
   return Status::need_more;
 }
 
@@ -349,7 +356,7 @@ ResponseParser::Status ResponseParser::on_head_end() {
             if (c < '0' || c > '9') return invalid("Content-Length is not a non-negative decimal number");
           while (item.size() > 1 && item[0] == '0') item.remove_prefix(1);
           if (has_cl && item != length) return invalid("conflicting Content-Length values");
-          length = std::string(item);
+          length.assign(item.data(), item.size());
           has_cl = true;
         }
       }

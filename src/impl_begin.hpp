@@ -67,3 +67,18 @@
 #error "MI_USE_CURL needs the headers of libcurl 7.80.0 or later (CURLOPT_PREREQFUNCTION)"
 #endif
 #endif
+
+// Helpers that build messages stay out of line (MI_DETAIL_NOINLINE). Functions that run
+// only on failures, retries or the Azure Arc challenge, or once per client (New, options,
+// detection), are cold (MI_DETAIL_COLD): GCC then optimises them for size and inlines
+// nothing into them, which saves compile time where speed does not matter.
+#if defined(__GNUC__) || defined(__clang__)
+#define MI_DETAIL_NOINLINE __attribute__((noinline))
+#define MI_DETAIL_COLD __attribute__((noinline, cold))
+#elif defined(_MSC_VER)
+#define MI_DETAIL_NOINLINE __declspec(noinline)
+#define MI_DETAIL_COLD __declspec(noinline)
+#else
+#define MI_DETAIL_NOINLINE
+#define MI_DETAIL_COLD
+#endif

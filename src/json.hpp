@@ -25,7 +25,7 @@ struct JsonValue {
   JsonValue(JsonValue&& other) noexcept;
   JsonValue& operator=(const JsonValue& other);
   JsonValue& operator=(JsonValue&& other) noexcept;
-  ~JsonValue();
+  MI_DETAIL_NOINLINE ~JsonValue();  // recursive: inlined, GCC copies it into itself levels deep
 
   // The first member with that key (objects only), else nullptr.
   const JsonValue* find(std::string_view key) const noexcept;
@@ -37,11 +37,12 @@ struct JsonValue {
   bool is_object() const noexcept { return type == Type::Object; }
 };
 
-JsonValue::JsonValue() = default;
-JsonValue::JsonValue(const JsonValue& other) = default;
-JsonValue::JsonValue(JsonValue&& other) noexcept = default;
-JsonValue& JsonValue::operator=(const JsonValue& other) = default;
-JsonValue& JsonValue::operator=(JsonValue&& other) noexcept = default;
+// Inline, so that only those the program uses are compiled; the destructor (always used) is not.
+inline JsonValue::JsonValue() = default;
+inline JsonValue::JsonValue(const JsonValue& other) = default;
+inline JsonValue::JsonValue(JsonValue&& other) noexcept = default;
+inline JsonValue& JsonValue::operator=(const JsonValue& other) = default;
+inline JsonValue& JsonValue::operator=(JsonValue&& other) noexcept = default;
 JsonValue::~JsonValue() = default;
 
 const JsonValue* JsonValue::find(std::string_view key) const noexcept {
@@ -338,7 +339,6 @@ bool JsonParser::parse_object(JsonValue& out, int depth) {
     ++p_;
     return true;
   }
-  out.members.reserve(8);
   for (;;) {
     if (p_ == end_) return fail("unexpected end of input in an object", p_);
     if (*p_ != '"') return fail("expected a string key in an object", p_);
@@ -379,7 +379,7 @@ bool parse_json(std::string_view text, JsonValue& out, std::string& error) {
   size_t offset = 0;
   if (parse_json(text, out, error, offset)) return true;
   error += " at byte ";
-  error += std::to_string(offset);
+  error += num(static_cast<long long>(offset));
   return false;
 }
 

@@ -208,8 +208,8 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   std::string why;
   size_t at = 0;
   if (!parse_json(body, root, why, at))
-    return make_error(Errc::invalid_response,
-                      "the token response is not valid JSON (at byte " + std::to_string(at) + "): " + why);
+    return make_error(Errc::invalid_response, cat({"the token response is not valid JSON (at byte ",
+                                                   num(static_cast<long long>(at)), "): ", why}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
 
   TokenResponse out;
@@ -269,7 +269,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
 // Best effort on any body: flat {"error", "error_description", "correlation_id"}, nested
 // {"error": {"code", "message", "correlationId"}}, or App Service's {"message", "correlationId"}.
 // Anything else (not JSON, HTML, empty, not an object) gives empty fields.
-ErrorBody parse_error_body(std::string_view body) {
+MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   ErrorBody out;
   JsonValue root;
   std::string why;

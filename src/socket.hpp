@@ -53,7 +53,7 @@ inline bool would_block(int err) noexcept {
 }
 
 // A short, lowercase reason for an OS socket error (thread-safe, no strerror).
-std::string describe_error(int err) {
+MI_DETAIL_COLD std::string describe_error(int err) {
 #if MI_DETAIL_WINDOWS
   switch (err) {
     case WSAECONNREFUSED: return "connection refused";
@@ -76,7 +76,7 @@ std::string describe_error(int err) {
     case WSANOTINITIALISED: return "WinSock not initialised";
     case WSASYSNOTREADY: return "network subsystem not ready";
     case WSAVERNOTSUPPORTED: return "WinSock 2.2 not supported";
-    default: return "WinSock error " + std::to_string(err);
+    default: return cat({"WinSock error ", num(err)});
   }
 #else
   switch (err) {
@@ -96,7 +96,7 @@ std::string describe_error(int err) {
     case ENFILE: return "too many open files in the system";
     case ENOBUFS: return "no buffer space available";
     case ENOMEM: return "out of memory";
-    default: return "errno " + std::to_string(err);
+    default: return cat({"errno ", num(err)});
   }
 #endif
 }
@@ -356,7 +356,8 @@ Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context
 // address in turn, all within connect_timeout and the context. Returns the socket.
 Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
   int err = 0;
-  if (!network_ready(err)) return make_error(Errc::network, "could not start WinSock (" + describe_error(err) + ")");
+  if (!network_ready(err))
+    return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -366,7 +367,7 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #if defined(AI_NUMERICSERV)
   hints.ai_flags |= AI_NUMERICSERV;
 #endif
-  const std::string port_text = std::to_string(url.port);
+  const std::string port_text = num(url.port);
   SteadyClock::time_point start = SteadyClock::now();
   SteadyClock::time_point until = SteadyClock::time_point::max();
   if (connect_timeout.count() > 0 &&
@@ -388,12 +389,12 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     std::unique_lock<std::mutex> lock(lookup->mutex);
     while (!lookup->done) {
       status = context_status(ctx);
-      if (status != ContextStatus::ok) return context_error(status, "resolving the host name " + url.host);
+      if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"resolving the host name ", url.host});
       SteadyClock::time_point now = SteadyClock::now();
       if (now >= until)
-        return make_error(Errc::timeout, "resolving the host name " + url.host + " timed out after " +
-                                             std::to_string(connect_timeout.count()) +
-                                             " ms: check the endpoint URL and this machine's DNS settings");
+        return failure<socket_handle>(Errc::timeout, {"resolving the host name ", url.host, " timed out after ",
+                                                      num(connect_timeout.count()),
+                                                      " ms: check the endpoint URL and this machine's DNS settings"});
       Millis slice = time_left(ctx, kContextSlice);
       if (until != SteadyClock::time_point::max())
         slice = std::min(slice, std::chrono::duration_cast<Millis>(until - now) + Millis(1));
@@ -414,11 +415,11 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     if (rc == EAI_SYSTEM) reason = describe_error(sys_error);
 #endif
 #endif
-    return make_error(Errc::network, "could not resolve the host name " + url.host + " (" + reason +
-                                         "): check the endpoint URL and this machine's DNS settings");
+    return failure<socket_handle>(Errc::network, {"could not resolve the host name ", url.host, " (", reason,
+                                                  "): check the endpoint URL and this machine's DNS settings"});
   }
   status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+  if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"connecting to ", where});
 
   int connect_err = 0;
   for (addrinfo* ai = addresses.list; ai != nullptr; ai = ai->ai_next) {
@@ -441,12 +442,12 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     }
     if (pending) {
       Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
-      if (w == Wait::stopped) return context_error(status, "connecting to " + where);
+      if (w == Wait::stopped) return stopped<socket_handle>(status, {"connecting to ", where});
       if (w == Wait::deadline)
-        return make_error(Errc::timeout, "connecting to " + where + " timed out after " +
-                                             std::to_string(connect_timeout.count()) +
-                                             " ms: check that the endpoint address is right and reachable from "
-                                             "this machine (a firewall may be dropping the packets)");
+        return failure<socket_handle>(Errc::timeout,
+                                      {"connecting to ", where, " timed out after ", num(connect_timeout.count()),
+                                       " ms: check that the endpoint address is right and reachable from "
+                                       "this machine (a firewall may be dropping the packets)"});
       if (w == Wait::failed) {
         connect_err = err;
         continue;
@@ -467,10 +468,11 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #else
   bool refused = connect_err == ECONNREFUSED;
 #endif
-  return make_error(Errc::network, "could not connect to " + where + " (" + describe_error(connect_err) + "): " +
-                                       (refused ? "is the managed identity endpoint running?"
-                                                : "check that the endpoint address is right and reachable "
-                                                  "from this machine"));
+  return failure<socket_handle>(Errc::network,
+                                {"could not connect to ", where, " (", describe_error(connect_err), "): ",
+                                 refused ? "is the managed identity endpoint running?"
+                                         : "check that the endpoint address is right and reachable "
+                                           "from this machine"});
 }
 
 // Sends all of `data`, waiting (in context slices) whenever the socket is full.
@@ -478,7 +480,7 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
   size_t sent = 0;
   while (sent < data.size()) {
     ContextStatus status = context_status(ctx);
-    if (status != ContextStatus::ok) return context_error(status, "sending the request to " + where);
+    if (status != ContextStatus::ok) return stopped<bool>(status, {"sending the request to ", where});
     size_t chunk = data.size() - sent;
 #if MI_DETAIL_WINDOWS
     if (chunk > static_cast<size_t>(INT_MAX)) chunk = static_cast<size_t>(INT_MAX);
@@ -494,12 +496,12 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
     if (n < 0 && is_interrupted(err)) continue;
     if (n < 0 && would_block(err)) {
       Wait w = wait_socket(s, true, false, ctx, SteadyClock::time_point::max(), status, err);
-      if (w == Wait::stopped) return context_error(status, "sending the request to " + where);
+      if (w == Wait::stopped) return stopped<bool>(status, {"sending the request to ", where});
       if (w == Wait::ready) continue;
     }
-    return make_error(Errc::network, "could not send the request to " + where + " (" +
-                                         (n == 0 ? std::string("connection closed") : describe_error(err)) +
-                                         "): the endpoint dropped the connection; retrying may help");
+    return failure<bool>(Errc::network, {"could not send the request to ", where, " (",
+                                         n == 0 ? std::string("connection closed") : describe_error(err),
+                                         "): the endpoint dropped the connection; retrying may help"});
   }
   return true;
 }
@@ -511,7 +513,7 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
   for (;;) {
     // Checked on every read too, so a peer that keeps the socket busy cannot outlast the context.
     ContextStatus status = context_status(ctx);
-    if (status != ContextStatus::ok) return context_error(status, "waiting for the response from " + where);
+    if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"waiting for the response from ", where});
 #if MI_DETAIL_WINDOWS
     int n = ::recv(s, buffer, static_cast<int>(sizeof buffer), 0);
 #else
@@ -526,19 +528,20 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
       int err = last_error();
       if (is_interrupted(err)) continue;
       if (!would_block(err))
-        return make_error(Errc::network, "reading the response from " + where + " failed (" + describe_error(err) +
-                                             "): the endpoint dropped the connection; retrying may help");
+        return failure<HttpResponse>(Errc::network,
+                                     {"reading the response from ", where, " failed (", describe_error(err),
+                                      "): the endpoint dropped the connection; retrying may help"});
       Wait w = wait_socket(s, false, false, ctx, SteadyClock::time_point::max(), status, err);
-      if (w == Wait::stopped) return context_error(status, "waiting for the response from " + where);
+      if (w == Wait::stopped) return stopped<HttpResponse>(status, {"waiting for the response from ", where});
       if (w == Wait::failed)
-        return make_error(Errc::network, "waiting for the response from " + where + " failed (" +
-                                             describe_error(err) + ")");
+        return failure<HttpResponse>(Errc::network,
+                                     {"waiting for the response from ", where, " failed (", describe_error(err), ")"});
       continue;
     }
     if (st == ResponseParser::Status::done) return std::move(parser.response());
     if (st == ResponseParser::Status::error) {
       Error e = parser.error();
-      ErrorAccess::set_message(e, e.message() + " (endpoint " + where + ")");
+      ErrorAccess::set_message(e, cat({e.message(), " (endpoint ", where, ")"}));
       return e;
     }
   }
@@ -559,17 +562,18 @@ class SocketTransport final : public HttpClient {
 Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& request) {
   Url url;
   std::string why;
-  if (!parse_url(request.url, url, why)) return make_error(Errc::invalid_argument, "the endpoint URL is invalid: " + why);
+  if (!parse_url(request.url, url, why))
+    return failure<HttpResponse>(Errc::invalid_argument, {"the endpoint URL is invalid: ", why});
   if (url.scheme != "http")
-    return make_error(Errc::tls,
-                      "HTTPS needs MI_USE_CURL: this build has no TLS transport (define MI_USE_CURL where "
-                      "MI_IMPLEMENTATION is defined, with the libcurl and OpenSSL headers installed)");
+    return failure<HttpResponse>(Errc::tls, {"HTTPS needs MI_USE_CURL: this build has no TLS transport (define "
+                                             "MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl and "
+                                             "OpenSSL headers installed)"});
   std::string wire;
   if (!serialize_request(request, url, wire, why))
-    return make_error(Errc::invalid_argument, "the request cannot be sent: " + why);
+    return failure<HttpResponse>(Errc::invalid_argument, {"the request cannot be sent: ", why});
   const std::string where = url.authority();
   ContextStatus status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, "connecting to " + where);
+  if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"connecting to ", where});
 
   Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_);
   if (!connected) return connected.error();

@@ -26,7 +26,7 @@ inline const char* source_label(Source source) {
 
 // ---- detection -------------------------------------------------------------------
 
-bool file_exists(const std::string& path) {
+MI_DETAIL_COLD bool file_exists(const std::string& path) {
   if (path.empty()) return false;
 #if MI_DETAIL_WINDOWS
   DWORD attributes = GetFileAttributesA(path.c_str());
@@ -38,15 +38,15 @@ bool file_exists(const std::string& path) {
 }
 
 // Where the Arc agent's himds executable would be (SPEC §1 step 4).
-std::vector<std::string> arc_himds_paths() {
+MI_DETAIL_COLD std::vector<std::string> arc_himds_paths() {
 #if defined(MI_AZURE_ARC_HIMDS_PATH)
   return {MI_AZURE_ARC_HIMDS_PATH};
 #elif MI_DETAIL_WINDOWS
   std::vector<std::string> out;
   // The agent installs under Program Files; Go looks under ProgramData: accept both.
   std::string program_files = env("ProgramFiles"), program_data = env("ProgramData");
-  if (!program_files.empty()) out.push_back(program_files + "\\AzureConnectedMachineAgent\\himds.exe");
-  if (!program_data.empty()) out.push_back(program_data + "\\AzureConnectedMachineAgent\\himds.exe");
+  if (!program_files.empty()) out.push_back(cat({program_files, "\\AzureConnectedMachineAgent\\himds.exe"}));
+  if (!program_data.empty()) out.push_back(cat({program_data, "\\AzureConnectedMachineAgent\\himds.exe"}));
   return out;
 #elif defined(__linux__)
   return {"/opt/azcmagent/bin/himds"};
@@ -55,7 +55,7 @@ std::vector<std::string> arc_himds_paths() {
 #endif
 }
 
-Source detect_source() {
+MI_DETAIL_COLD Source detect_source() {
   std::string identity_endpoint = env("IDENTITY_ENDPOINT");
   if (!identity_endpoint.empty() && !env("IDENTITY_HEADER").empty())
     return env("IDENTITY_SERVER_THUMBPRINT").empty() ? Source::AppService : Source::ServiceFabric;
@@ -68,7 +68,7 @@ Source detect_source() {
 
 // ---- identities ------------------------------------------------------------------------
 
-const char* id_kind_label(IDKind kind) {
+MI_DETAIL_COLD const char* id_kind_label(IDKind kind) {
   switch (kind) {
     case IDKind::SystemAssigned: return "system-assigned identity";
     case IDKind::ClientID: return "user-assigned client ID";
@@ -79,7 +79,7 @@ const char* id_kind_label(IDKind kind) {
 }
 
 // SPEC §2: the source's support for the ID kind first, then an empty value.
-bool check_identity(Source source, const ID& id, Error& error) {
+MI_DETAIL_COLD bool check_identity(Source source, const ID& id, Error& error) {
   const bool user_assigned = id.kind() != IDKind::SystemAssigned;
   if (user_assigned) {
     std::string why;
@@ -92,13 +92,13 @@ bool check_identity(Source source, const ID& id, Error& error) {
       why = "Azure ML accepts a user-assigned identity by client ID only; use mi::UserAssignedClientID()";
     if (!why.empty()) {
       error = ErrorAccess::make(Errc::unsupported_identity,
-                                std::string("a ") + id_kind_label(id.kind()) + " cannot be used here: " + why, source);
+                                cat({"a ", id_kind_label(id.kind()), " cannot be used here: ", why}), source);
       return false;
     }
     if (id.value().empty()) {
       error = ErrorAccess::make(Errc::invalid_argument,
-                                std::string("the ") + id_kind_label(id.kind()) +
-                                    " is empty; pass the identity's ID, or use mi::SystemAssigned()",
+                                cat({"the ", id_kind_label(id.kind()),
+                                     " is empty; pass the identity's ID, or use mi::SystemAssigned()"}),
                                 source);
       return false;
     }
@@ -121,32 +121,32 @@ const char* id_parameter(Source source, IDKind kind) {
 
 // Parses an endpoint URL taken from variable `name`; SPEC §2: malformed, wrong scheme or a
 // control character is invalid_argument. The message names the variable, not the value.
-bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source, Url& url,
-                   Error& error) {
+MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source,
+                                  Url& url, Error& error) {
   std::string why;
   if (has_control_char(value)) {
     why = "it contains a control character";
   } else if (!parse_url(value, url, why)) {
     // why is set by parse_url
   } else if (url.scheme != scheme) {
-    why = std::string("its scheme must be ") + scheme + "://";
+    why = cat({"its scheme must be ", scheme, "://"});
   } else {
     return true;
   }
   error = ErrorAccess::make(Errc::invalid_argument,
-                            std::string(name) + " is not a valid " + scheme + " URL (" + why + "); check the " +
-                                source_label(source) + " environment",
+                            cat({name, " is not a valid ", scheme, " URL (", why, "); check the ", source_label(source),
+                                 " environment"}),
                             source);
   return false;
 }
 
 // Reads a secret variable; a control character is invalid_argument (the value is never shown).
-bool secret_from(const char* name, Source source, std::string& value, Error& error) {
+MI_DETAIL_COLD bool secret_from(const char* name, Source source, std::string& value, Error& error) {
   value = env(name);
   if (has_control_char(value)) {
     error = ErrorAccess::make(Errc::invalid_argument,
-                              std::string(name) + " contains a control character; check the " + source_label(source) +
-                                  " environment",
+                              cat({name, " contains a control character; check the ", source_label(source),
+                                   " environment"}),
                               source);
     return false;
   }
@@ -155,26 +155,37 @@ bool secret_from(const char* name, Source source, std::string& value, Error& err
 
 // AZURE_POD_IDENTITY_AUTHORITY_HOST: a base URL; one trailing '/' dropped, the token path
 // appended, http:// assumed without a scheme (SPEC §2).
-std::string imds_endpoint() {
+MI_DETAIL_COLD std::string imds_endpoint() {
   std::string host = env("AZURE_POD_IDENTITY_AUTHORITY_HOST");
   if (host.empty()) return kImdsEndpoint;
   if (!host.empty() && host.back() == '/') host.pop_back();
-  if (host.find("://") == std::string::npos) host = "http://" + host;
-  return host + kImdsPath;
+  return cat({host.find("://") == std::string::npos ? "http://" : "", host, kImdsPath});
 }
 
 // ---- request building -------------------------------------------------------------------
 
+// These two live in fetch_token, which returns from many places: their destructors are out
+// of line so that each return calls one function instead of destroying every member inline.
 struct RequestExtras {
   std::string request_id;             // IMDS x-ms-client-request-id
   std::string token_sha256;           // Service Fabric token_sha256_to_refresh (with claims)
-  std::vector<std::string> capabilities;  // Service Fabric xms_cc
+  const std::vector<std::string>* capabilities = nullptr;  // Service Fabric xms_cc (the client's, not a copy)
+  RequestExtras() = default;
+  RequestExtras(const RequestExtras&) = delete;
+  RequestExtras& operator=(const RequestExtras&) = delete;
+  MI_DETAIL_NOINLINE ~RequestExtras();
 };
+RequestExtras::~RequestExtras() = default;
 
 struct BuiltRequest {
   HttpRequest request;
   std::vector<std::string> secrets;  // values that must never appear in a message or log
+  BuiltRequest() = default;
+  BuiltRequest(const BuiltRequest&) = delete;
+  BuiltRequest& operator=(const BuiltRequest&) = delete;
+  MI_DETAIL_NOINLINE ~BuiltRequest();
 };
+BuiltRequest::~BuiltRequest() = default;
 
 // Builds the one request of an acquisition (Azure Arc: leg 1). Endpoint and secret
 // variables are read now, except Service Fabric's endpoint, fixed at New (`fixed_endpoint`).
@@ -182,7 +193,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
                    const Url* fixed_endpoint, BuiltRequest& out, Error& error) {
   HttpRequest& req = out.request;
   req.method = "GET";
-  std::vector<std::pair<std::string, std::string>> params;
+  StringPairs params;
   const char* api_version = nullptr;
   Url url;
   std::string endpoint;
@@ -214,63 +225,66 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
     return false;
   }
 
-  if (api_version != nullptr) params.emplace_back("api-version", api_version);
-  if (source != Source::CloudShell) params.emplace_back("resource", std::string(resource));
+  if (api_version != nullptr) add_pair(params, "api-version", api_version);
+  if (source != Source::CloudShell) add_pair(params, "resource", resource);
   if (source == Source::AzureML) {
     // Always sent: the user-assigned client ID, else DEFAULT_IDENTITY_CLIENT_ID, else empty (as Go).
-    params.emplace_back("clientid", id.kind() == IDKind::ClientID ? id.value() : env("DEFAULT_IDENTITY_CLIENT_ID"));
+    add_pair(params, "clientid", id.kind() == IDKind::ClientID ? id.value() : env("DEFAULT_IDENTITY_CLIENT_ID"));
   } else if (const char* name = id_parameter(source, id.kind())) {
-    params.emplace_back(name, id.value());
+    add_pair(params, name, id.value());
   }
   if (source == Source::ServiceFabric) {
-    if (!extras.token_sha256.empty()) params.emplace_back("token_sha256_to_refresh", extras.token_sha256);
-    if (!extras.capabilities.empty()) {
+    if (!extras.token_sha256.empty()) add_pair(params, "token_sha256_to_refresh", extras.token_sha256);
+    if (extras.capabilities != nullptr && !extras.capabilities->empty()) {
       std::string joined;
-      for (const std::string& c : extras.capabilities) joined += (joined.empty() ? "" : ",") + c;
-      params.emplace_back("xms_cc", joined);
+      for (const std::string& c : *extras.capabilities) {
+        if (!joined.empty()) joined += ',';
+        joined += c;
+      }
+      add_pair(params, "xms_cc", joined);
     }
   }
   if (source != Source::CloudShell) url.query = merge_query(url.query, params);
-  req.url = url.scheme + "://" + url.host_header() + url.target();
+  req.url = url.str();
 
-  req.headers.emplace_back("User-Agent", kUserAgent);
+  add_pair(req.headers, "User-Agent", kUserAgent);
   std::string secret;
   switch (source) {
     case Source::DefaultToIMDS:
-      req.headers.emplace_back("Metadata", "true");
-      req.headers.emplace_back("x-client-SKU", "managed-identity-cpp");
-      req.headers.emplace_back("x-client-Ver", MI_VERSION_STRING);
-      req.headers.emplace_back("x-ms-client-request-id", extras.request_id);
+      add_pair(req.headers, "Metadata", "true");
+      add_pair(req.headers, "x-client-SKU", "managed-identity-cpp");
+      add_pair(req.headers, "x-client-Ver", MI_VERSION_STRING);
+      add_pair(req.headers, "x-ms-client-request-id", extras.request_id);
       break;
     case Source::AppService:
       if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
-      req.headers.emplace_back("X-IDENTITY-HEADER", secret);
+      add_pair(req.headers, "X-IDENTITY-HEADER", secret);
       break;
-    case Source::AzureArc: req.headers.emplace_back("Metadata", "true"); break;
+    case Source::AzureArc: add_pair(req.headers, "Metadata", "true"); break;
     case Source::CloudShell:
       req.method = "POST";
-      req.headers.emplace_back("Metadata", "true");
-      req.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
-      req.body = "resource=" + percent_encode(resource);
+      add_pair(req.headers, "Metadata", "true");
+      add_pair(req.headers, "Content-Type", "application/x-www-form-urlencoded");
+      req.body = cat({"resource=", percent_encode(resource)});
       break;
     case Source::ServiceFabric:
       if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
-      req.headers.emplace_back("Secret", secret);
-      req.headers.emplace_back("Accept", "application/json");
+      add_pair(req.headers, "Secret", secret);
+      add_pair(req.headers, "Accept", "application/json");
       break;
     case Source::AzureML:
       if (!secret_from("MSI_SECRET", source, secret, error)) return false;
-      req.headers.emplace_back("secret", secret);
+      add_pair(req.headers, "secret", secret);
       break;
   }
-  if (!secret.empty()) out.secrets.push_back(secret);
+  if (!secret.empty()) out.secrets.push_back(std::string(secret));
   return true;
 }
 
 // ---- Azure Arc challenge (SPEC §3) -----------------------------------------------------
 
 // The directory the key file must be in, or "" with platform_not_supported.
-bool arc_token_dir(std::string& dir, Error& error) {
+MI_DETAIL_COLD bool arc_token_dir(std::string& dir, Error& error) {
   (void)error;  // set only where the platform has no Arc agent
 #if defined(MI_AZURE_ARC_TOKEN_DIR)
   dir = MI_AZURE_ARC_TOKEN_DIR;
@@ -278,7 +292,7 @@ bool arc_token_dir(std::string& dir, Error& error) {
 #elif MI_DETAIL_WINDOWS
   std::string program_data = env("ProgramData");
   if (program_data.empty()) program_data = "C:\\ProgramData";
-  dir = program_data + "\\AzureConnectedMachineAgent\\Tokens";
+  dir = cat({program_data, "\\AzureConnectedMachineAgent\\Tokens"});
   return true;
 #elif defined(__linux__)
   dir = "/var/opt/azcmagent/tokens";
@@ -291,13 +305,17 @@ bool arc_token_dir(std::string& dir, Error& error) {
 #endif
 }
 
-inline Error arc_error(const std::string& message) {
-  return ErrorAccess::make(Errc::arc_challenge, "Azure Arc challenge failed: " + message, Source::AzureArc);
+// The parts are joined into the message.
+MI_DETAIL_COLD Error arc_error(std::initializer_list<std::string_view> message) {
+  std::string text = "Azure Arc challenge failed: ";
+  for (std::string_view part : message) text.append(part.data(), part.size());
+  return ErrorAccess::make(Errc::arc_challenge, std::move(text), Source::AzureArc);
 }
+MI_DETAIL_COLD inline Error arc_error(std::string_view message) { return arc_error({message}); }
 
 // Extracts the key file path from leg 1's WWW-Authenticate header ("Basic realm=<path>",
 // the realm optionally quoted, parameters after a comma ignored).
-bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
+MI_DETAIL_COLD bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
   const std::string* header = nullptr;
   for (const auto& h : leg1.headers)
     if (iequals(h.first, "WWW-Authenticate")) {
@@ -345,17 +363,17 @@ bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
 
 // Checks the realm path against the token directory and reads the key file without
 // following links or blocking (SPEC §3 step 2). Never puts the contents in a message.
-bool arc_read_key(const std::string& path, std::string& key, Error& error) {
+MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   std::string dir;
   if (!arc_token_dir(dir, error)) return false;
   // The realm comes from the endpoint: quote at most 200 bytes of it in messages.
-  const std::string shown = path.size() > 200 ? path.substr(0, 200) + "..." : path;
+  const std::string shown = path.size() > 200 ? cat({std::string_view(path).substr(0, 200), "..."}) : path;
   if (has_control_char(path)) {
     error = arc_error("the key file path in the realm contains a control character");
     return false;
   }
   if (path.find("..") != std::string::npos) {
-    error = arc_error("the key file path '" + shown + "' contains '..'");
+    error = arc_error({"the key file path '", shown, "' contains '..'"});
     return false;
   }
 #if MI_DETAIL_WINDOWS
@@ -365,11 +383,11 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 #endif
   std::string name = sep == std::string::npos ? path : path.substr(sep + 1);
   if (name.size() <= 4 || !ends_with(name, ".key")) {
-    error = arc_error("the key file '" + shown + "' does not have the .key extension");
+    error = arc_error({"the key file '", shown, "' does not have the .key extension"});
     return false;
   }
   if (sep == std::string::npos || path.substr(0, sep) != dir) {
-    error = arc_error("the key file '" + shown + "' is not in the agent's token directory " + dir);
+    error = arc_error({"the key file '", shown, "' is not in the agent's token directory ", dir});
     return false;
   }
 #if MI_DETAIL_WINDOWS
@@ -380,13 +398,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
     // A directory cannot be opened this way (access denied): say what it is, not to run as admin.
     DWORD attributes = code == ERROR_ACCESS_DENIED ? GetFileAttributesA(path.c_str()) : INVALID_FILE_ATTRIBUTES;
     if (attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) != 0)
-      error = arc_error("the key file '" + shown + "' is not a regular file");
+      error = arc_error({"the key file '", shown, "' is not a regular file"});
+    else if (code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND)
+      error = arc_error({"the key file '", shown, "' does not exist"});
     else
-      error = arc_error(code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND
-                            ? "the key file '" + shown + "' does not exist"
-                            : "the key file '" + shown + "' could not be opened (error " + std::to_string(code) +
-                                  "); run as an administrator or a member of the 'Hybrid agent extension "
-                                  "applications' group");
+      error = arc_error({"the key file '", shown, "' could not be opened (error ", num(static_cast<long long>(code)),
+                         "); run as an administrator or a member of the 'Hybrid agent extension "
+                         "applications' group"});
     return false;
   }
   BY_HANDLE_FILE_INFORMATION info;
@@ -394,13 +412,13 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
                  (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT)) == 0;
   if (!regular) {
     CloseHandle(file);
-    error = arc_error("the key file '" + shown + "' is not a regular file");
+    error = arc_error({"the key file '", shown, "' is not a regular file"});
     return false;
   }
   uint64_t size = (static_cast<uint64_t>(info.nFileSizeHigh) << 32) | info.nFileSizeLow;
   if (size > kArcMaxKeyBytes) {
     CloseHandle(file);
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   key.assign(static_cast<size_t>(size), '\0');
@@ -412,23 +430,23 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT)
-      error = arc_error("the key file '" + shown + "' does not exist");
+      error = arc_error({"the key file '", shown, "' does not exist"});
     else if (err == ELOOP)
-      error = arc_error("the key file '" + shown + "' is a symbolic link, which is not followed");
+      error = arc_error({"the key file '", shown, "' is a symbolic link, which is not followed"});
     else
-      error = arc_error("the key file '" + shown + "' could not be opened (" + std::strerror(err) +
-                        "); the process must run as root or in the himds group");
+      error = arc_error({"the key file '", shown, "' could not be opened (", std::strerror(err),
+                         "); the process must run as root or in the himds group"});
     return false;
   }
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    error = arc_error("the key file '" + shown + "' is not a regular file");
+    error = arc_error({"the key file '", shown, "' is not a regular file"});
     return false;
   }
   if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) > kArcMaxKeyBytes) {
     ::close(fd);
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   // Read at most one byte past the limit, in case the file grew after fstat.
@@ -447,7 +465,7 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   }
   ::close(fd);
   if (ok && total > kArcMaxKeyBytes) {
-    error = arc_error("the key file '" + shown + "' is larger than 4096 bytes");
+    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
     return false;
   }
   key.assign(buffer, total);
@@ -455,14 +473,14 @@ bool arc_read_key(const std::string& path, std::string& key, Error& error) {
 #endif
   if (!ok) {
     key.clear();
-    error = arc_error("the key file '" + shown + "' could not be read");
+    error = arc_error({"the key file '", shown, "' could not be read"});
     return false;
   }
   return true;
 }
 
 // SPEC §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
-bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
+MI_DETAIL_COLD bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
   switch (id.kind()) {
     case IDKind::SystemAssigned: return true;
     case IDKind::ClientID: return !token.client_id.empty() && iequals(token.client_id, id.value());

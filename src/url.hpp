@@ -23,21 +23,21 @@ struct Url {
   std::string str() const;
 };
 
-std::string Url::target() const { return query.empty() ? path : path + "?" + query; }
+std::string Url::target() const { return query.empty() ? path : cat({path, "?", query}); }
 
 std::string Url::authority() const {
-  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  return out + ":" + std::to_string(port);
+  const bool ipv6 = host.find(':') != std::string::npos;
+  return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : "", ":", num(port)});
 }
 
 std::string Url::host_header() const {
-  std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
-  if (!default_port) out += ":" + std::to_string(port);
-  return out;
+  const bool ipv6 = host.find(':') != std::string::npos;
+  const bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
+  if (default_port) return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : ""});
+  return cat({ipv6 ? "[" : "", host, ipv6 ? "]" : "", ":", num(port)});
 }
 
-std::string Url::str() const { return scheme + "://" + host_header() + target(); }
+std::string Url::str() const { return cat({scheme, "://", host_header(), target()}); }
 
 namespace url_impl {
 
@@ -107,7 +107,11 @@ inline bool host_char(char c) noexcept { return is_alpha(c) || is_digit(c) || c 
 }  // namespace url_impl
 
 bool parse_url(std::string_view text, Url& out, std::string& why) {
-  out = Url();
+  out.scheme.clear();  // reset (cheaper to compile than assigning a fresh Url)
+  out.host.clear();
+  out.port = 0;
+  out.path.clear();
+  out.query.clear();
   for (char ch : text) {
     unsigned char c = static_cast<unsigned char>(ch);
     if (c <= 0x20 || c >= 0x7f) {
@@ -217,7 +221,7 @@ bool parse_url(std::string_view text, Url& out, std::string& why) {
 
 std::string merge_query(std::string_view existing_raw,
                         const std::vector<std::pair<std::string, std::string>>& params) {
-  std::vector<std::pair<std::string, std::string>> pairs;
+  StringPairs pairs;
   size_t pos = 0;
   while (pos <= existing_raw.size()) {
     size_t amp = existing_raw.find('&', pos);
@@ -230,16 +234,15 @@ std::string merge_query(std::string_view existing_raw,
       bool replaced = false;
       for (const auto& p : params)
         if (p.first == name) replaced = true;
-      if (!replaced) pairs.emplace_back(std::move(name), std::move(value));
+      if (!replaced) add_pair(pairs, name, value);
     }
     if (amp == std::string_view::npos) break;
     pos = amp + 1;
   }
-  for (const auto& p : params) pairs.push_back(p);
-  std::stable_sort(pairs.begin(), pairs.end(),
-                   [](const std::pair<std::string, std::string>& a, const std::pair<std::string, std::string>& b) {
-                     return a.first < b.first;
-                   });
+  for (const auto& p : params) add_pair(pairs, p.first, p.second);
+  // Stable insertion sort by name: a handful of parameters, and far less code than std::stable_sort.
+  for (size_t i = 1; i < pairs.size(); ++i)
+    for (size_t j = i; j > 0 && pairs[j].first < pairs[j - 1].first; --j) pairs[j].swap(pairs[j - 1]);
   std::string out;
   for (const auto& p : pairs) {
     if (!out.empty()) out.push_back('&');

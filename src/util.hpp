@@ -7,7 +7,7 @@ namespace detail {
 
 // Builds mi::Error values with the fields the public constructor does not take.
 struct ErrorAccess {
-  static Error make(Errc code, std::string message, Source source = Source::DefaultToIMDS) {
+  MI_DETAIL_COLD static Error make(Errc code, std::string message, Source source = Source::DefaultToIMDS) {
     Error e(code, std::move(message));
     e.source_ = source;
     e.retryable_ = code == Errc::network || code == Errc::timeout;
@@ -25,13 +25,50 @@ struct ErrorAccess {
   static void set_message(Error& e, std::string message) { e.message_ = std::move(message); }
 };
 
-inline Error make_error(Errc code, std::string message) { return ErrorAccess::make(code, std::move(message)); }
+MI_DETAIL_COLD inline Error make_error(Errc code, std::string message) {
+  return ErrorAccess::make(code, std::move(message));
+}
+
+// ---- message building --------------------------------------------------------------
+
+// Joins the parts into one string. Messages are built with this (and num below) rather
+// than with chains of std::string operator+ and std::to_string, each of which inlines
+// a temporary string and its clean-up at the call site: that made most of the code.
+MI_DETAIL_NOINLINE std::string cat(std::initializer_list<std::string_view> parts) {
+  size_t size = 0;
+  for (std::string_view part : parts) size += part.size();
+  std::string out;
+  out.reserve(size);
+  for (std::string_view part : parts) out.append(part.data(), part.size());
+  return out;
+}
+
+// Decimal text of an integer (std::to_string, out of line; unsigned values are cast by the caller).
+MI_DETAIL_NOINLINE std::string num(long long value) { return std::to_string(value); }
+
+// An error result, the message parts joined: one call at each of the many places that
+// give up, instead of a string, an Error and a Result built (and cleaned up) inline.
+template <class T>
+MI_DETAIL_COLD Result<T> failure(Errc code, std::initializer_list<std::string_view> message) {
+  return Result<T>(make_error(code, cat(message)));
+}
+
+// ---- name/value lists ------------------------------------------------------------
+
+using StringPairs = std::vector<std::pair<std::string, std::string>>;
+
+// Appends one name/value pair (query parameters, headers). Every caller goes through
+// this one function, so the vector's growth code is compiled once, not once per
+// combination of argument types.
+void add_pair(StringPairs& list, std::string_view name, std::string_view value) {
+  list.emplace_back(std::string(name), std::string(value));
+}
 
 // ---- strings -------------------------------------------------------------------
 
 inline char ascii_lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
-inline std::string ascii_lowercase(std::string_view s) {
+std::string ascii_lowercase(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = ascii_lower(c);
   return out;
@@ -70,7 +107,7 @@ inline bool has_control_char(std::string_view s) noexcept {
 }
 
 // RFC 3986: unreserved characters stay, every other byte becomes %XX.
-inline std::string percent_encode(std::string_view s) {
+std::string percent_encode(std::string_view s) {
   static const char hex[] = "0123456789ABCDEF";
   std::string out;
   out.reserve(s.size() + s.size() / 2);
@@ -96,7 +133,7 @@ inline int hex_value(char c) noexcept {
 }
 
 // Decodes %XX (and '+' as space when form is true); invalid escapes stay as they are.
-inline std::string percent_decode(std::string_view s, bool form) {
+std::string percent_decode(std::string_view s, bool form) {
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
@@ -113,7 +150,7 @@ inline std::string percent_decode(std::string_view s, bool form) {
   return out;
 }
 
-inline std::string to_hex(const unsigned char* data, size_t n) {
+std::string to_hex(const unsigned char* data, size_t n) {
   static const char hex[] = "0123456789abcdef";
   std::string out(n * 2, '0');
   for (size_t i = 0; i < n; ++i) {
@@ -138,7 +175,7 @@ inline bool parse_int64(std::string_view s, int64_t& out) noexcept {
 // ---- environment -----------------------------------------------------------------
 
 // The variable's value; an unset and an empty variable both give "".
-inline std::string env(const char* name) {
+std::string env(const char* name) {
 #if defined(_MSC_VER)
   char* value = nullptr;
   size_t len = 0;
@@ -163,7 +200,7 @@ inline uint64_t splitmix64(uint64_t& state) noexcept {
   return z ^ (z >> 31);
 }
 
-inline uint64_t random_seed() {
+uint64_t random_seed() {
   uint64_t seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
                   (static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) << 1) ^
                   static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&seed));
@@ -180,7 +217,7 @@ inline uint64_t random_seed() {
   return seed;
 }
 
-inline uint64_t random_u64() {
+uint64_t random_u64() {
   static std::mutex mutex;
   static uint64_t state = random_seed();
   std::lock_guard<std::mutex> lock(mutex);
@@ -188,7 +225,7 @@ inline uint64_t random_u64() {
 }
 
 // A random (version 4, RFC 9562) UUID in lowercase 8-4-4-4-12 form.
-inline std::string uuid4() {
+std::string uuid4() {
   unsigned char b[16];
   uint64_t hi = random_u64(), lo = random_u64();
   for (int i = 0; i < 8; ++i) {
@@ -197,14 +234,20 @@ inline std::string uuid4() {
   }
   b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);
   b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);
-  std::string hex = to_hex(b, 16);
-  return hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" + hex.substr(16, 4) + "-" +
-         hex.substr(20, 12);
+  static const char hex[] = "0123456789abcdef";
+  char text[36];
+  size_t n = 0;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) text[n++] = '-';
+    text[n++] = hex[b[i] >> 4];
+    text[n++] = hex[b[i] & 15];
+  }
+  return std::string(text, sizeof text);
 }
 
 // ---- SHA-256 (FIPS 180-4), for Service Fabric's token_sha256_to_refresh ---------------
 
-inline std::string sha256_hex(std::string_view data) {
+MI_DETAIL_COLD std::string sha256_hex(std::string_view data) {
   static const uint32_t k[64] = {
       0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
       0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
