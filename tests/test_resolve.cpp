@@ -101,6 +101,16 @@ HttpRequest get(const std::string& url) {
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
+
+// Cancels `ctx` as soon as a lookup is blocked in the fake resolver.
+std::thread cancel_once_blocked(const mi::Context& ctx) {
+  return std::thread([ctx] {
+    std::unique_lock<std::mutex> lock(fake_dns::mutex);
+    fake_dns::changed.wait_for(lock, std::chrono::seconds(30), [] { return fake_dns::blocked_now > 0; });
+    lock.unlock();
+    ctx.Cancel();
+  });
+}
 }  // namespace
 
 TEST_CASE("resolve: a host name is looked up off the caller's thread and then used") {
@@ -149,12 +159,7 @@ TEST_CASE("resolve: Cancel() ends the wait for a blocked lookup") {
   fake_dns::reset();
   SocketTransport transport;
   mi::Context ctx = mi::Context::Background().WithCancel();
-  std::thread canceler([ctx] {
-    std::unique_lock<std::mutex> lock(fake_dns::mutex);
-    fake_dns::changed.wait_for(lock, std::chrono::seconds(30), [] { return fake_dns::blocked_now > 0; });
-    lock.unlock();
-    ctx.Cancel();
-  });
+  std::thread canceler = cancel_once_blocked(ctx);
   auto result = transport.Do(ctx, get("http://cancel.blocked.test:80/x"));
   const int still_blocked = fake_dns::blocked();
   canceler.join();
@@ -223,12 +228,7 @@ TEST_CASE("resolve: a client aimed at a host name honours Cancel() through Acqui
   auto client = mi::New(mi::SystemAssigned());
   REQUIRE(client);
   mi::Context ctx = mi::Context::Background().WithCancel();
-  std::thread canceler([ctx] {
-    std::unique_lock<std::mutex> lock(fake_dns::mutex);
-    fake_dns::changed.wait_for(lock, std::chrono::seconds(30), [] { return fake_dns::blocked_now > 0; });
-    lock.unlock();
-    ctx.Cancel();
-  });
+  std::thread canceler = cancel_once_blocked(ctx);
   auto token = client->AcquireToken(ctx, "https://vault.azure.net");
   const int still_blocked = fake_dns::blocked();
   canceler.join();
