@@ -50,6 +50,11 @@ class TokenCache {
     return *cache;
   }
 
+  TokenCache() = default;
+  TokenCache(const TokenCache&) = delete;
+  TokenCache& operator=(const TokenCache&) = delete;
+  ~TokenCache() { clear(); }  // the entry list is owned through raw pointers
+
   enum class Hit { miss, fresh, refresh };
 
   // A usable token (expiring more than 5 minutes after `now`) is copied into `out`

@@ -803,3 +803,21 @@ TEST_CASE("IMDS ignores client capabilities and sends no revocation hash with cl
     CHECK(r.query().count("token_sha256_to_refresh") == 0);
   }
 }
+
+TEST_CASE("TokenCache: a cache other than the process-wide one finds its entries and frees them") {
+  // Under ASan (CI), LeakSanitizer reports the entries if the destructor does not free them.
+  auto now = std::chrono::system_clock::now();
+  mi::detail::CachedToken token{std::string(2000, 't'), "Bearer", now + std::chrono::hours(2),
+                                std::chrono::system_clock::time_point{}};
+  {
+    mi::detail::TokenCache local;
+    for (const char* resource : {"https://vault.azure.net", "https://storage.azure.com", "https://graph.microsoft.com"})
+      CHECK(local.store(mi::detail::CacheKey{mi::Source::DefaultToIMDS, mi::IDKind::SystemAssigned, "", resource},
+                        token, now));
+    CHECK(local.size() == 3);
+    mi::AuthResult out;
+    CHECK(local.find(mi::detail::CacheKey{mi::Source::DefaultToIMDS, mi::IDKind::SystemAssigned, "", "HTTPS://VAULT.azure.net"},
+                     now, out) == mi::detail::TokenCache::Hit::fresh);
+    CHECK(out.access_token == token.access_token);
+  }
+}
