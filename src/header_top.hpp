@@ -80,6 +80,50 @@
 //
 // LICENSE: MIT. Copyright (c) 2026 the managed_identity.hpp authors.
 
+// ---- configuration, normalised once ---------------------------------------
+// Every configuration macro is read here and nowhere else: the rest of the header
+// tests only the MI_DETAIL_* values below. They are set again on every inclusion
+// (a second inclusion may compile the implementation) and undefined at the end,
+// so none of them reaches the includer.
+
+// Exceptions: on unless the compiler has them off or MI_NO_EXCEPTIONS is defined.
+#if defined(MI_NO_EXCEPTIONS) || !(defined(__cpp_exceptions) || defined(__EXCEPTIONS) || defined(_CPPUNWIND))
+#define MI_DETAIL_EXCEPTIONS 0
+#else
+#define MI_DETAIL_EXCEPTIONS 1
+#endif
+
+#if defined(_MSVC_LANG)
+#define MI_DETAIL_CPLUSPLUS _MSVC_LANG
+#else
+#define MI_DETAIL_CPLUSPLUS __cplusplus
+#endif
+#if MI_DETAIL_CPLUSPLUS < 201703L
+#error "managed_identity.hpp needs C++17 or later (use -std=c++17 or /std:c++17)"
+#endif
+
+#if defined(_WIN32)
+#define MI_DETAIL_WINDOWS 1
+#else
+#define MI_DETAIL_WINDOWS 0
+#endif
+
+// HTTPS through libcurl: loaded with dlopen at the first HTTPS request, unless the
+// program links it (MI_CURL_LINKED; always so on Windows, which has no dlopen).
+#if defined(MI_CURL_LINKED) && !defined(MI_USE_CURL)
+#error "MI_CURL_LINKED only chooses how MI_USE_CURL gets libcurl: define MI_USE_CURL too"
+#endif
+#if defined(MI_USE_CURL)
+#define MI_DETAIL_CURL 1
+#else
+#define MI_DETAIL_CURL 0
+#endif
+#if defined(MI_USE_CURL) && (defined(MI_CURL_LINKED) || defined(_WIN32))
+#define MI_DETAIL_CURL_LINKED 1
+#else
+#define MI_DETAIL_CURL_LINKED 0
+#endif
+
 #ifndef MI_MANAGED_IDENTITY_HPP
 #define MI_MANAGED_IDENTITY_HPP
 
@@ -98,22 +142,6 @@
 #endif
 #if (MI_MAX_RESPONSE_BYTES) < 1024 || (MI_MAX_HEADER_BYTES) < 1024
 #error "MI_MAX_RESPONSE_BYTES and MI_MAX_HEADER_BYTES must be at least 1024: token responses are larger"
-#endif
-
-// Exceptions: on unless the compiler has them off or MI_NO_EXCEPTIONS is defined.
-#if defined(MI_NO_EXCEPTIONS) || !(defined(__cpp_exceptions) || defined(__EXCEPTIONS) || defined(_CPPUNWIND))
-#define MI_DETAIL_EXCEPTIONS 0
-#else
-#define MI_DETAIL_EXCEPTIONS 1
-#endif
-
-#if defined(_MSVC_LANG)
-#define MI_DETAIL_CPLUSPLUS _MSVC_LANG
-#else
-#define MI_DETAIL_CPLUSPLUS __cplusplus
-#endif
-#if MI_DETAIL_CPLUSPLUS < 201703L
-#error "managed_identity.hpp needs C++17 or later (use -std=c++17 or /std:c++17)"
 #endif
 
 #include <chrono>

@@ -17,8 +17,7 @@
 #include <shared_mutex>
 #include <thread>
 
-#if defined(_WIN32)
-#define MI_DETAIL_WINDOWS 1
+#if MI_DETAIL_WINDOWS
 #ifndef WIN32_LEAN_AND_MEAN
 #define WIN32_LEAN_AND_MEAN
 #define MI_DETAIL_UNDEF_LEAN_AND_MEAN
@@ -34,7 +33,6 @@
 #pragma comment(lib, "ws2_32.lib")
 #endif
 #else
-#define MI_DETAIL_WINDOWS 0
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -48,13 +46,9 @@
 #include <unistd.h>
 #endif
 
-#if defined(MI_USE_CURL)
-// libcurl is loaded with dlopen at the first HTTPS request, unless MI_CURL_LINKED says the
-// program links it (always so on Windows). Its headers are needed either way.
-#if defined(MI_CURL_LINKED) || defined(_WIN32)
-#define MI_DETAIL_CURL_LINKED 1
-#else
-#define MI_DETAIL_CURL_LINKED 0
+#if MI_DETAIL_CURL
+// libcurl's headers are needed whether it is loaded at run time or linked.
+#if !MI_DETAIL_CURL_LINKED
 #include <dlfcn.h>
 #endif
 #if defined(__has_include)

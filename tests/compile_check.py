@@ -5,8 +5,9 @@ with every warning as an error, with g++ and clang++ (when present), as C++17,
 C++20 and C++23, with and without exceptions and RTTI, and with and without
 MI_USE_CURL (when libcurl's headers are there): loaded at run time, so linked without
 -lcurl -lssl -lcrypto, and once with MI_CURL_LINKED and those libraries. Then runs the
-program: with a canceled context it must return 0 without any network I/O. Prints
-'N passed, M failed'."""
+program: with a canceled context it must return 0 without any network I/O. Also checks
+that the header leaves no internal macro defined in the includer, and that MI_CURL_LINKED
+without MI_USE_CURL is refused. Prints 'N passed, M failed'."""
 import os
 import shutil
 import subprocess
@@ -22,6 +23,54 @@ SOURCES = ["decl_user.cpp", "impl_twice.cpp", "other_tu.cpp"]
 def have_curl():
     return os.path.exists("/usr/include/curl/curl.h") or os.path.exists(
         "/usr/include/x86_64-linux-gnu/curl/curl.h")
+
+
+# The macros the header may leave defined in the includer, besides the ones the includer
+# defined itself: the include guard, the version, the two size limits (public defaults),
+# and, in the implementation TU, the guard that stops a second inclusion from compiling
+# the implementation again.
+PUBLIC_MACROS = {"MI_MANAGED_IDENTITY_HPP", "MI_VERSION_MAJOR", "MI_VERSION_MINOR", "MI_VERSION_PATCH",
+                 "MI_VERSION_STRING", "MI_MAX_RESPONSE_BYTES", "MI_MAX_HEADER_BYTES"}
+
+
+def leaked_macros(cxx, flags, tmp):
+    """The MI_* and Windows macros left defined after including the header twice."""
+    src = os.path.join(tmp, "macros.cpp")
+    with open(src, "w") as f:
+        f.write('#include "managed_identity.hpp"\n#include "managed_identity.hpp"\n')
+    r = subprocess.run([cxx, "-std=c++17", "-dM", "-E", "-I", ROOT, *flags, src],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, r.stderr
+    defined = {line.split()[1].split("(")[0] for line in r.stdout.splitlines() if line.startswith("#define ")}
+    own = {f[2:].split("=")[0] for f in flags if f.startswith("-D")}
+    allowed = PUBLIC_MACROS | own
+    if "MI_IMPLEMENTATION" in own:
+        allowed.add("MI_DETAIL_IMPLEMENTATION_INCLUDED")
+    return sorted(m for m in defined if (m.startswith("MI_") and m not in allowed)), ""
+
+
+def macro_checks(cxx, tmp):
+    """(label, ok, detail) for the macro hygiene checks with one compiler."""
+    out = []
+    configs = [[], ["-DMI_IMPLEMENTATION"], ["-DMI_NO_EXCEPTIONS", "-DMI_IMPLEMENTATION"]]
+    if have_curl():
+        configs += [["-DMI_IMPLEMENTATION", "-DMI_USE_CURL"],
+                    ["-DMI_IMPLEMENTATION", "-DMI_USE_CURL", "-DMI_CURL_LINKED"]]
+    for flags in configs:
+        leaked, err = leaked_macros(cxx, flags, tmp)
+        ok = leaked == []
+        detail = err if leaked is None else "left defined: " + " ".join(leaked or [])
+        out.append(("%s no internal macro leaks (%s)" % (cxx, " ".join(flags) or "declarations"), ok, detail))
+    # MI_CURL_LINKED alone would be silently ignored: it must be an error that says why.
+    src = os.path.join(tmp, "linked_alone.cpp")
+    with open(src, "w") as f:
+        f.write('#include "managed_identity.hpp"\n')
+    r = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-I", ROOT, "-DMI_CURL_LINKED", src],
+                       capture_output=True, text=True)
+    ok = r.returncode != 0 and "define MI_USE_CURL" in r.stderr
+    out.append(("%s MI_CURL_LINKED without MI_USE_CURL is an error" % cxx, ok, r.stderr[:2000]))
+    return out
 
 
 def main():
@@ -64,6 +113,13 @@ def main():
                     run = subprocess.run([out], capture_output=True, text=True, env=env, timeout=60)
                     ok = run.returncode == 0
                     detail = run.stderr
+                print("%s: %s" % ("PASS" if ok else "FAIL", label))
+                if not ok:
+                    print(detail[:3000])
+                passed += ok
+                failed += not ok
+        for cxx in compilers:
+            for label, ok, detail in macro_checks(cxx, tmp):
                 print("%s: %s" % ("PASS" if ok else "FAIL", label))
                 if not ok:
                     print(detail[:3000])
