@@ -381,6 +381,9 @@ struct HttpRequest {
   std::string method, url;
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  // Service Fabric: the SHA-1 thumbprint (40 upper-case hex digits) that the server's
+  // leaf certificate must match; empty for every other source.
+  std::string pinned_sha1;
 };
 struct HttpResponse {
   int status = 0;
@@ -393,6 +396,10 @@ class HttpClient {
   // Sends one request; never follows redirects. Transport failures are errors
   // (network, timeout, canceled, tls, invalid_response); any status is a value.
   virtual Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) = 0;
+  // True only if Do() compares a non-empty request.pinned_sha1 with the SHA-1 of the
+  // server's leaf certificate during the TLS handshake and sends nothing on a mismatch.
+  // Service Fabric's secret goes only to such a transport: New() refuses any other.
+  virtual bool PinsServerCertificate() const noexcept { return false; }
 };
 
 // ---- options -----------------------------------------------------------------
@@ -2766,7 +2773,34 @@ bool parse_thumbprint(std::string_view text, std::string& sha1_bytes) {
   return true;
 }
 
+// 20 raw bytes of a SHA-1 -> the 40 upper-case hex digits HttpRequest::pinned_sha1 carries.
+std::string pin_hex(std::string_view sha1_bytes) {
+  static const char digits[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(2 * sha1_bytes.size());
+  for (char ch : sha1_bytes) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    out.push_back(digits[c >> 4]);
+    out.push_back(digits[c & 15]);
+  }
+  return out;
+}
+
 #if defined(MI_USE_CURL)
+
+// HttpRequest::pinned_sha1 -> 20 raw bytes: exactly 40 hex digits (either case), nothing
+// else, since it was normalised when it was put there. `sha1_bytes` is only written on success.
+bool pin_from_hex(std::string_view hex, std::string& sha1_bytes) {
+  if (hex.size() != 40) return false;
+  std::string out(20, '\0');
+  for (size_t i = 0; i < 20; ++i) {
+    int high = hex_value(hex[2 * i]), low = hex_value(hex[2 * i + 1]);
+    if (high < 0 || low < 0) return false;
+    out[i] = static_cast<char>(high * 16 + low);
+  }
+  sha1_bytes = std::move(out);
+  return true;
+}
 
 // "3.0" for 0x30000130 (OPENSSL_VERSION_NUMBER / OpenSSL_version_num() layout).
 std::string openssl_series(unsigned long version_num) {
@@ -3310,11 +3344,13 @@ long curl_millis(Millis value) noexcept {
 class CurlTransport final : public HttpClient {
  public:
   // pinned_sha1: 20 bytes (the normalised IDENTITY_SERVER_THUMBPRINT), or empty
-  // for "no pin" (then libcurl's normal verification applies). libcurl is not
-  // touched (nor loaded) before the first request.
+  // for "no pin". A request's own pinned_sha1 (40 hex digits) is checked as well:
+  // with neither, libcurl's normal verification applies; with both, they must agree.
+  // libcurl is not touched (nor loaded) before the first request.
   CurlTransport(std::string pinned_sha1, Millis connect_timeout)
       : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout) {}
   Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
+  bool PinsServerCertificate() const noexcept override { return true; }
 
  private:
   std::string pin_;
@@ -3324,12 +3360,26 @@ class CurlTransport final : public HttpClient {
 Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& request) {
   if (!pin_.empty() && pin_.size() != 20)
     return make_error(Errc::invalid_argument, "the certificate pin must be the 20 bytes of a SHA-1 thumbprint");
+  // The pin travels with the request, so the transport checks the thumbprint the request
+  // was built for. A malformed or conflicting pin stops here, before anything is sent.
+  std::string pin = pin_;
+  if (!request.pinned_sha1.empty()) {
+    std::string from_request;
+    if (!pin_from_hex(request.pinned_sha1, from_request))
+      return make_error(Errc::invalid_argument,
+                        "the request's certificate pin (HttpRequest::pinned_sha1) must be 40 hexadecimal digits");
+    if (!pin.empty() && !constant_time_equal(pin, from_request))
+      return make_error(Errc::tls,
+                        "the request's certificate pin differs from the one this transport was created with, so "
+                        "the request was not sent");
+    pin = std::move(from_request);
+  }
   const curl_impl::CurlApi& api = curl_impl::curl_api();
   if (!api.problem.empty()) return make_error(Errc::tls, api.problem);
   if (api.init != CURLE_OK)
     return make_error(Errc::network, std::string("libcurl could not be initialised (curl_global_init: ") +
                                          api.curl_easy_strerror(api.init) + ")");
-  if (!pin_.empty() && !api.pinning_problem.empty()) return make_error(Errc::tls, api.pinning_problem);
+  if (!pin.empty() && !api.pinning_problem.empty()) return make_error(Errc::tls, api.pinning_problem);
   if (!starts_with(ascii_lowercase(request.url.substr(0, 8)), "https://") || has_control_char(request.url))
     return make_error(Errc::invalid_argument, "the libcurl transport only sends https:// requests with a well-formed URL");
   if (!curl_impl::is_http_token(request.method))
@@ -3350,7 +3400,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   curl_impl::CurlCall call;
   call.api = &api;
   call.ctx = &ctx;
-  call.pin = pin_;
+  call.pin = pin;
 
   std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(api.curl_easy_init(),
                                                          curl_impl::CurlEasyDeleter{api.curl_easy_cleanup});
@@ -3440,7 +3490,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   Millis connect = connect_timeout_ > Millis(0) && connect_timeout_ < left ? connect_timeout_ : left;
   set(api.curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, curl_impl::curl_millis(connect)));
   if (left != Millis::max()) set(api.curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, curl_impl::curl_millis(left)));
-  if (pin_.empty()) {
+  if (pin.empty()) {
     set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L));
     set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L));
   } else {
@@ -3450,7 +3500,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
     set(api.curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call)));
   }
   if (rc != CURLE_OK) {
-    if (!pin_.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
+    if (!pin.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
       return make_error(Errc::tls,
                         "this libcurl cannot install the certificate check Service Fabric needs; "
                         "use libcurl built with OpenSSL");
@@ -3495,7 +3545,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   }
   if (!done) return context_error(call.stopped, "waiting for the HTTPS endpoint");
   if (result != CURLE_OK) return curl_impl::curl_failure(result, call, ctx, errbuf);
-  if (!pin_.empty() && !(call.pin_installed && call.pin_matched))
+  if (!pin.empty() && !(call.pin_installed && call.pin_matched))
     return make_error(Errc::tls,
                       "the TLS connection to the Service Fabric endpoint was not verified against "
                       "IDENTITY_SERVER_THUMBPRINT");
@@ -4006,10 +4056,16 @@ struct BuiltRequest {
 };
 BuiltRequest::~BuiltRequest() = default;
 
+// Service Fabric's endpoint and the thumbprint its certificate must match, both fixed at New.
+struct PinnedEndpoint {
+  Url url;
+  std::string pinned_sha1;  // 40 upper-case hex digits (HttpRequest::pinned_sha1)
+};
+
 // Builds the one request of an acquisition (Azure Arc: leg 1). Endpoint and secret
-// variables are read now, except Service Fabric's endpoint, fixed at New (`fixed_endpoint`).
+// variables are read now, except Service Fabric's endpoint and pin, fixed at New (`fixed_endpoint`).
 bool build_request(Source source, const ID& id, std::string_view resource, const RequestExtras& extras,
-                   const Url* fixed_endpoint, BuiltRequest& out, Error& error) {
+                   const PinnedEndpoint* fixed_endpoint, BuiltRequest& out, Error& error) {
   HttpRequest& req = out.request;
   req.method = "GET";
   StringPairs params;
@@ -4039,7 +4095,8 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
       break;
   }
   if (source == Source::ServiceFabric && fixed_endpoint != nullptr) {
-    url = *fixed_endpoint;
+    url = fixed_endpoint->url;
+    req.pinned_sha1 = fixed_endpoint->pinned_sha1;  // the transport checks it before the secret goes out
   } else if (!endpoint_from(endpoint, endpoint_name, scheme, source, url, error)) {
     return false;
   }
@@ -4652,7 +4709,7 @@ struct ClientState {
   ID id;
   ClientConfig config;
   std::shared_ptr<HttpClient> transport;  // null only for Service Fabric built without libcurl
-  Url fixed_endpoint;                     // Service Fabric: IDENTITY_ENDPOINT as read at New
+  PinnedEndpoint fixed_endpoint;          // Service Fabric: IDENTITY_ENDPOINT and its pin as read at New
   bool has_fixed_endpoint = false;
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
@@ -5167,7 +5224,7 @@ MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& option
   if (state->source == Source::ServiceFabric) {
     // SPEC §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
     if (!detail::endpoint_from(detail::env("IDENTITY_ENDPOINT"), "IDENTITY_ENDPOINT", "https", state->source,
-                               state->fixed_endpoint, error))
+                               state->fixed_endpoint.url, error))
       return error;
     state->has_fixed_endpoint = true;
     std::string pin;
@@ -5176,7 +5233,18 @@ MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& option
                                        "IDENTITY_SERVER_THUMBPRINT must be a SHA-1 certificate thumbprint (40 "
                                        "hexadecimal digits, ':' and spaces allowed)",
                                        state->source);
+    state->fixed_endpoint.pinned_sha1 = detail::pin_hex(pin);
     if (state->config.http) {
+      // Fail closed: the Secret header may only go through a transport that checks the pin
+      // (as MSAL Go refuses an HTTP client it cannot pin).
+      if (!state->config.http->PinsServerCertificate())
+        return detail::ErrorAccess::make(
+            Errc::invalid_argument,
+            "mi::WithHTTPClient: on Service Fabric the transport must check the endpoint's certificate against "
+            "IDENTITY_SERVER_THUMBPRINT (HttpRequest::pinned_sha1) during the TLS handshake, and this one does not "
+            "say so (its PinsServerCertificate() is false); implement the check and return true from "
+            "PinsServerCertificate(), or leave out WithHTTPClient to use the built-in libcurl transport",
+            state->source);
       state->transport = state->config.http;
     } else {
 #if defined(MI_USE_CURL)

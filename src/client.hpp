@@ -27,7 +27,7 @@ struct ClientState {
   ID id;
   ClientConfig config;
   std::shared_ptr<HttpClient> transport;  // null only for Service Fabric built without libcurl
-  Url fixed_endpoint;                     // Service Fabric: IDENTITY_ENDPOINT as read at New
+  PinnedEndpoint fixed_endpoint;          // Service Fabric: IDENTITY_ENDPOINT and its pin as read at New
   bool has_fixed_endpoint = false;
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
@@ -542,7 +542,7 @@ MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& option
   if (state->source == Source::ServiceFabric) {
     // SPEC §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
     if (!detail::endpoint_from(detail::env("IDENTITY_ENDPOINT"), "IDENTITY_ENDPOINT", "https", state->source,
-                               state->fixed_endpoint, error))
+                               state->fixed_endpoint.url, error))
       return error;
     state->has_fixed_endpoint = true;
     std::string pin;
@@ -551,7 +551,18 @@ MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& option
                                        "IDENTITY_SERVER_THUMBPRINT must be a SHA-1 certificate thumbprint (40 "
                                        "hexadecimal digits, ':' and spaces allowed)",
                                        state->source);
+    state->fixed_endpoint.pinned_sha1 = detail::pin_hex(pin);
     if (state->config.http) {
+      // Fail closed: the Secret header may only go through a transport that checks the pin
+      // (as MSAL Go refuses an HTTP client it cannot pin).
+      if (!state->config.http->PinsServerCertificate())
+        return detail::ErrorAccess::make(
+            Errc::invalid_argument,
+            "mi::WithHTTPClient: on Service Fabric the transport must check the endpoint's certificate against "
+            "IDENTITY_SERVER_THUMBPRINT (HttpRequest::pinned_sha1) during the TLS handshake, and this one does not "
+            "say so (its PinsServerCertificate() is false); implement the check and return true from "
+            "PinsServerCertificate(), or leave out WithHTTPClient to use the built-in libcurl transport",
+            state->source);
       state->transport = state->config.http;
     } else {
 #if defined(MI_USE_CURL)

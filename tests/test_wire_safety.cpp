@@ -1,0 +1,183 @@
+// What crosses the wire in either direction stays safe: Service Fabric's secret only
+// goes through a transport that checks the certificate pin; text taken from an error
+// body is cut, folded and then redacted in every field; a token that would break the
+// header it is put into is refused; the public to_string overloads; the LICENSE file.
+// Every request goes to an injected transport that sends nothing.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#define MI_AZURE_ARC_HIMDS_PATH "/nonexistent/mi-tests/himds"
+#define MI_IMPLEMENTATION
+#include "managed_identity.hpp"
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "test_support.hpp"
+
+using support::CleanEnv;
+using support::set_env;
+
+namespace {
+
+void fresh_cache() { mi::detail::TokenCache::instance().clear(); }
+
+const std::string kThumbprint = "0123456789abcdef0123456789ABCDEF01234567";
+
+void service_fabric_env(const std::string& thumbprint = kThumbprint) {
+  set_env("IDENTITY_ENDPOINT", "https://127.0.0.1:2377/metadata/identity/oauth2/token");
+  set_env("IDENTITY_HEADER", "sf-wire-secret-3b8e");
+  set_env("IDENTITY_SERVER_THUMBPRINT", thumbprint);
+  fresh_cache();
+}
+
+// IMDS, pointed at a loopback address (the injected transports send nothing anyway).
+void imds_env() {
+  set_env("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9");
+  fresh_cache();
+}
+
+void app_service_env(const std::string& secret) {
+  set_env("IDENTITY_ENDPOINT", "http://127.0.0.1:9/msi/token");
+  set_env("IDENTITY_HEADER", secret);
+  fresh_cache();
+}
+
+std::shared_ptr<support::RecordingHttpClient> answering(int status, std::string body) {
+  return std::make_shared<support::RecordingHttpClient>(
+      [status, body](const mi::HttpRequest&) { return support::response(status, body); });
+}
+
+// One failed acquisition against `http` (no retries, no sleeping).
+mi::Error acquire_error(const std::shared_ptr<mi::HttpClient>& http, const std::string& resource = "https://wire") {
+  auto client = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(http), mi::WithRetryPolicyDisabled());
+  REQUIRE_MESSAGE(client, client.error().message());
+  auto token = client->AcquireToken(mi::Context::Background(), resource);
+  REQUIRE_FALSE(token);
+  return token.error();
+}
+
+// Every text an Error carries.
+std::vector<std::string> texts(const mi::Error& e) {
+  return {e.message(), e.error_code(), e.error_description(), e.correlation_id()};
+}
+
+bool valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+    i += n;
+  }
+  return true;
+}
+
+// A control character (C0, DEL, or C1 as UTF-8) anywhere in `s`.
+bool has_control(const std::string& s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) return true;
+    if (c == 0xC2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+        static_cast<unsigned char>(s[i + 1]) <= 0x9F)
+      return true;
+  }
+  return false;
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+}  // namespace
+
+// ---- 1. Service Fabric never hands its secret to a transport that does not pin ---------------
+
+TEST_CASE("Service Fabric: New refuses a custom transport that does not check the certificate pin") {
+  CleanEnv env;
+  service_fabric_env();
+  auto http = answering(200, "{}");
+  auto client = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(http));
+  REQUIRE_FALSE(client);
+  CHECK(client.error().code() == mi::Errc::invalid_argument);
+  CHECK(client.error().source() == mi::Source::ServiceFabric);
+  CHECK(contains(client.error().message(), "PinsServerCertificate"));
+  CHECK(contains(client.error().message(), "IDENTITY_SERVER_THUMBPRINT"));
+  CHECK_FALSE(contains(client.error().message(), "sf-wire-secret-3b8e"));
+  CHECK(http->count() == 0);
+}
+
+namespace {
+// A recording transport that declares it checks pinned_sha1 during the handshake.
+class PinningHttpClient : public support::RecordingHttpClient {
+ public:
+  using support::RecordingHttpClient::RecordingHttpClient;
+  bool PinsServerCertificate() const noexcept override { return true; }
+};
+
+std::string sf_body(const std::string& token) {
+  return "{\"token_type\":\"Bearer\",\"access_token\":\"" + token + "\",\"expires_on\":" +
+         std::to_string(support::now_unix() + 7200) + ",\"resource\":\"https://vault.azure.net/\"}";
+}
+}  // namespace
+
+TEST_CASE("HttpClient: PinsServerCertificate is false unless a transport says otherwise") {
+  support::RecordingHttpClient plain([](const mi::HttpRequest&) { return support::response(200, ""); });
+  PinningHttpClient pinning([](const mi::HttpRequest&) { return support::response(200, ""); });
+  const mi::HttpClient& a = plain;
+  const mi::HttpClient& b = pinning;
+  CHECK_FALSE(a.PinsServerCertificate());
+  CHECK(b.PinsServerCertificate());
+  static_assert(noexcept(a.PinsServerCertificate()), "PinsServerCertificate is noexcept");
+  mi::HttpRequest request;
+  CHECK(request.pinned_sha1.empty());
+}
+
+TEST_CASE("Service Fabric: a pinning transport gets every request with the normalised thumbprint") {
+  CleanEnv env;
+  const std::string upper = "0123456789ABCDEF0123456789ABCDEF01234567";
+  for (const std::string& spelling :
+       {kThumbprint, std::string("01:23:45:67:89:ab:cd:ef:01:23:45:67:89:AB:CD:EF:01:23:45:67"),
+        std::string(" 0123456789abcdef 0123456789abcdef01234567\t"), "\xE2\x80\x8E" + kThumbprint}) {
+    CAPTURE(spelling);
+    service_fabric_env(spelling);
+    support::TokenMint mint("sf-pinned");
+    auto http = std::make_shared<PinningHttpClient>(
+        [&mint](const mi::HttpRequest&) { return support::response(200, sf_body(mint.next())); });
+    auto client = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(http));
+    REQUIRE_MESSAGE(client, client.error().message());
+    REQUIRE(client->AcquireToken(mi::Context::Background(), "https://vault.azure.net"));
+    REQUIRE(client->AcquireToken(mi::Context::Background(), "https://vault.azure.net", mi::WithClaims("{}")));
+    REQUIRE(http->count() == 2);
+    for (const mi::HttpRequest& r : http->requests()) {
+      CHECK(r.pinned_sha1 == upper);
+      CHECK(support::header_of(r, "Secret") == "sf-wire-secret-3b8e");
+    }
+  }
+}
+
+TEST_CASE("every other source's requests carry no pin, whatever the environment holds") {
+  CleanEnv env;
+  set_env("IDENTITY_SERVER_THUMBPRINT", kThumbprint);  // without IDENTITY_ENDPOINT+HEADER: not Service Fabric
+  imds_env();
+  auto imds = answering(200, support::imds_body("imds-nopin"));
+  auto client = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(imds));
+  REQUIRE(client);
+  REQUIRE(client->source() == mi::Source::DefaultToIMDS);
+  REQUIRE(client->AcquireToken(mi::Context::Background(), "https://nopin"));
+  REQUIRE(imds->count() == 1);
+  CHECK(imds->requests()[0].pinned_sha1.empty());
+
+  CleanEnv env2;
+  app_service_env("app-secret-nopin");
+  auto app = std::make_shared<PinningHttpClient>(
+      [](const mi::HttpRequest&) { return support::response(200, support::imds_body("app-nopin")); });
+  auto app_client = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(app));
+  REQUIRE(app_client);
+  REQUIRE(app_client->source() == mi::Source::AppService);
+  REQUIRE(app_client->AcquireToken(mi::Context::Background(), "https://nopin"));
+  REQUIRE(app->count() == 1);
+  CHECK(app->requests()[0].pinned_sha1.empty());
+}
