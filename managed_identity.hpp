@@ -199,7 +199,26 @@ inline std::string_view to_string(Source source) noexcept {
 Source GetSource();
 
 enum class TokenSource { IdentityProvider, Cache };
+
+inline std::string_view to_string(TokenSource source) noexcept {
+  switch (source) {
+    case TokenSource::IdentityProvider: return "IdentityProvider";
+    case TokenSource::Cache: return "Cache";
+  }
+  return "Unknown";
+}
+
 enum class LogLevel { Error, Warning, Info, Verbose };
+
+inline std::string_view to_string(LogLevel level) noexcept {
+  switch (level) {
+    case LogLevel::Error: return "Error";
+    case LogLevel::Warning: return "Warning";
+    case LogLevel::Info: return "Info";
+    case LogLevel::Verbose: return "Verbose";
+  }
+  return "Unknown";
+}
 
 // ---- errors ----------------------------------------------------------------
 

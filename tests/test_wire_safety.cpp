@@ -181,3 +181,44 @@ TEST_CASE("every other source's requests carry no pin, whatever the environment 
   REQUIRE(app->count() == 1);
   CHECK(app->requests()[0].pinned_sha1.empty());
 }
+
+// ---- 15. The public to_string overloads -----------------------------------------------------
+
+TEST_CASE("to_string of TokenSource, LogLevel and Errc") {
+  static_assert(std::is_same<decltype(mi::to_string(mi::TokenSource::Cache)), std::string_view>::value, "");
+  static_assert(std::is_same<decltype(mi::to_string(mi::LogLevel::Error)), std::string_view>::value, "");
+  static_assert(std::is_same<decltype(mi::to_string(mi::Errc::tls)), std::string_view>::value, "");
+  static_assert(noexcept(mi::to_string(mi::TokenSource::Cache)), "");
+  static_assert(noexcept(mi::to_string(mi::LogLevel::Error)), "");
+  static_assert(noexcept(mi::to_string(mi::Errc::tls)), "");
+  CHECK(mi::to_string(mi::TokenSource::IdentityProvider) == "IdentityProvider");
+  CHECK(mi::to_string(mi::TokenSource::Cache) == "Cache");
+  CHECK(mi::to_string(mi::LogLevel::Error) == "Error");
+  CHECK(mi::to_string(mi::LogLevel::Warning) == "Warning");
+  CHECK(mi::to_string(mi::LogLevel::Info) == "Info");
+  CHECK(mi::to_string(mi::LogLevel::Verbose) == "Verbose");
+  const std::vector<std::pair<mi::Errc, const char*>> codes = {
+      {mi::Errc::invalid_argument, "invalid_argument"},
+      {mi::Errc::unsupported_identity, "unsupported_identity"},
+      {mi::Errc::network, "network"},
+      {mi::Errc::timeout, "timeout"},
+      {mi::Errc::canceled, "canceled"},
+      {mi::Errc::http_status, "http_status"},
+      {mi::Errc::invalid_response, "invalid_response"},
+      {mi::Errc::arc_challenge, "arc_challenge"},
+      {mi::Errc::tls, "tls"},
+      {mi::Errc::platform_not_supported, "platform_not_supported"},
+  };
+  for (const auto& c : codes) CHECK(mi::to_string(c.first) == c.second);
+  // As a caller would use them: the result of an acquisition, and a logger.
+  CleanEnv env;
+  imds_env();
+  auto client = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(answering(200, support::imds_body("ts-1"))));
+  REQUIRE(client);
+  auto first = client->AcquireToken(mi::Context::Background(), "https://to-string");
+  REQUIRE(first);
+  CHECK(std::string(mi::to_string(first->token_source)) == "IdentityProvider");
+  auto second = client->AcquireToken(mi::Context::Background(), "https://to-string");
+  REQUIRE(second);
+  CHECK(std::string(mi::to_string(second->token_source)) == "Cache");
+}
