@@ -222,3 +222,24 @@ TEST_CASE("to_string of TokenSource, LogLevel and Errc") {
   REQUIRE(second);
   CHECK(std::string(mi::to_string(second->token_source)) == "Cache");
 }
+
+// ---- 17. The license the header names is in the repository ----------------------------------
+
+TEST_CASE("the repository has the MIT LICENSE the header names") {
+  std::string here = __FILE__;
+  size_t slash = here.find_last_of("/\\");
+  REQUIRE(slash != std::string::npos);
+  std::string root = here.substr(0, slash) + "/..";
+  std::ifstream file(root + "/LICENSE");
+  REQUIRE_MESSAGE(file.good(), "no LICENSE in " << root);
+  std::stringstream text;
+  text << file.rdbuf();
+  CHECK(contains(text.str(), "MIT License"));
+  CHECK(contains(text.str(), "Copyright (c) 2026 the managed_identity.hpp authors"));
+  CHECK(contains(text.str(), "THE SOFTWARE IS PROVIDED \"AS IS\""));
+  std::ifstream header(root + "/managed_identity.hpp");
+  std::stringstream whole;
+  whole << header.rdbuf();
+  CHECK(contains(whole.str(), "SPDX-License-Identifier: MIT"));
+  CHECK(contains(whole.str(), "Copyright (c) 2026 the managed_identity.hpp authors"));
+}
