@@ -182,6 +182,42 @@ TEST_CASE("every other source's requests carry no pin, whatever the environment 
   CHECK(app->requests()[0].pinned_sha1.empty());
 }
 
+// ---- 3. A token that would break the header it goes into is refused ------------------------
+
+TEST_CASE("access_token or token_type with a control character or a space is invalid_response") {
+  using mi::detail::parse_token_response;
+  const auto now = mi::detail::SysClock::now();
+  const std::vector<std::string> bad = {"zq9\\r\\nX-Injected: 1", "zq9\\nen", "zq9\\ren", "zq9 en", "zq9\\u0000en",
+                                        "zq9\\ten", "zq9\\u007fen", "zq9\\u0085en", " zq9", "zq9 "};
+  for (const std::string& b : bad) {
+    CAPTURE(b);
+    auto r = parse_token_response("{\"access_token\":\"" + b + "\",\"expires_in\":3600}", now);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code() == mi::Errc::invalid_response);
+    CHECK(contains(r.error().message(), "access_token"));
+    CHECK_FALSE(contains(r.error().message(), "zq9"));
+    auto t = parse_token_response("{\"access_token\":\"good\",\"token_type\":\"Bea" + b + "\",\"expires_in\":3600}", now);
+    REQUIRE_FALSE(t);
+    CHECK(t.error().code() == mi::Errc::invalid_response);
+    CHECK(contains(t.error().message(), "token_type"));
+  }
+  // Printable ASCII other than the space is fine, and so is an omitted token_type.
+  auto ok = parse_token_response("{\"access_token\":\"a.b-c_d~e+f/g=\",\"token_type\":\"pop\",\"expires_in\":3600}", now);
+  REQUIRE(ok);
+  CHECK(ok->access_token == "a.b-c_d~e+f/g=");
+  CHECK(ok->token_type == "pop");
+}
+
+TEST_CASE("AcquireToken: a token with CR LF is not handed to the caller") {
+  CleanEnv env;
+  imds_env();
+  auto http = answering(200, "{\"access_token\":\"header-split-1\\r\\nX-Evil: yes\",\"expires_in\":\"3600\"}");
+  mi::Error e = acquire_error(http);
+  CHECK(e.code() == mi::Errc::invalid_response);
+  CHECK_FALSE(contains(e.message(), "header-split"));
+  CHECK_FALSE(contains(e.message(), "X-Evil"));
+}
+
 // ---- 15. The public to_string overloads -----------------------------------------------------
 
 TEST_CASE("to_string of TokenSource, LogLevel and Errc") {
