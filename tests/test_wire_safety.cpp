@@ -182,6 +182,136 @@ TEST_CASE("every other source's requests carry no pin, whatever the environment 
   CHECK(app->requests()[0].pinned_sha1.empty());
 }
 
+// ---- 2 and 12. Text from an error body: cut, folded, then redacted, in every field -----------
+
+TEST_CASE("a secret echoed with control characters in place of its spaces is redacted in every field") {
+  CleanEnv env;
+  const std::string secret = "open sesame 7f3a9c21 door";
+  app_service_env(secret);
+  const std::string echo = "open\\u0001sesame\\u00017f3a9c21\\u0001door";
+  auto http = answering(400, "{\"error\":\"" + echo + "\",\"error_description\":\"header " + echo +
+                                 " is wrong\",\"correlation_id\":\"" + echo + "\"}");
+  mi::Error e = acquire_error(http);
+  CHECK(e.code() == mi::Errc::http_status);
+  CHECK(e.status_code() == 400);
+  for (const std::string& text : texts(e)) {
+    CAPTURE(text);
+    CHECK_FALSE(contains(text, "sesame"));
+    CHECK_FALSE(has_control(text));
+  }
+  CHECK(contains(e.error_description(), "[redacted]"));
+  CHECK(e.correlation_id() == "[redacted]");
+}
+
+TEST_CASE("a secret that itself holds a C1 control character is redacted however the endpoint echoes it") {
+  CleanEnv env;
+  const std::string secret = "lock\xC2\x85key-9e8d7c6b5a";  // U+0085 NEL, not refused as a C0 control
+  for (const std::string& echo : {std::string("lock\\u0085key-9e8d7c6b5a"), std::string("lock\\u0001key-9e8d7c6b5a"),
+                                  std::string("lock key-9e8d7c6b5a"), std::string("lock\\tkey-9e8d7c6b5a")}) {
+    CAPTURE(echo);
+    app_service_env(secret);
+    auto http = answering(401, "{\"error\":{\"code\":\"" + echo + "\",\"message\":\"bad " + echo +
+                                   "\",\"correlationId\":\"" + echo + "\"}}");
+    mi::Error e = acquire_error(http);
+    for (const std::string& text : texts(e)) {
+      CAPTURE(text);
+      CHECK_FALSE(contains(text, "9e8d7c6b5a"));
+      CHECK_FALSE(has_control(text));
+    }
+  }
+}
+
+TEST_CASE("IMDS: an error body of unknown shape reaches the message as an excerpt") {
+  CleanEnv env;
+  imds_env();
+  auto http = answering(400, "{\"raw\": \"error format is undefined\"}");
+  mi::Error e = acquire_error(http);
+  CHECK(e.code() == mi::Errc::http_status);
+  CHECK(e.status_code() == 400);
+  CHECK(contains(e.message(), "error format is undefined"));
+  CHECK(e.error_code().empty());
+  CHECK(e.error_description().empty());
+}
+
+TEST_CASE("error body fields show C0, DEL and C1 controls as spaces") {
+  CleanEnv env;
+  imds_env();
+  auto http = answering(400, "{\"error\":\"bad\\u0085request\",\"error_description\":\"x\\u0001y\\u007fz\\u0085w\\u009fv\","
+                             "\"correlation_id\":\"c0\\u0000c1\\u0080c2\"}");
+  mi::Error e = acquire_error(http);
+  CHECK(e.error_code() == "bad request");
+  CHECK(e.error_description() == "x y z w v");
+  CHECK(e.correlation_id() == "c0 c1 c2");
+  CHECK(contains(e.message(), "bad request: x y z w v"));
+  // The same for an excerpt of a body that is not JSON: raw C1 bytes too.
+  auto plain = answering(400, "oops\x01here\x7f" "and\xC2\x85there\xC2\x9f!");
+  mi::Error p = acquire_error(plain);
+  CHECK(contains(p.message(), "oops here and there !"));
+  CHECK_FALSE(has_control(p.message()));
+}
+
+TEST_CASE("excerpts and fields are at most 512 bytes, cut on a UTF-8 character boundary") {
+  CleanEnv env;
+  imds_env();
+  std::string e_acute;
+  for (int i = 0; i < 600; ++i) e_acute += "\xC3\xA9";
+  std::string euro;
+  for (int i = 0; i < 1000; ++i) euro += "\xE2\x82\xAC";
+  // Not JSON: the excerpt. "a" first so that byte 512 falls inside a character.
+  {
+    mi::Error e = acquire_error(answering(400, "a" + e_acute));
+    CAPTURE(e.message());
+    CHECK(valid_utf8(e.message()));
+    size_t open = e.message().find("(\"");
+    size_t close = e.message().find("\")");
+    REQUIRE(open != std::string::npos);
+    REQUIRE(close != std::string::npos);
+    CHECK(close - open - 2 <= 512);
+    CHECK(close - open - 2 >= 400);
+  }
+  // JSON of unknown shape: the excerpt again.
+  {
+    mi::Error e = acquire_error(answering(400, "{\"raw\":\"b" + e_acute + "\"}"));
+    CHECK(valid_utf8(e.message()));
+    CHECK(contains(e.message(), "{\"raw\":\"b\xC3\xA9"));
+  }
+  // Known fields, every one long.
+  for (const std::string& prefix : {std::string(), std::string("z"), std::string("zz")}) {
+    CAPTURE(prefix);
+    const std::string v = prefix + euro;
+    mi::Error e = acquire_error(answering(
+        400, "{\"error\":\"" + v + "\",\"error_description\":\"" + v + "\",\"correlation_id\":\"" + v + "\"}"));
+    for (const std::string* s : {&e.error_code(), &e.error_description(), &e.correlation_id()}) {
+      CHECK(s->size() <= 512);
+      CHECK(s->size() >= 400);
+      CHECK(valid_utf8(*s));
+    }
+    CHECK(valid_utf8(e.message()));
+    CHECK(e.message().size() < 2000);
+  }
+}
+
+TEST_CASE("a secret cut by the 512-byte limit leaves no piece behind") {
+  CleanEnv env;
+  const std::string secret = "cut-secret-0a1b2c3d4e5f6a7b8c9d";
+  app_service_env(secret);
+  for (size_t pad = 490; pad < 512; pad += 3) {
+    CAPTURE(pad);
+    fresh_cache();
+    const std::string text = std::string(pad, 'p') + secret + " tail";
+    mi::Error e = acquire_error(answering(
+        400, "{\"error\":\"" + text + "\",\"error_description\":\"" + text + "\",\"correlation_id\":\"" + text + "\"}"));
+    for (const std::string& t : texts(e)) {
+      CAPTURE(t);
+      CHECK_FALSE(contains(t, "cut-secret"));
+      CHECK_FALSE(contains(t, "0a1b2c3d"));
+    }
+    mi::Error p = acquire_error(answering(400, text));
+    CHECK_FALSE(contains(p.message(), "cut-secret"));
+    CHECK_FALSE(contains(p.message(), "0a1b2c3d"));
+  }
+}
+
 // ---- 3. A token that would break the header it goes into is refused ------------------------
 
 TEST_CASE("access_token or token_type with a control character or a space is invalid_response") {
