@@ -1,8 +1,9 @@
 // What crosses the wire in either direction stays safe: Service Fabric's secret only
 // goes through a transport that checks the certificate pin; text taken from an error
-// body is cut, folded and then redacted in every field; a token that would break the
-// header it is put into is refused; the public to_string overloads; the LICENSE file.
-// Every request goes to an injected transport that sends nothing.
+// body has its control characters shown as spaces, then is redacted, then cut, in every
+// field; a token that would break the header it is put into is refused; the public
+// to_string overloads; the LICENSE file. Every request goes to an injected transport
+// that sends nothing.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -182,7 +183,7 @@ TEST_CASE("every other source's requests carry no pin, whatever the environment 
   CHECK(app->requests()[0].pinned_sha1.empty());
 }
 
-// ---- 2 and 12. Text from an error body: cut, folded, then redacted, in every field -----------
+// ---- 2 and 12. Text from an error body: folded, then redacted, then cut, in every field ------
 
 TEST_CASE("a secret echoed with control characters in place of its spaces is redacted in every field") {
   CleanEnv env;
