@@ -227,7 +227,26 @@ inline std::string_view to_string(Source source) noexcept {
 Source GetSource();
 
 enum class TokenSource { IdentityProvider, Cache };
+
+inline std::string_view to_string(TokenSource source) noexcept {
+  switch (source) {
+    case TokenSource::IdentityProvider: return "IdentityProvider";
+    case TokenSource::Cache: return "Cache";
+  }
+  return "Unknown";
+}
+
 enum class LogLevel { Error, Warning, Info, Verbose };
+
+inline std::string_view to_string(LogLevel level) noexcept {
+  switch (level) {
+    case LogLevel::Error: return "Error";
+    case LogLevel::Warning: return "Warning";
+    case LogLevel::Info: return "Info";
+    case LogLevel::Verbose: return "Verbose";
+  }
+  return "Unknown";
+}
 
 // ---- errors ----------------------------------------------------------------
 
@@ -409,6 +428,9 @@ struct HttpRequest {
   std::string method, url;
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  // Service Fabric: the SHA-1 thumbprint (40 upper-case hex digits) that the server's
+  // leaf certificate must match; empty for every other source.
+  std::string pinned_sha1;
 };
 struct HttpResponse {
   int status = 0;
@@ -421,6 +443,10 @@ class HttpClient {
   // Sends one request; never follows redirects. Transport failures are errors
   // (network, timeout, canceled, tls, invalid_response); any status is a value.
   virtual Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) = 0;
+  // True only if Do() compares a non-empty request.pinned_sha1 with the SHA-1 of the
+  // server's leaf certificate during the TLS handshake and sends nothing on a mismatch.
+  // Service Fabric's secret goes only to such a transport: New() refuses any other.
+  virtual bool PinsServerCertificate() const noexcept { return false; }
 };
 
 // ---- options -----------------------------------------------------------------
@@ -2788,7 +2814,34 @@ bool parse_thumbprint(std::string_view text, std::string& sha1_bytes) {
   return true;
 }
 
+// 20 raw bytes of a SHA-1 -> the 40 upper-case hex digits HttpRequest::pinned_sha1 carries.
+std::string pin_hex(std::string_view sha1_bytes) {
+  static const char digits[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(2 * sha1_bytes.size());
+  for (char ch : sha1_bytes) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    out.push_back(digits[c >> 4]);
+    out.push_back(digits[c & 15]);
+  }
+  return out;
+}
+
 #if defined(MI_USE_CURL)
+
+// HttpRequest::pinned_sha1 -> 20 raw bytes: exactly 40 hex digits (either case), nothing
+// else, since it was normalised when it was put there. `sha1_bytes` is only written on success.
+bool pin_from_hex(std::string_view hex, std::string& sha1_bytes) {
+  if (hex.size() != 40) return false;
+  std::string out(20, '\0');
+  for (size_t i = 0; i < 20; ++i) {
+    int high = hex_value(hex[2 * i]), low = hex_value(hex[2 * i + 1]);
+    if (high < 0 || low < 0) return false;
+    out[i] = static_cast<char>(high * 16 + low);
+  }
+  sha1_bytes = std::move(out);
+  return true;
+}
 
 // "3.0" for 0x30000130 (OPENSSL_VERSION_NUMBER / OpenSSL_version_num() layout).
 std::string openssl_series(unsigned long version_num) {
@@ -3332,11 +3385,13 @@ long curl_millis(Millis value) noexcept {
 class CurlTransport final : public HttpClient {
  public:
   // pinned_sha1: 20 bytes (the normalised IDENTITY_SERVER_THUMBPRINT), or empty
-  // for "no pin" (then libcurl's normal verification applies). libcurl is not
-  // touched (nor loaded) before the first request.
+  // for "no pin". A request's own pinned_sha1 (40 hex digits) is checked as well:
+  // with neither, libcurl's normal verification applies; with both, they must agree.
+  // libcurl is not touched (nor loaded) before the first request.
   CurlTransport(std::string pinned_sha1, Millis connect_timeout)
       : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout) {}
   Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
+  bool PinsServerCertificate() const noexcept override { return true; }
 
  private:
   std::string pin_;
@@ -3346,12 +3401,26 @@ class CurlTransport final : public HttpClient {
 Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& request) {
   if (!pin_.empty() && pin_.size() != 20)
     return make_error(Errc::invalid_argument, "the certificate pin must be the 20 bytes of a SHA-1 thumbprint");
+  // The pin travels with the request, so the transport checks the thumbprint the request
+  // was built for. A malformed or conflicting pin stops here, before anything is sent.
+  std::string pin = pin_;
+  if (!request.pinned_sha1.empty()) {
+    std::string from_request;
+    if (!pin_from_hex(request.pinned_sha1, from_request))
+      return make_error(Errc::invalid_argument,
+                        "the request's certificate pin (HttpRequest::pinned_sha1) must be 40 hexadecimal digits");
+    if (!pin.empty() && !constant_time_equal(pin, from_request))
+      return make_error(Errc::tls,
+                        "the request's certificate pin differs from the one this transport was created with, so "
+                        "the request was not sent");
+    pin = std::move(from_request);
+  }
   const curl_impl::CurlApi& api = curl_impl::curl_api();
   if (!api.problem.empty()) return make_error(Errc::tls, api.problem);
   if (api.init != CURLE_OK)
     return make_error(Errc::network, std::string("libcurl could not be initialised (curl_global_init: ") +
                                          api.curl_easy_strerror(api.init) + ")");
-  if (!pin_.empty() && !api.pinning_problem.empty()) return make_error(Errc::tls, api.pinning_problem);
+  if (!pin.empty() && !api.pinning_problem.empty()) return make_error(Errc::tls, api.pinning_problem);
   if (!starts_with(ascii_lowercase(request.url.substr(0, 8)), "https://") || has_control_char(request.url))
     return make_error(Errc::invalid_argument, "the libcurl transport only sends https:// requests with a well-formed URL");
   if (!curl_impl::is_http_token(request.method))
@@ -3372,7 +3441,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   curl_impl::CurlCall call;
   call.api = &api;
   call.ctx = &ctx;
-  call.pin = pin_;
+  call.pin = pin;
 
   std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(api.curl_easy_init(),
                                                          curl_impl::CurlEasyDeleter{api.curl_easy_cleanup});
@@ -3462,7 +3531,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   Millis connect = connect_timeout_ > Millis(0) && connect_timeout_ < left ? connect_timeout_ : left;
   set(api.curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, curl_impl::curl_millis(connect)));
   if (left != Millis::max()) set(api.curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, curl_impl::curl_millis(left)));
-  if (pin_.empty()) {
+  if (pin.empty()) {
     set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L));
     set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L));
   } else {
@@ -3472,7 +3541,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
     set(api.curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call)));
   }
   if (rc != CURLE_OK) {
-    if (!pin_.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
+    if (!pin.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
       return make_error(Errc::tls,
                         "this libcurl cannot install the certificate check Service Fabric needs; "
                         "use libcurl built with OpenSSL");
@@ -3517,7 +3586,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   }
   if (!done) return context_error(call.stopped, "waiting for the HTTPS endpoint");
   if (result != CURLE_OK) return curl_impl::curl_failure(result, call, ctx, errbuf);
-  if (!pin_.empty() && !(call.pin_installed && call.pin_matched))
+  if (!pin.empty() && !(call.pin_installed && call.pin_matched))
     return make_error(Errc::tls,
                       "the TLS connection to the Service Fabric endpoint was not verified against "
                       "IDENTITY_SERVER_THUMBPRINT");
@@ -3609,6 +3678,21 @@ bool parse_seconds_text(std::string_view s, int64_t& out) noexcept {
     if (value > kMaxEpochSeconds) return false;
   }
   out = value;
+  return true;
+}
+
+// Whether `text` can go into an HTTP header as one token: no control character (C0, DEL,
+// or C1 as UTF-8) and no space. A CR LF in a token would let the endpoint add headers to
+// whatever request the caller puts it in.
+bool header_safe(std::string_view text) noexcept {
+  for (size_t i = 0; i < text.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c <= 0x20 || c == 0x7f) return false;
+    if (c == 0xC2 && i + 1 < text.size()) {
+      unsigned char next = static_cast<unsigned char>(text[i + 1]);
+      if (next >= 0x80 && next <= 0x9F) return false;
+    }
+  }
   return true;
 }
 
@@ -3756,6 +3840,10 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   if (!token->is_string())
     return make_error(Errc::invalid_response, "the token response's access_token is not a string");
   if (token->text.empty()) return make_error(Errc::invalid_response, "the token response has an empty access_token");
+  if (!header_safe(token->text))
+    return make_error(Errc::invalid_response,
+                      "the token response's access_token contains a control character or a space, so it cannot go "
+                      "into an Authorization header");
 
   auto string_field = [&root](std::string_view key) -> std::string {
     const JsonValue* v = root.find(key);
@@ -3796,6 +3884,10 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   out.access_token = token->text;
   out.token_type = string_field("token_type");
   if (out.token_type.empty()) out.token_type = "Bearer";
+  if (!header_safe(out.token_type))
+    return make_error(Errc::invalid_response,
+                      "the token response's token_type contains a control character or a space, so it cannot go "
+                      "into an Authorization header");
   out.resource = string_field("resource");
   out.client_id = string_field("client_id");
   out.object_id = string_field("object_id");
@@ -4028,10 +4120,16 @@ struct BuiltRequest {
 };
 BuiltRequest::~BuiltRequest() = default;
 
+// Service Fabric's endpoint and the thumbprint its certificate must match, both fixed at New.
+struct PinnedEndpoint {
+  Url url;
+  std::string pinned_sha1;  // 40 upper-case hex digits (HttpRequest::pinned_sha1)
+};
+
 // Builds the one request of an acquisition (Azure Arc: leg 1). Endpoint and secret
-// variables are read now, except Service Fabric's endpoint, fixed at New (`fixed_endpoint`).
+// variables are read now, except Service Fabric's endpoint and pin, fixed at New (`fixed_endpoint`).
 bool build_request(Source source, const ID& id, std::string_view resource, const RequestExtras& extras,
-                   const Url* fixed_endpoint, BuiltRequest& out, Error& error) {
+                   const PinnedEndpoint* fixed_endpoint, BuiltRequest& out, Error& error) {
   HttpRequest& req = out.request;
   req.method = "GET";
   StringPairs params;
@@ -4061,7 +4159,8 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
       break;
   }
   if (source == Source::ServiceFabric && fixed_endpoint != nullptr) {
-    url = *fixed_endpoint;
+    url = fixed_endpoint->url;
+    req.pinned_sha1 = fixed_endpoint->pinned_sha1;  // the transport checks it before the secret goes out
   } else if (!endpoint_from(endpoint, endpoint_name, scheme, source, url, error)) {
     return false;
   }
@@ -4674,7 +4773,7 @@ struct ClientState {
   ID id;
   ClientConfig config;
   std::shared_ptr<HttpClient> transport;  // null only for Service Fabric built without libcurl
-  Url fixed_endpoint;                     // Service Fabric: IDENTITY_ENDPOINT as read at New
+  PinnedEndpoint fixed_endpoint;          // Service Fabric: IDENTITY_ENDPOINT and its pin as read at New
   bool has_fixed_endpoint = false;
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
@@ -4760,35 +4859,55 @@ MI_DETAIL_COLD bool retry_after(const HttpResponse& response, SysClock::time_poi
 
 // ---- errors from responses ----------------------------------------------------------------
 
-// Replaces every secret in `text` so no message can carry one.
+// Text from the endpoint with every control character -- C0, DEL, and C1 (U+0080..U+009F,
+// C2 80..C2 9F in UTF-8) -- shown as one space, everything else as it is.
+MI_DETAIL_COLD std::string fold_controls(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c == 0xC2 && i + 1 < text.size()) {
+      unsigned char next = static_cast<unsigned char>(text[i + 1]);
+      if (next >= 0x80 && next <= 0x9F) {
+        out.push_back(' ');
+        ++i;
+        continue;
+      }
+    }
+    out.push_back(c < 0x20 || c == 0x7f ? ' ' : static_cast<char>(c));
+  }
+  return out;
+}
+
+// Replaces every secret in `text` so no message can carry one. Endpoint text is folded
+// (fold_controls) before it gets here, so each secret is also looked for as folded: an
+// echo with control characters in place of some characters (its spaces, or controls the
+// secret itself holds) folds to that form.
 MI_DETAIL_COLD std::string redact(std::string text, const std::vector<std::string>& secrets) {
+  const std::string_view mark = "[redacted]";
+  auto replace_all = [&text, mark](std::string_view secret) {
+    for (size_t pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos + mark.size()))
+      text.replace(pos, secret.size(), mark);
+  };
   for (const std::string& secret : secrets) {
     if (secret.empty()) continue;
-    for (size_t pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos + 10))
-      text.replace(pos, secret.size(), "[redacted]");
+    replace_all(secret);
+    std::string folded = fold_controls(secret);
+    if (folded != secret && !trim(folded).empty()) replace_all(folded);
   }
   return text;
 }
 
-// A printable excerpt of at most `limit` bytes: control characters become one space.
-MI_DETAIL_COLD std::string body_excerpt(std::string_view body, size_t limit) {
-  std::string out;
-  bool space = false;
-  for (char ch : body) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    if (out.size() >= limit) {
-      out += "...";
-      break;
-    }
-    if (c < 0x20 || c == 0x7f) {
-      space = !out.empty();
-      continue;
-    }
-    if (space) out.push_back(' ');
-    space = false;
-    out.push_back(static_cast<char>(c));
-  }
-  return out;
+// At most `limit` bytes (limit > 3): a longer text is cut on a UTF-8 character boundary,
+// never inside a character, and ends in "...".
+MI_DETAIL_COLD std::string body_excerpt(std::string text, size_t limit) {
+  if (text.size() <= limit) return text;
+  size_t cut = limit - 3;
+  // Back off over continuation bytes (10xxxxxx) to the start of the character cut into.
+  for (int k = 0; k < 3 && cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80; ++k) --cut;
+  text.resize(cut);
+  text += "...";
+  return text;
 }
 
 MI_DETAIL_COLD std::string status_hint(Source source, int status, bool json_body) {
@@ -4822,10 +4941,12 @@ MI_DETAIL_COLD std::string status_hint(Source source, int status, bool json_body
   return "check the resource and the identity";
 }
 
-// Text from the endpoint made safe for a message: control characters folded to
-// spaces, secrets replaced, length capped (a hostile endpoint may send megabytes).
+// Text from the endpoint made safe for a message or an mi::Error field: control characters
+// shown as spaces, then secrets replaced (so folding cannot rebuild one), then at most 512
+// bytes (a hostile endpoint may send megabytes). Redacting before the cut means a secret
+// that straddles the limit leaves no piece behind.
 MI_DETAIL_COLD std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
-  return body_excerpt(redact(std::string(text), secrets), 512);
+  return body_excerpt(std::string(trim(redact(fold_controls(text), secrets))), 512);
 }
 
 MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
@@ -4836,8 +4957,10 @@ MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse
   std::string message = cat({source_label(st.source), " answered HTTP ", num(response.status)});
   if (!code.empty() || !description.empty()) {
     message += cat({" (", code, !code.empty() && !description.empty() ? ": " : "", description, ")"});
-  } else if (!details.json && !trim(response.body).empty()) {
-    message += cat({" (\"", endpoint_text(response.body, secrets), "\")"});
+  } else {
+    // A body of any other shape (other JSON, HTML, text) is the only clue: show an excerpt.
+    std::string excerpt = endpoint_text(response.body, secrets);
+    if (!excerpt.empty()) message += cat({" (\"", excerpt, "\")"});
   }
   if (attempts > 1) message += cat({" after ", num(attempts), " attempts"});
   message += cat({"; ", status_hint(st.source, response.status, details.json)});
@@ -5189,7 +5312,7 @@ MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& option
   if (state->source == Source::ServiceFabric) {
     // SPEC §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
     if (!detail::endpoint_from(detail::env("IDENTITY_ENDPOINT"), "IDENTITY_ENDPOINT", "https", state->source,
-                               state->fixed_endpoint, error))
+                               state->fixed_endpoint.url, error))
       return error;
     state->has_fixed_endpoint = true;
     std::string pin;
@@ -5198,7 +5321,18 @@ MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& option
                                        "IDENTITY_SERVER_THUMBPRINT must be a SHA-1 certificate thumbprint (40 "
                                        "hexadecimal digits, ':' and spaces allowed)",
                                        state->source);
+    state->fixed_endpoint.pinned_sha1 = detail::pin_hex(pin);
     if (state->config.http) {
+      // Fail closed: the Secret header may only go through a transport that checks the pin
+      // (as MSAL Go refuses an HTTP client it cannot pin).
+      if (!state->config.http->PinsServerCertificate())
+        return detail::ErrorAccess::make(
+            Errc::invalid_argument,
+            "mi::WithHTTPClient: on Service Fabric the transport must check the endpoint's certificate against "
+            "IDENTITY_SERVER_THUMBPRINT (HttpRequest::pinned_sha1) during the TLS handshake, and this one does not "
+            "say so (its PinsServerCertificate() is false); implement the check and return true from "
+            "PinsServerCertificate(), or leave out WithHTTPClient to use the built-in libcurl transport",
+            state->source);
       state->transport = state->config.http;
     } else {
 #if defined(MI_USE_CURL)

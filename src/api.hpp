@@ -59,7 +59,26 @@ inline std::string_view to_string(Source source) noexcept {
 Source GetSource();
 
 enum class TokenSource { IdentityProvider, Cache };
+
+inline std::string_view to_string(TokenSource source) noexcept {
+  switch (source) {
+    case TokenSource::IdentityProvider: return "IdentityProvider";
+    case TokenSource::Cache: return "Cache";
+  }
+  return "Unknown";
+}
+
 enum class LogLevel { Error, Warning, Info, Verbose };
+
+inline std::string_view to_string(LogLevel level) noexcept {
+  switch (level) {
+    case LogLevel::Error: return "Error";
+    case LogLevel::Warning: return "Warning";
+    case LogLevel::Info: return "Info";
+    case LogLevel::Verbose: return "Verbose";
+  }
+  return "Unknown";
+}
 
 // ---- errors ----------------------------------------------------------------
 
@@ -241,6 +260,9 @@ struct HttpRequest {
   std::string method, url;
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  // Service Fabric: the SHA-1 thumbprint (40 upper-case hex digits) that the server's
+  // leaf certificate must match; empty for every other source.
+  std::string pinned_sha1;
 };
 struct HttpResponse {
   int status = 0;
@@ -253,6 +275,10 @@ class HttpClient {
   // Sends one request; never follows redirects. Transport failures are errors
   // (network, timeout, canceled, tls, invalid_response); any status is a value.
   virtual Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) = 0;
+  // True only if Do() compares a non-empty request.pinned_sha1 with the SHA-1 of the
+  // server's leaf certificate during the TLS handshake and sends nothing on a mismatch.
+  // Service Fabric's secret goes only to such a transport: New() refuses any other.
+  virtual bool PinsServerCertificate() const noexcept { return false; }
 };
 
 // ---- options -----------------------------------------------------------------

@@ -27,7 +27,7 @@ struct ClientState {
   ID id;
   ClientConfig config;
   std::shared_ptr<HttpClient> transport;  // null only for Service Fabric built without libcurl
-  Url fixed_endpoint;                     // Service Fabric: IDENTITY_ENDPOINT as read at New
+  PinnedEndpoint fixed_endpoint;          // Service Fabric: IDENTITY_ENDPOINT and its pin as read at New
   bool has_fixed_endpoint = false;
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
@@ -113,35 +113,55 @@ MI_DETAIL_COLD bool retry_after(const HttpResponse& response, SysClock::time_poi
 
 // ---- errors from responses ----------------------------------------------------------------
 
-// Replaces every secret in `text` so no message can carry one.
+// Text from the endpoint with every control character -- C0, DEL, and C1 (U+0080..U+009F,
+// C2 80..C2 9F in UTF-8) -- shown as one space, everything else as it is.
+MI_DETAIL_COLD std::string fold_controls(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c == 0xC2 && i + 1 < text.size()) {
+      unsigned char next = static_cast<unsigned char>(text[i + 1]);
+      if (next >= 0x80 && next <= 0x9F) {
+        out.push_back(' ');
+        ++i;
+        continue;
+      }
+    }
+    out.push_back(c < 0x20 || c == 0x7f ? ' ' : static_cast<char>(c));
+  }
+  return out;
+}
+
+// Replaces every secret in `text` so no message can carry one. Endpoint text is folded
+// (fold_controls) before it gets here, so each secret is also looked for as folded: an
+// echo with control characters in place of some characters (its spaces, or controls the
+// secret itself holds) folds to that form.
 MI_DETAIL_COLD std::string redact(std::string text, const std::vector<std::string>& secrets) {
+  const std::string_view mark = "[redacted]";
+  auto replace_all = [&text, mark](std::string_view secret) {
+    for (size_t pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos + mark.size()))
+      text.replace(pos, secret.size(), mark);
+  };
   for (const std::string& secret : secrets) {
     if (secret.empty()) continue;
-    for (size_t pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos + 10))
-      text.replace(pos, secret.size(), "[redacted]");
+    replace_all(secret);
+    std::string folded = fold_controls(secret);
+    if (folded != secret && !trim(folded).empty()) replace_all(folded);
   }
   return text;
 }
 
-// A printable excerpt of at most `limit` bytes: control characters become one space.
-MI_DETAIL_COLD std::string body_excerpt(std::string_view body, size_t limit) {
-  std::string out;
-  bool space = false;
-  for (char ch : body) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    if (out.size() >= limit) {
-      out += "...";
-      break;
-    }
-    if (c < 0x20 || c == 0x7f) {
-      space = !out.empty();
-      continue;
-    }
-    if (space) out.push_back(' ');
-    space = false;
-    out.push_back(static_cast<char>(c));
-  }
-  return out;
+// At most `limit` bytes (limit > 3): a longer text is cut on a UTF-8 character boundary,
+// never inside a character, and ends in "...".
+MI_DETAIL_COLD std::string body_excerpt(std::string text, size_t limit) {
+  if (text.size() <= limit) return text;
+  size_t cut = limit - 3;
+  // Back off over continuation bytes (10xxxxxx) to the start of the character cut into.
+  for (int k = 0; k < 3 && cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80; ++k) --cut;
+  text.resize(cut);
+  text += "...";
+  return text;
 }
 
 MI_DETAIL_COLD std::string status_hint(Source source, int status, bool json_body) {
@@ -175,10 +195,12 @@ MI_DETAIL_COLD std::string status_hint(Source source, int status, bool json_body
   return "check the resource and the identity";
 }
 
-// Text from the endpoint made safe for a message: control characters folded to
-// spaces, secrets replaced, length capped (a hostile endpoint may send megabytes).
+// Text from the endpoint made safe for a message or an mi::Error field: control characters
+// shown as spaces, then secrets replaced (so folding cannot rebuild one), then at most 512
+// bytes (a hostile endpoint may send megabytes). Redacting before the cut means a secret
+// that straddles the limit leaves no piece behind.
 MI_DETAIL_COLD std::string endpoint_text(std::string_view text, const std::vector<std::string>& secrets) {
-  return body_excerpt(redact(std::string(text), secrets), 512);
+  return body_excerpt(std::string(trim(redact(fold_controls(text), secrets))), 512);
 }
 
 MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse& response, int attempts,
@@ -189,8 +211,10 @@ MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse
   std::string message = cat({source_label(st.source), " answered HTTP ", num(response.status)});
   if (!code.empty() || !description.empty()) {
     message += cat({" (", code, !code.empty() && !description.empty() ? ": " : "", description, ")"});
-  } else if (!details.json && !trim(response.body).empty()) {
-    message += cat({" (\"", endpoint_text(response.body, secrets), "\")"});
+  } else {
+    // A body of any other shape (other JSON, HTML, text) is the only clue: show an excerpt.
+    std::string excerpt = endpoint_text(response.body, secrets);
+    if (!excerpt.empty()) message += cat({" (\"", excerpt, "\")"});
   }
   if (attempts > 1) message += cat({" after ", num(attempts), " attempts"});
   message += cat({"; ", status_hint(st.source, response.status, details.json)});
@@ -542,7 +566,7 @@ MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& option
   if (state->source == Source::ServiceFabric) {
     // SPEC §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
     if (!detail::endpoint_from(detail::env("IDENTITY_ENDPOINT"), "IDENTITY_ENDPOINT", "https", state->source,
-                               state->fixed_endpoint, error))
+                               state->fixed_endpoint.url, error))
       return error;
     state->has_fixed_endpoint = true;
     std::string pin;
@@ -551,7 +575,18 @@ MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& option
                                        "IDENTITY_SERVER_THUMBPRINT must be a SHA-1 certificate thumbprint (40 "
                                        "hexadecimal digits, ':' and spaces allowed)",
                                        state->source);
+    state->fixed_endpoint.pinned_sha1 = detail::pin_hex(pin);
     if (state->config.http) {
+      // Fail closed: the Secret header may only go through a transport that checks the pin
+      // (as MSAL Go refuses an HTTP client it cannot pin).
+      if (!state->config.http->PinsServerCertificate())
+        return detail::ErrorAccess::make(
+            Errc::invalid_argument,
+            "mi::WithHTTPClient: on Service Fabric the transport must check the endpoint's certificate against "
+            "IDENTITY_SERVER_THUMBPRINT (HttpRequest::pinned_sha1) during the TLS handshake, and this one does not "
+            "say so (its PinsServerCertificate() is false); implement the check and return true from "
+            "PinsServerCertificate(), or leave out WithHTTPClient to use the built-in libcurl transport",
+            state->source);
       state->transport = state->config.http;
     } else {
 #if defined(MI_USE_CURL)

@@ -83,7 +83,34 @@ bool parse_thumbprint(std::string_view text, std::string& sha1_bytes) {
   return true;
 }
 
+// 20 raw bytes of a SHA-1 -> the 40 upper-case hex digits HttpRequest::pinned_sha1 carries.
+std::string pin_hex(std::string_view sha1_bytes) {
+  static const char digits[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(2 * sha1_bytes.size());
+  for (char ch : sha1_bytes) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    out.push_back(digits[c >> 4]);
+    out.push_back(digits[c & 15]);
+  }
+  return out;
+}
+
 #if defined(MI_USE_CURL)
+
+// HttpRequest::pinned_sha1 -> 20 raw bytes: exactly 40 hex digits (either case), nothing
+// else, since it was normalised when it was put there. `sha1_bytes` is only written on success.
+bool pin_from_hex(std::string_view hex, std::string& sha1_bytes) {
+  if (hex.size() != 40) return false;
+  std::string out(20, '\0');
+  for (size_t i = 0; i < 20; ++i) {
+    int high = hex_value(hex[2 * i]), low = hex_value(hex[2 * i + 1]);
+    if (high < 0 || low < 0) return false;
+    out[i] = static_cast<char>(high * 16 + low);
+  }
+  sha1_bytes = std::move(out);
+  return true;
+}
 
 // "3.0" for 0x30000130 (OPENSSL_VERSION_NUMBER / OpenSSL_version_num() layout).
 std::string openssl_series(unsigned long version_num) {
@@ -627,11 +654,13 @@ long curl_millis(Millis value) noexcept {
 class CurlTransport final : public HttpClient {
  public:
   // pinned_sha1: 20 bytes (the normalised IDENTITY_SERVER_THUMBPRINT), or empty
-  // for "no pin" (then libcurl's normal verification applies). libcurl is not
-  // touched (nor loaded) before the first request.
+  // for "no pin". A request's own pinned_sha1 (40 hex digits) is checked as well:
+  // with neither, libcurl's normal verification applies; with both, they must agree.
+  // libcurl is not touched (nor loaded) before the first request.
   CurlTransport(std::string pinned_sha1, Millis connect_timeout)
       : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout) {}
   Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
+  bool PinsServerCertificate() const noexcept override { return true; }
 
  private:
   std::string pin_;
@@ -641,12 +670,26 @@ class CurlTransport final : public HttpClient {
 Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& request) {
   if (!pin_.empty() && pin_.size() != 20)
     return make_error(Errc::invalid_argument, "the certificate pin must be the 20 bytes of a SHA-1 thumbprint");
+  // The pin travels with the request, so the transport checks the thumbprint the request
+  // was built for. A malformed or conflicting pin stops here, before anything is sent.
+  std::string pin = pin_;
+  if (!request.pinned_sha1.empty()) {
+    std::string from_request;
+    if (!pin_from_hex(request.pinned_sha1, from_request))
+      return make_error(Errc::invalid_argument,
+                        "the request's certificate pin (HttpRequest::pinned_sha1) must be 40 hexadecimal digits");
+    if (!pin.empty() && !constant_time_equal(pin, from_request))
+      return make_error(Errc::tls,
+                        "the request's certificate pin differs from the one this transport was created with, so "
+                        "the request was not sent");
+    pin = std::move(from_request);
+  }
   const curl_impl::CurlApi& api = curl_impl::curl_api();
   if (!api.problem.empty()) return make_error(Errc::tls, api.problem);
   if (api.init != CURLE_OK)
     return make_error(Errc::network, std::string("libcurl could not be initialised (curl_global_init: ") +
                                          api.curl_easy_strerror(api.init) + ")");
-  if (!pin_.empty() && !api.pinning_problem.empty()) return make_error(Errc::tls, api.pinning_problem);
+  if (!pin.empty() && !api.pinning_problem.empty()) return make_error(Errc::tls, api.pinning_problem);
   if (!starts_with(ascii_lowercase(request.url.substr(0, 8)), "https://") || has_control_char(request.url))
     return make_error(Errc::invalid_argument, "the libcurl transport only sends https:// requests with a well-formed URL");
   if (!curl_impl::is_http_token(request.method))
@@ -667,7 +710,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   curl_impl::CurlCall call;
   call.api = &api;
   call.ctx = &ctx;
-  call.pin = pin_;
+  call.pin = pin;
 
   std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(api.curl_easy_init(),
                                                          curl_impl::CurlEasyDeleter{api.curl_easy_cleanup});
@@ -757,7 +800,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   Millis connect = connect_timeout_ > Millis(0) && connect_timeout_ < left ? connect_timeout_ : left;
   set(api.curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, curl_impl::curl_millis(connect)));
   if (left != Millis::max()) set(api.curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, curl_impl::curl_millis(left)));
-  if (pin_.empty()) {
+  if (pin.empty()) {
     set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L));
     set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L));
   } else {
@@ -767,7 +810,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
     set(api.curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call)));
   }
   if (rc != CURLE_OK) {
-    if (!pin_.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
+    if (!pin.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
       return make_error(Errc::tls,
                         "this libcurl cannot install the certificate check Service Fabric needs; "
                         "use libcurl built with OpenSSL");
@@ -812,7 +855,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   }
   if (!done) return context_error(call.stopped, "waiting for the HTTPS endpoint");
   if (result != CURLE_OK) return curl_impl::curl_failure(result, call, ctx, errbuf);
-  if (!pin_.empty() && !(call.pin_installed && call.pin_matched))
+  if (!pin.empty() && !(call.pin_installed && call.pin_matched))
     return make_error(Errc::tls,
                       "the TLS connection to the Service Fabric endpoint was not verified against "
                       "IDENTITY_SERVER_THUMBPRINT");

@@ -74,6 +74,21 @@ bool parse_seconds_text(std::string_view s, int64_t& out) noexcept {
   return true;
 }
 
+// Whether `text` can go into an HTTP header as one token: no control character (C0, DEL,
+// or C1 as UTF-8) and no space. A CR LF in a token would let the endpoint add headers to
+// whatever request the caller puts it in.
+bool header_safe(std::string_view text) noexcept {
+  for (size_t i = 0; i < text.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c <= 0x20 || c == 0x7f) return false;
+    if (c == 0xC2 && i + 1 < text.size()) {
+      unsigned char next = static_cast<unsigned char>(text[i + 1]);
+      if (next >= 0x80 && next <= 0x9F) return false;
+    }
+  }
+  return true;
+}
+
 // Seconds from a JSON number or a numeric string.
 bool json_seconds(const JsonValue* v, int64_t& out) noexcept {
   if (v == nullptr || !(v->is_number() || v->is_string())) return false;
@@ -218,6 +233,10 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   if (!token->is_string())
     return make_error(Errc::invalid_response, "the token response's access_token is not a string");
   if (token->text.empty()) return make_error(Errc::invalid_response, "the token response has an empty access_token");
+  if (!header_safe(token->text))
+    return make_error(Errc::invalid_response,
+                      "the token response's access_token contains a control character or a space, so it cannot go "
+                      "into an Authorization header");
 
   auto string_field = [&root](std::string_view key) -> std::string {
     const JsonValue* v = root.find(key);
@@ -258,6 +277,10 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   out.access_token = token->text;
   out.token_type = string_field("token_type");
   if (out.token_type.empty()) out.token_type = "Bearer";
+  if (!header_safe(out.token_type))
+    return make_error(Errc::invalid_response,
+                      "the token response's token_type contains a control character or a space, so it cannot go "
+                      "into an Authorization header");
   out.resource = string_field("resource");
   out.client_id = string_field("client_id");
   out.object_id = string_field("object_id");

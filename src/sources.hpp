@@ -187,10 +187,16 @@ struct BuiltRequest {
 };
 BuiltRequest::~BuiltRequest() = default;
 
+// Service Fabric's endpoint and the thumbprint its certificate must match, both fixed at New.
+struct PinnedEndpoint {
+  Url url;
+  std::string pinned_sha1;  // 40 upper-case hex digits (HttpRequest::pinned_sha1)
+};
+
 // Builds the one request of an acquisition (Azure Arc: leg 1). Endpoint and secret
-// variables are read now, except Service Fabric's endpoint, fixed at New (`fixed_endpoint`).
+// variables are read now, except Service Fabric's endpoint and pin, fixed at New (`fixed_endpoint`).
 bool build_request(Source source, const ID& id, std::string_view resource, const RequestExtras& extras,
-                   const Url* fixed_endpoint, BuiltRequest& out, Error& error) {
+                   const PinnedEndpoint* fixed_endpoint, BuiltRequest& out, Error& error) {
   HttpRequest& req = out.request;
   req.method = "GET";
   StringPairs params;
@@ -220,7 +226,8 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
       break;
   }
   if (source == Source::ServiceFabric && fixed_endpoint != nullptr) {
-    url = *fixed_endpoint;
+    url = fixed_endpoint->url;
+    req.pinned_sha1 = fixed_endpoint->pinned_sha1;  // the transport checks it before the secret goes out
   } else if (!endpoint_from(endpoint, endpoint_name, scheme, source, url, error)) {
     return false;
   }

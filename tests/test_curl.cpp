@@ -305,6 +305,68 @@ TEST_CASE("curl: only the leaf certificate is pinned, not its issuer") {
   }
 }
 
+TEST_CASE("curl: the transport declares that it pins, and checks the pin the request carries") {
+  const tlssrv::Identity& id = server_identity();
+  tlssrv::Identity other = tlssrv::make_identity("127.0.0.1");
+  CurlTransport unpinned("", std::chrono::milliseconds(5000));
+  const mi::HttpClient& as_client = unpinned;
+  CHECK(as_client.PinsServerCertificate());
+  // The request's pin alone, upper or lower case, gets the request through.
+  for (const std::string& hex : {id.sha1_hex(), mi::detail::ascii_lowercase(id.sha1_hex())}) {
+    CAPTURE(hex);
+    tlssrv::Server server(id, [](const Request&) { return Reply::json(kToken); });
+    mi::HttpRequest request = sf_request(server.url());
+    request.pinned_sha1 = hex;
+    auto result = unpinned.Do(mi::Context::Background().WithTimeout(std::chrono::seconds(30)), request);
+    REQUIRE_MESSAGE(result.ok(), result.error().message());
+    CHECK(result->status == 200);
+    CHECK(server.request_count() == 1);
+    CHECK(server.last().header("Secret") == kSecret);
+  }
+  // Another certificate's pin: tls, and the server receives no request byte.
+  {
+    tlssrv::Server server(id, [](const Request&) { return Reply::json(kToken); });
+    mi::HttpRequest request = sf_request(server.url());
+    request.pinned_sha1 = other.sha1_hex();
+    auto result = unpinned.Do(mi::Context::Background().WithTimeout(std::chrono::seconds(30)), request);
+    REQUIRE_FALSE(result.ok());
+    CHECK(result.error().code() == Errc::tls);
+    CHECK(result.error().message() ==
+          "the Service Fabric endpoint's TLS certificate does not match IDENTITY_SERVER_THUMBPRINT");
+    check_no_secret(result.error());
+    REQUIRE(server.idle());
+    CHECK(server.handshakes_failed() == 1);
+    CHECK(server.app_bytes() == 0);
+    CHECK(server.request_count() == 0);
+  }
+  // A malformed pin, or one that disagrees with the transport's own: nothing is sent at all.
+  {
+    tlssrv::Server server(id, [](const Request&) { return Reply::json(kToken); });
+    for (const std::string& bad : {id.sha1_hex().substr(1), id.sha1_hex() + "0", "G" + id.sha1_hex().substr(1),
+                                   id.sha1_hex().substr(0, 38) + ":0"}) {
+      CAPTURE(bad);
+      mi::HttpRequest request = sf_request(server.url());
+      request.pinned_sha1 = bad;
+      auto result = unpinned.Do(mi::Context::Background().WithTimeout(std::chrono::seconds(30)), request);
+      REQUIRE_FALSE(result.ok());
+      CHECK(result.error().code() == Errc::invalid_argument);
+      check_no_secret(result.error());
+    }
+    CurlTransport pinned(pin_of(id), std::chrono::milliseconds(5000));
+    mi::HttpRequest request = sf_request(server.url());
+    request.pinned_sha1 = other.sha1_hex();
+    auto result = pinned.Do(mi::Context::Background().WithTimeout(std::chrono::seconds(30)), request);
+    REQUIRE_FALSE(result.ok());
+    CHECK(result.error().code() == Errc::tls);
+    check_no_secret(result.error());
+    request.pinned_sha1 = id.sha1_hex();  // agreeing pins are fine
+    auto agreed = pinned.Do(mi::Context::Background().WithTimeout(std::chrono::seconds(30)), request);
+    REQUIRE_MESSAGE(agreed.ok(), agreed.error().message());
+    CHECK(server.connections() == 1);
+    CHECK(server.request_count() == 1);
+  }
+}
+
 TEST_CASE("curl: without a pin, normal verification rejects a self-signed certificate") {
   tlssrv::Server server(server_identity(), [](const Request&) { return Reply::json(kToken); });
   CurlTransport transport("", std::chrono::milliseconds(5000));

@@ -150,13 +150,25 @@ void check_bodies(std::string_view input) {
     FUZZ_CHECK(fuzz::printable_ascii(e.message()), "a token body error message is printable ASCII");
     if (is_json && root.is_object()) {
       // The message must not depend on the token's text: the same body with every
-      // access_token string replaced by another of the same length fails alike.
+      // access_token string replaced by another of the same length fails alike. The
+      // replacement keeps the token's spaces and control characters (C0, DEL, C1), whose
+      // presence alone is a reason to refuse it.
       JsonValue other = root;
       bool changed = false;
       for (auto& member : other.members)
         if (member.first == "access_token" && member.second.is_string() && !member.second.text.empty()) {
-          const char fill = member.second.text[0] == 'Q' ? 'R' : 'Q';
-          member.second.text.assign(member.second.text.size(), fill);
+          std::string& text = member.second.text;
+          const char fill = text[0] == 'Q' ? 'R' : 'Q';
+          for (size_t i = 0; i < text.size(); ++i) {
+            const unsigned char c = static_cast<unsigned char>(text[i]);
+            if (c <= 0x20 || c == 0x7f) continue;
+            if (c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+                static_cast<unsigned char>(text[i + 1]) <= 0x9F) {
+              ++i;
+              continue;
+            }
+            text[i] = fill;
+          }
           changed = true;
         }
       if (changed) {
