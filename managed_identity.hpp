@@ -4324,7 +4324,7 @@ Source GetSource() { return detail::detect_source(); }
 // case-insensitively). It also coordinates the two ways callers share work:
 // one proactive refresh per entry, and one request per concurrent miss
 // ("flights"). A hit is served from a small per-thread copy of the entry,
-// valid while the cache's generation counter has not moved, so it takes no lock
+// valid while the generation counter has not moved, so it takes no lock
 // and writes no shared memory: it scales with threads, and it allocates only
 // the strings the caller gets back.
 
@@ -4388,7 +4388,9 @@ class TokenCache {
       LocalCopies& copies = local_copies();
       for (size_t i = 0; i < copies.used; ++i) {
         const LocalCopy& local = copies.slots[i];
-        if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
+        if (local.generation != generation || local.cache != this ||
+            !same(local.source, local.kind, local.id, local.resource, key))
+          continue;
         const CachedToken& t = local.token;
         if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
         if (t.refresh_on != SysClock::time_point() && now >= t.refresh_on) break;  // claim under the lock
@@ -4515,9 +4517,10 @@ class TokenCache {
     std::atomic<bool> refreshing{false};
     Entry* next = nullptr;  // the list (newest first)
   };
-  // A thread's copy of an entry, valid only while generation_ has not moved.
+  // A thread's copy of an entry of `cache`, valid only while generation_ has not moved.
   struct LocalCopy {
     uint64_t generation = 0;
+    const TokenCache* cache = nullptr;
     Source source = Source::DefaultToIMDS;
     IDKind kind = IDKind::SystemAssigned;
     std::string id, resource;
@@ -4547,12 +4550,14 @@ class TokenCache {
 
   // Keeps a per-thread copy of `entry` stamped with the generation read before the
   // lookup: if a store raced with us, the stamp is already stale and the copy unused.
-  static void remember(uint64_t generation, const Entry& entry) {
+  void remember(uint64_t generation, const Entry& entry) const {
     LocalCopies& copies = local_copies();
     LocalCopy* slot = nullptr;
     for (size_t i = 0; i < copies.used; ++i) {
       LocalCopy& c = copies.slots[i];
-      if (c.source == entry.source && c.kind == entry.kind && c.id == entry.id && c.resource == entry.resource) slot = &c;
+      if (c.cache == this && c.source == entry.source && c.kind == entry.kind && c.id == entry.id &&
+          c.resource == entry.resource)
+        slot = &c;
     }
     if (slot == nullptr) {
       if (copies.used < kLocalCopies) {
@@ -4561,6 +4566,7 @@ class TokenCache {
         slot = &copies.slots[copies.oldest];
         copies.oldest = (copies.oldest + 1) % kLocalCopies;
       }
+      slot->cache = this;
       slot->source = entry.source;
       slot->kind = entry.kind;
       slot->id = entry.id;
@@ -4613,7 +4619,9 @@ class TokenCache {
 
   mutable std::shared_mutex mutex_;
   Entry* entries_ = nullptr;  // a list, newest first; owned, deleted by clear()
-  std::atomic<uint64_t> generation_{1};  // moves on every store and clear
+  // Moves on every store and clear of any cache. One counter for the process, so that a
+  // cache built where another was destroyed never matches that one's copies.
+  static inline std::atomic<uint64_t> generation_{1};
   std::mutex flights_mutex_;
   std::shared_ptr<Flight> flights_;  // a list through Flight::next
 };
