@@ -242,7 +242,10 @@ class Error {
   const std::string& error_description() const noexcept { return error_description_; }
   const std::string& correlation_id() const noexcept { return correlation_id_; }
   Source source() const noexcept { return source_; }
-  bool retryable() const noexcept { return retryable_; }
+  // Whether the same call may succeed later: transport failures, timeouts and the statuses
+  // the retry policy retries. Decided from code(), status_code() and source() alone, so an
+  // error built by a custom HttpClient answers like the built-in transport's.
+  bool retryable() const noexcept;
 
  private:
   friend struct detail::ErrorAccess;
@@ -253,7 +256,6 @@ class Error {
   std::string error_description_;
   std::string correlation_id_;
   Source source_ = Source::DefaultToIMDS;
-  bool retryable_ = false;
 };
 
 #if MI_DETAIL_EXCEPTIONS
@@ -569,11 +571,9 @@ struct ErrorAccess {
   MI_DETAIL_COLD static Error make(Errc code, std::string message, Source source = Source::DefaultToIMDS) {
     Error e(code, std::move(message));
     e.source_ = source;
-    e.retryable_ = code == Errc::network || code == Errc::timeout;
     return e;
   }
   static void set_status(Error& e, int status) { e.status_code_ = status; }
-  static void set_retryable(Error& e, bool retryable) { e.retryable_ = retryable; }
   static void set_source(Error& e, Source source) { e.source_ = source; }
   static void set_server_details(Error& e, std::string code, std::string description, std::string correlation_id) {
     e.error_code_ = std::move(code);
@@ -4682,6 +4682,12 @@ bool retryable_status(Source source, int status) {
          status == 504;
 }
 
+// The one rule for what may succeed later: Error::retryable() and the retry loop both use it.
+bool retryable_outcome(Source source, Errc code, int status) noexcept {
+  if (code == Errc::network || code == Errc::timeout) return true;
+  return code == Errc::http_status && retryable_status(source, status);
+}
+
 // How many retries may follow a failure with this status (0 = transport error).
 int retry_limit(const ClientState& st, int status) {
   if (!st.config.retry) return 0;
@@ -4829,7 +4835,6 @@ MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse
   message += cat({"; ", status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
-  ErrorAccess::set_retryable(e, retryable_status(st.source, response.status));
   ErrorAccess::set_server_details(e, std::move(code), std::move(description),
                                   endpoint_text(details.correlation_id, secrets));
   return e;
@@ -4894,14 +4899,15 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
     if (!result) {
       cs = context_status(ctx);
       if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
-      const Errc code = result.error().code();
-      bool transient = code == Errc::network || code == Errc::timeout;
-      if (!transient || retries >= retry_limit(st, 0)) return transport_failure(st, result.error(), secrets, attempts);
+      const Error& error = result.error();
+      if (!retryable_outcome(st.source, error.code(), error.status_code()) || retries >= retry_limit(st, 0))
+        return transport_failure(st, error, secrets, attempts);
       wait = backoff(st.source, retries, 0);
-      log_retry(st, &result.error(), secrets, 0, wait);
+      log_retry(st, &error, secrets, 0, wait);
     } else {
       last_status = result->status;
-      if (!retryable_status(st.source, last_status) || retries >= retry_limit(st, last_status)) return result;
+      if (!retryable_outcome(st.source, Errc::http_status, last_status) || retries >= retry_limit(st, last_status))
+        return result;
       wait = backoff(st.source, retries, last_status);
       Millis after(0);
       if (retry_after(*result, st.now(), after) && after > wait) wait = after;
@@ -5212,6 +5218,8 @@ Result<AuthResult> Client::AcquireToken(const Context& ctx, std::string_view res
 
 Source Client::source() const noexcept { return state_->source; }
 const ID& Client::id() const noexcept { return state_->id; }
+
+bool Error::retryable() const noexcept { return detail::retryable_outcome(source_, code_, status_code_); }
 
 }  // namespace v1
 }  // namespace mi

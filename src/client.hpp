@@ -49,6 +49,12 @@ bool retryable_status(Source source, int status) {
          status == 504;
 }
 
+// The one rule for what may succeed later: Error::retryable() and the retry loop both use it.
+bool retryable_outcome(Source source, Errc code, int status) noexcept {
+  if (code == Errc::network || code == Errc::timeout) return true;
+  return code == Errc::http_status && retryable_status(source, status);
+}
+
 // How many retries may follow a failure with this status (0 = transport error).
 int retry_limit(const ClientState& st, int status) {
   if (!st.config.retry) return 0;
@@ -196,7 +202,6 @@ MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse
   message += cat({"; ", status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
-  ErrorAccess::set_retryable(e, retryable_status(st.source, response.status));
   ErrorAccess::set_server_details(e, std::move(code), std::move(description),
                                   endpoint_text(details.correlation_id, secrets));
   return e;
@@ -261,14 +266,15 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
     if (!result) {
       cs = context_status(ctx);
       if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
-      const Errc code = result.error().code();
-      bool transient = code == Errc::network || code == Errc::timeout;
-      if (!transient || retries >= retry_limit(st, 0)) return transport_failure(st, result.error(), secrets, attempts);
+      const Error& error = result.error();
+      if (!retryable_outcome(st.source, error.code(), error.status_code()) || retries >= retry_limit(st, 0))
+        return transport_failure(st, error, secrets, attempts);
       wait = backoff(st.source, retries, 0);
-      log_retry(st, &result.error(), secrets, 0, wait);
+      log_retry(st, &error, secrets, 0, wait);
     } else {
       last_status = result->status;
-      if (!retryable_status(st.source, last_status) || retries >= retry_limit(st, last_status)) return result;
+      if (!retryable_outcome(st.source, Errc::http_status, last_status) || retries >= retry_limit(st, last_status))
+        return result;
       wait = backoff(st.source, retries, last_status);
       Millis after(0);
       if (retry_after(*result, st.now(), after) && after > wait) wait = after;
@@ -579,6 +585,8 @@ Result<AuthResult> Client::AcquireToken(const Context& ctx, std::string_view res
 
 Source Client::source() const noexcept { return state_->source; }
 const ID& Client::id() const noexcept { return state_->id; }
+
+bool Error::retryable() const noexcept { return detail::retryable_outcome(source_, code_, status_code_); }
 
 }  // namespace v1
 }  // namespace mi

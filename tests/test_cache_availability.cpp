@@ -121,6 +121,67 @@ bool any_contains(const std::vector<std::string>& lines, const std::string& text
 
 }  // namespace
 
+// ---- 10. retryable() is one rule ------------------------------------------------------------------
+
+TEST_CASE("retryable() is decided from the code and status, whoever built the error") {
+  CHECK(mi::Error(mi::Errc::network, "custom transport: connection refused").retryable());
+  CHECK(mi::Error(mi::Errc::timeout, "custom transport: took too long").retryable());
+  CHECK_FALSE(mi::Error(mi::Errc::canceled, "canceled").retryable());
+  CHECK_FALSE(mi::Error(mi::Errc::tls, "bad certificate").retryable());
+  CHECK_FALSE(mi::Error(mi::Errc::invalid_response, "garbage").retryable());
+  CHECK_FALSE(mi::Error(mi::Errc::http_status, "no status").retryable());
+  CHECK_FALSE(mi::Error(mi::Errc::invalid_argument, "bad").retryable());
+}
+
+TEST_CASE("a network error from a custom HttpClient is as retryable as the built-in transport's") {
+  CleanEnv env;
+  fresh_cache();
+  auto http = std::make_shared<ScriptedTransport>(
+      [](int) -> mi::Result<mi::HttpResponse> { return mi::Error(mi::Errc::network, "connection refused"); });
+  auto client = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(http), mi::WithRetryPolicyDisabled());
+  REQUIRE(client);
+  Outcome custom = acquire(*client, "https://retryable-custom");
+  CHECK(custom.kind == "network");
+  CHECK(custom.retryable);
+
+  // The built-in transport, against a port where nothing listens any more.
+  uint16_t port = 0;
+  {
+    Server closed([](const Request&) { return Reply::json("{}"); });
+    port = closed.port();
+  }
+  support::set_env("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:" + std::to_string(port));
+  auto builtin = mi::New(mi::SystemAssigned(), mi::WithRetryPolicyDisabled());
+  REQUIRE(builtin);
+  Outcome refused = acquire(*builtin, "https://retryable-builtin");
+  CHECK(refused.kind == "network");
+  CHECK(refused.retryable == custom.retryable);
+}
+
+TEST_CASE("retryable() for statuses follows the retry policy of the source") {
+  CleanEnv env;
+  fresh_cache();
+  auto status = std::make_shared<std::atomic<int>>(0);
+  Server server([status](const Request&) { return Reply::http(status->load(), "{}"); });
+  support::set_env("AZURE_POD_IDENTITY_AUTHORITY_HOST", server.base());
+  auto client = mi::New(mi::SystemAssigned(), mi::WithRetryPolicyDisabled());
+  REQUIRE(client);
+  for (int s : {404, 408, 410, 429, 500, 501, 503, 599}) {
+    CAPTURE(s);
+    status->store(s);
+    Outcome o = acquire(*client, "https://status-" + std::to_string(s));
+    CHECK(o.kind == "http_status");
+    CHECK(o.retryable);
+  }
+  for (int s : {400, 401, 403, 302}) {
+    CAPTURE(s);
+    status->store(s);
+    Outcome o = acquire(*client, "https://status-" + std::to_string(s));
+    CHECK(o.kind == "http_status");
+    CHECK_FALSE(o.retryable);
+  }
+}
+
 // ---- 11. separate TokenCache objects never share tokens -------------------------------------------
 
 TEST_CASE("a second TokenCache never returns the first one's token") {
