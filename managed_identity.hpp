@@ -289,7 +289,10 @@ class Error {
   const std::string& error_description() const noexcept { return error_description_; }
   const std::string& correlation_id() const noexcept { return correlation_id_; }
   Source source() const noexcept { return source_; }
-  bool retryable() const noexcept { return retryable_; }
+  // Whether the same call may succeed later: transport failures, timeouts and the statuses
+  // the retry policy retries. Decided from code(), status_code() and source() alone, so an
+  // error built by a custom HttpClient answers like the built-in transport's.
+  bool retryable() const noexcept;
 
  private:
   friend struct detail::ErrorAccess;
@@ -300,7 +303,6 @@ class Error {
   std::string error_description_;
   std::string correlation_id_;
   Source source_ = Source::DefaultToIMDS;
-  bool retryable_ = false;
 };
 
 #if MI_DETAIL_EXCEPTIONS
@@ -617,11 +619,9 @@ struct ErrorAccess {
   MI_DETAIL_COLD static Error make(Errc code, std::string message, Source source = Source::DefaultToIMDS) {
     Error e(code, std::move(message));
     e.source_ = source;
-    e.retryable_ = code == Errc::network || code == Errc::timeout;
     return e;
   }
   static void set_status(Error& e, int status) { e.status_code_ = status; }
-  static void set_retryable(Error& e, bool retryable) { e.retryable_ = retryable; }
   static void set_source(Error& e, Source source) { e.source_ = source; }
   static void set_server_details(Error& e, std::string code, std::string description, std::string correlation_id) {
     e.error_code_ = std::move(code);
@@ -4445,15 +4445,19 @@ Source GetSource() { return detail::detect_source(); }
 // case-insensitively). It also coordinates the two ways callers share work:
 // one proactive refresh per entry, and one request per concurrent miss
 // ("flights"). A hit is served from a small per-thread copy of the entry,
-// valid while the cache's generation counter has not moved, so it takes no lock
-// and writes no shared memory: it scales with threads, and it allocates only
-// the strings the caller gets back.
+// valid while the generation counter has not moved, so it takes no lock and
+// writes no shared memory: it scales with threads, and it allocates only the
+// strings the caller gets back. After a failed proactive refresh, the entry
+// cools down before its next one, so an endpoint outage costs one attempt per
+// cool-down rather than one per hit.
 
 namespace mi {
 inline namespace v1 {
 namespace detail {
 
 constexpr std::chrono::minutes kExpiryMargin{5};  // a token is usable only while it lives longer
+constexpr std::chrono::seconds kRefreshCoolDown{30};      // after a first failed proactive refresh,
+constexpr std::chrono::seconds kMaxRefreshCoolDown{300};  // doubling on each further one up to this
 
 struct CachedToken {
   std::string access_token;
@@ -4501,18 +4505,20 @@ class TokenCache {
 
   // A usable token (expiring more than 5 minutes after `now`) is copied into `out`
   // (access_token, token_type, expires_on, refresh_on). `refresh` means it is past
-  // its refresh time and this caller won the right to refresh it; it must call
-  // end_refresh(key) afterwards.
+  // its refresh time (and any cool-down) and this caller won the right to refresh it;
+  // it must call end_refresh(key, ...) afterwards.
   Hit find(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
     const uint64_t generation = generation_.load(std::memory_order_acquire);
     if constexpr (kLocalCopiesEnabled) {
       LocalCopies& copies = local_copies();
       for (size_t i = 0; i < copies.used; ++i) {
         const LocalCopy& local = copies.slots[i];
-        if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
+        if (local.generation != generation || local.cache != this ||
+            !same(local.source, local.kind, local.id, local.resource, key))
+          continue;
         const CachedToken& t = local.token;
         if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
-        if (t.refresh_on != SysClock::time_point() && now >= t.refresh_on) break;  // claim under the lock
+        if (due_for_refresh(t, local.cool_down_until, now)) break;  // claim under the lock
         copy_to(t, out);
         return Hit::fresh;
       }
@@ -4523,7 +4529,7 @@ class TokenCache {
     if constexpr (kLocalCopiesEnabled) remember(generation, *entry);
     if (entry->token.expires_on <= now + kExpiryMargin) return Hit::miss;
     copy_to(entry->token, out);
-    if (entry->token.refresh_on != SysClock::time_point() && now >= entry->token.refresh_on) {
+    if (due_for_refresh(entry->token, entry->cool_down_until, now)) {
       bool expected = false;
       if (entry->refreshing.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) return Hit::refresh;
     }
@@ -4539,9 +4545,30 @@ class TokenCache {
     return true;
   }
 
-  void end_refresh(const CacheKey& key) {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
-    if (Entry* entry = lookup(key, hash(key))) entry->refreshing.store(false, std::memory_order_release);
+  // Ends the refresh find() handed out. After a failure (at `now`) the entry cools down
+  // before its next proactive refresh: 30 s, doubling on each further failure up to 5 min,
+  // and never past the time the token stops being usable (misses ignore the cool-down).
+  // Returns the cool-down started (zero if none).
+  std::chrono::seconds end_refresh(const CacheKey& key, bool failed, SysClock::time_point now) noexcept {
+    if (!failed) {
+      std::shared_lock<std::shared_mutex> lock(mutex_);
+      if (Entry* entry = lookup(key, hash(key))) entry->refreshing.store(false, std::memory_order_release);
+      return std::chrono::seconds(0);
+    }
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    Entry* entry = lookup(key, hash(key));
+    if (entry == nullptr) return std::chrono::seconds(0);
+    std::chrono::seconds cool_down(0);
+    // A token stored meanwhile (not due for refresh) has already ended any cool-down.
+    if (entry->token.refresh_on != SysClock::time_point() && now >= entry->token.refresh_on) {
+      if (entry->refresh_failures < 16) ++entry->refresh_failures;
+      cool_down = kRefreshCoolDown * (int64_t{1} << std::min(entry->refresh_failures - 1, 4));
+      if (cool_down > kMaxRefreshCoolDown) cool_down = kMaxRefreshCoolDown;
+      entry->cool_down_until = std::min(now + cool_down, entry->token.expires_on - kExpiryMargin);
+      generation_.fetch_add(1, std::memory_order_release);  // per-thread copies carry the cool-down
+    }
+    entry->refreshing.store(false, std::memory_order_release);
+    return cool_down;
   }
 
   // Stores the token if it lives more than 5 minutes past `now`; returns whether it did.
@@ -4561,6 +4588,8 @@ class TokenCache {
       entry->hash = h;
     }
     entry->token = token;
+    entry->refresh_failures = 0;  // a new token ends any cool-down
+    entry->cool_down_until = SysClock::time_point();
     generation_.fetch_add(1, std::memory_order_release);
     return true;
   }
@@ -4592,18 +4621,21 @@ class TokenCache {
 
   // The leader publishes its outcome (after storing a success) and removes the flight.
   void land(const std::shared_ptr<Flight>& flight, const Result<AuthResult>& outcome, bool leader_stopped) {
-    {
-      std::lock_guard<std::mutex> lock(flights_mutex_);
-      for (std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
-        if (*f == flight) {
-          std::shared_ptr<Flight> rest = std::move(flight->next);
-          *f = std::move(rest);  // the caller's reference keeps the flight alive
-          break;
-        }
-    }
+    std::unique_ptr<Result<AuthResult>> copy(new Result<AuthResult>(outcome));
+    unlink(flight);
     std::lock_guard<std::mutex> lock(flight->mutex);
-    flight->outcome.reset(new Result<AuthResult>(outcome));
+    flight->outcome = std::move(copy);
     flight->leader_stopped = leader_stopped;
+    flight->done = true;
+    flight->done_cv.notify_all();
+  }
+
+  // The leader left without an outcome (user code threw): removes the flight, and its
+  // waiters try themselves. Allocates nothing, so it is safe while unwinding.
+  void abandon(const std::shared_ptr<Flight>& flight) noexcept {
+    unlink(flight);
+    std::lock_guard<std::mutex> lock(flight->mutex);
+    flight->leader_stopped = true;
     flight->done = true;
     flight->done_cv.notify_all();
   }
@@ -4634,11 +4666,15 @@ class TokenCache {
     uint64_t hash = 0;
     CachedToken token;
     std::atomic<bool> refreshing{false};
+    int refresh_failures = 0;                // proactive refreshes failed in a row
+    SysClock::time_point cool_down_until;    // no proactive refresh before this
     Entry* next = nullptr;  // the list (newest first)
   };
-  // A thread's copy of an entry, valid only while generation_ has not moved.
+  // A thread's copy of an entry of `cache`, valid only while generation_ has not moved.
   struct LocalCopy {
     uint64_t generation = 0;
+    const TokenCache* cache = nullptr;
+    SysClock::time_point cool_down_until;
     Source source = Source::DefaultToIMDS;
     IDKind kind = IDKind::SystemAssigned;
     std::string id, resource;
@@ -4668,12 +4704,14 @@ class TokenCache {
 
   // Keeps a per-thread copy of `entry` stamped with the generation read before the
   // lookup: if a store raced with us, the stamp is already stale and the copy unused.
-  static void remember(uint64_t generation, const Entry& entry) {
+  void remember(uint64_t generation, const Entry& entry) const {
     LocalCopies& copies = local_copies();
     LocalCopy* slot = nullptr;
     for (size_t i = 0; i < copies.used; ++i) {
       LocalCopy& c = copies.slots[i];
-      if (c.source == entry.source && c.kind == entry.kind && c.id == entry.id && c.resource == entry.resource) slot = &c;
+      if (c.cache == this && c.source == entry.source && c.kind == entry.kind && c.id == entry.id &&
+          c.resource == entry.resource)
+        slot = &c;
     }
     if (slot == nullptr) {
       if (copies.used < kLocalCopies) {
@@ -4682,6 +4720,7 @@ class TokenCache {
         slot = &copies.slots[copies.oldest];
         copies.oldest = (copies.oldest + 1) % kLocalCopies;
       }
+      slot->cache = this;
       slot->source = entry.source;
       slot->kind = entry.kind;
       slot->id = entry.id;
@@ -4689,6 +4728,12 @@ class TokenCache {
     }
     slot->generation = generation;
     slot->token = entry.token;
+    slot->cool_down_until = entry.cool_down_until;
+  }
+
+  static bool due_for_refresh(const CachedToken& token, SysClock::time_point cool_down_until,
+                              SysClock::time_point now) noexcept {
+    return token.refresh_on != SysClock::time_point() && now >= token.refresh_on && now >= cool_down_until;
   }
 
   static void copy_to(const CachedToken& token, AuthResult& out) {
@@ -4724,6 +4769,17 @@ class TokenCache {
     return nullptr;
   }
 
+  // Removes a flight from the list; the caller's reference keeps it alive.
+  void unlink(const std::shared_ptr<Flight>& flight) noexcept {
+    std::lock_guard<std::mutex> lock(flights_mutex_);
+    for (std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
+      if (*f == flight) {
+        std::shared_ptr<Flight> rest = std::move(flight->next);
+        *f = std::move(rest);
+        return;
+      }
+  }
+
   bool find_usable(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
     std::shared_lock<std::shared_mutex> lock(mutex_);
     Entry* entry = lookup(key, hash(key));
@@ -4734,7 +4790,9 @@ class TokenCache {
 
   mutable std::shared_mutex mutex_;
   Entry* entries_ = nullptr;  // a list, newest first; owned, deleted by clear()
-  std::atomic<uint64_t> generation_{1};  // moves on every store and clear
+  // Moves on every store, cool-down and clear of any cache. One counter for the process,
+  // so that a cache built where another was destroyed never matches that one's copies.
+  static inline std::atomic<uint64_t> generation_{1};
   std::mutex flights_mutex_;
   std::shared_ptr<Flight> flights_;  // a list through Flight::next
 };
@@ -4768,6 +4826,8 @@ struct AcquireConfig {
   std::string claims;
 };
 
+using LogLines = std::vector<std::pair<LogLevel, std::string>>;
+
 struct ClientState {
   Source source = Source::DefaultToIMDS;
   ID id;
@@ -4781,8 +4841,27 @@ struct ClientState {
   SysClock::time_point now() const { return config.clock ? config.clock() : SysClock::now(); }
   // For the cache-hit check only, where a few milliseconds do not matter.
   SysClock::time_point hit_now() const { return config.clock ? config.clock() : coarse_now(); }
-  void log(LogLevel level, const std::string& message) const {
-    if (config.logger) config.logger(level, message);
+
+  // Emits one line now. A logger that throws is ignored: a failing log sink must not fail
+  // the call, nor unwind through the cache.
+  void log(LogLevel level, std::string_view message) const noexcept {
+    if (!config.logger) return;
+#if MI_DETAIL_EXCEPTIONS
+    try {
+      config.logger(level, message);
+    } catch (...) {
+    }
+#else
+    config.logger(level, message);
+#endif
+  }
+  // Holds a line back until emit(): used while this thread leads a request others may wait
+  // for, or holds a refresh, so that a logger may itself call AcquireToken for the same key.
+  void defer(LogLines& lines, LogLevel level, std::string message) const {
+    if (config.logger) lines.emplace_back(level, std::move(message));
+  }
+  void emit(const LogLines& lines) const noexcept {
+    for (const auto& line : lines) log(line.first, line.second);
   }
 };
 
@@ -4793,6 +4872,12 @@ bool retryable_status(Source source, int status) {
     return status == 404 || status == 408 || status == 410 || status == 429 || (status >= 500 && status <= 599);
   return status == 404 || status == 408 || status == 429 || status == 500 || status == 502 || status == 503 ||
          status == 504;
+}
+
+// The one rule for what may succeed later: Error::retryable() and the retry loop both use it.
+bool retryable_outcome(Source source, Errc code, int status) noexcept {
+  if (code == Errc::network || code == Errc::timeout) return true;
+  return code == Errc::http_status && retryable_status(source, status);
 }
 
 // How many retries may follow a failure with this status (0 = transport error).
@@ -4966,7 +5051,6 @@ MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse
   message += cat({"; ", status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
-  ErrorAccess::set_retryable(e, retryable_status(st.source, response.status));
   ErrorAccess::set_server_details(e, std::move(code), std::move(description),
                                   endpoint_text(details.correlation_id, secrets));
   return e;
@@ -4995,14 +5079,40 @@ MI_DETAIL_COLD Result<HttpResponse> transport_failure(const ClientState& st, con
   return e;
 }
 
-MI_DETAIL_COLD void log_retry(const ClientState& st, const Error* error, const std::vector<std::string>& secrets,
-                              int status, Millis wait) {
+MI_DETAIL_COLD void log_retry(const ClientState& st, LogLines& logs, const Error* error,
+                              const std::vector<std::string>& secrets, int status, Millis wait) {
   if (error != nullptr)
-    st.log(LogLevel::Warning, cat({source_label(st.source), " request failed: ", redact(error->message(), secrets),
-                                   "; retrying in ", num(wait.count()), " ms"}));
+    st.defer(logs, LogLevel::Warning,
+             cat({source_label(st.source), " request failed: ", redact(error->message(), secrets), "; retrying in ",
+                  num(wait.count()), " ms"}));
   else
-    st.log(LogLevel::Warning, cat({source_label(st.source), " answered HTTP ", num(status), "; retrying in ",
-                                   num(wait.count()), " ms"}));
+    st.defer(logs, LogLevel::Warning,
+             cat({source_label(st.source), " answered HTTP ", num(status), "; retrying in ", num(wait.count()),
+                  " ms"}));
+}
+
+#if MI_DETAIL_EXCEPTIONS
+MI_DETAIL_COLD Result<HttpResponse> transport_threw(const char* what) {
+  return failure<HttpResponse>(Errc::network, {"the HTTP client threw an exception",
+                                               what != nullptr ? ": " : "",
+                                               what != nullptr ? body_excerpt(what, 200) : std::string()});
+}
+#endif
+
+// One attempt. An exception from a custom HttpClient must not unwind through the retry loop
+// and the cache (a request in flight would never land): it is a network error, retried as one.
+Result<HttpResponse> call_transport(const ClientState& st, const Context& ctx, const HttpRequest& request) {
+#if MI_DETAIL_EXCEPTIONS
+  try {
+    return st.transport->Do(ctx, request);
+  } catch (const std::exception& e) {
+    return transport_threw(e.what());
+  } catch (...) {
+    return transport_threw(nullptr);
+  }
+#else
+  return st.transport->Do(ctx, request);
+#endif
 }
 
 MI_DETAIL_COLD Result<HttpResponse> retry_deadline(const ClientState& st, int last_status) {
@@ -5016,9 +5126,10 @@ MI_DETAIL_COLD Result<HttpResponse> retry_deadline(const ClientState& st, int la
 
 // Sends `request` until it gets a final answer (SPEC §8): transport errors and the
 // source's retryable statuses are retried with backoff, honouring Retry-After, within
-// the context. Any status that is not retried is returned as a value.
+// the context (unless `one_attempt`). Any status that is not retried is returned as a value.
 Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx, const HttpRequest& request,
-                                       const std::vector<std::string>& secrets, int& attempts) {
+                                       const std::vector<std::string>& secrets, bool one_attempt, int& attempts,
+                                       LogLines& logs) {
   attempts = 0;
   int last_status = 0;
   for (int retries = 0;; ++retries) {
@@ -5026,23 +5137,26 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
     if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
     ++attempts;
     Context attempt_ctx = ctx.WithTimeout(st.config.attempt_timeout);
-    Result<HttpResponse> result = st.transport->Do(attempt_ctx, request);
+    Result<HttpResponse> result = call_transport(st, attempt_ctx, request);
     Millis wait(0);
     if (!result) {
       cs = context_status(ctx);
       if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
-      const Errc code = result.error().code();
-      bool transient = code == Errc::network || code == Errc::timeout;
-      if (!transient || retries >= retry_limit(st, 0)) return transport_failure(st, result.error(), secrets, attempts);
+      const Error& error = result.error();
+      if (one_attempt || !retryable_outcome(st.source, error.code(), error.status_code()) ||
+          retries >= retry_limit(st, 0))
+        return transport_failure(st, error, secrets, attempts);
       wait = backoff(st.source, retries, 0);
-      log_retry(st, &result.error(), secrets, 0, wait);
+      log_retry(st, logs, &error, secrets, 0, wait);
     } else {
       last_status = result->status;
-      if (!retryable_status(st.source, last_status) || retries >= retry_limit(st, last_status)) return result;
+      if (one_attempt || !retryable_outcome(st.source, Errc::http_status, last_status) ||
+          retries >= retry_limit(st, last_status))
+        return result;
       wait = backoff(st.source, retries, last_status);
       Millis after(0);
       if (retry_after(*result, st.now(), after) && after > wait) wait = after;
-      log_retry(st, nullptr, secrets, last_status, wait);
+      log_retry(st, logs, nullptr, secrets, last_status, wait);
     }
     // Up to +20 % jitter so that many clients do not retry in lockstep; never past 60 s.
     wait += Millis(static_cast<int64_t>(random_u64() % static_cast<uint64_t>(wait.count() / 5 + 1)));
@@ -5071,9 +5185,10 @@ MI_DETAIL_COLD Result<AuthResult> finish_error(const ClientState& st, const Erro
 }
 
 // Fetches a token from the endpoint (no cache read). `cached` is the token cached for this
-// key, if any (Service Fabric's revocation hash with claims).
+// key, if any (Service Fabric's revocation hash with claims). Log lines go to `logs`.
 Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::string_view resource,
-                               const AcquireConfig& options, const std::string* cached_token) {
+                               const AcquireConfig& options, const std::string* cached_token, bool one_attempt,
+                               LogLines& logs) {
   RequestExtras extras;
   if (st.source == Source::DefaultToIMDS) extras.request_id = uuid4();
   if (st.source == Source::ServiceFabric) {
@@ -5098,7 +5213,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   }
 
   int attempts = 0;
-  Result<HttpResponse> response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
+  Result<HttpResponse> response = send_with_retries(st, ctx, built.request, built.secrets, one_attempt, attempts, logs);
   if (response && st.source == Source::AzureArc) {
     // Leg 1 answered; it must be the 401 challenge (SPEC §3).
     if (response->status == 401) {
@@ -5107,7 +5222,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
         return finish_error(st, error, extras.request_id);
       built.secrets.push_back(std::string(key));
       add_pair(built.request.headers, "Authorization", cat({"Basic ", key}));
-      response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
+      response = send_with_retries(st, ctx, built.request, built.secrets, one_attempt, attempts, logs);
     } else if (response->status == 200 || response->status == 202) {
       return finish_error(st,
                           arc_error({"the agent answered the first request with HTTP ", num(response->status),
@@ -5136,26 +5251,90 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   result.expires_on = parsed->expires_on;
   result.refresh_on = parsed->refresh_on;
   result.token_source = TokenSource::IdentityProvider;
-  st.log(LogLevel::Info,
-         cat({"acquired a token for '", resource, "' from ", source_label(st.source), ", expiring in ",
-              num(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()), " s"}));
+  st.defer(logs, LogLevel::Info,
+           cat({"acquired a token for '", resource, "' from ", source_label(st.source), ", expiring in ",
+                num(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()), " s"}));
   return result;
 }
 
-void store_token(const ClientState& st, const CacheKey& key, const AuthResult& result) {
+void store_token(const ClientState& st, const CacheKey& key, const AuthResult& result, LogLines& logs) {
   CachedToken token;
   token.access_token = result.access_token;
   token.token_type = result.token_type;
   token.expires_on = result.expires_on;
   token.refresh_on = result.refresh_on;
   if (!TokenCache::instance().store(key, token, st.now()))
-    st.log(LogLevel::Warning, "the token expires within 5 minutes, so it is not cached");
+    st.defer(logs, LogLevel::Warning, "the token expires within 5 minutes, so it is not cached");
 }
 
 std::string_view trim_default_scope(std::string_view resource) {
   const std::string_view suffix = "/.default";
   if (ends_with(resource, suffix)) resource.remove_suffix(suffix.size());
   return resource;
+}
+
+// Lands the leader's flight on every path. If user code (a sleep or clock hook) throws, the
+// flight is abandoned instead, and its waiters try themselves rather than wait for ever.
+class FlightLanding {
+ public:
+  FlightLanding(TokenCache& cache, const std::shared_ptr<Flight>& flight) : cache_(cache), flight_(flight) {}
+  FlightLanding(const FlightLanding&) = delete;
+  FlightLanding& operator=(const FlightLanding&) = delete;
+  ~FlightLanding() {
+    if (!landed_) cache_.abandon(flight_);
+  }
+  void land(const Result<AuthResult>& outcome, bool leader_stopped) {
+    cache_.land(flight_, outcome, leader_stopped);  // if it cannot (no memory), the destructor abandons
+    landed_ = true;
+  }
+
+ private:
+  TokenCache& cache_;
+  const std::shared_ptr<Flight>& flight_;
+  bool landed_ = false;
+};
+
+// Ends a proactive refresh on every path; if user code throws, as a failure (so the key
+// cools down and is refreshed again later).
+class RefreshClaim {
+ public:
+  RefreshClaim(TokenCache& cache, const CacheKey& key, SysClock::time_point now)
+      : cache_(cache), key_(key), now_(now) {}
+  RefreshClaim(const RefreshClaim&) = delete;
+  RefreshClaim& operator=(const RefreshClaim&) = delete;
+  ~RefreshClaim() {
+    if (!ended_) cache_.end_refresh(key_, true, now_);
+  }
+  std::chrono::seconds end(bool failed, SysClock::time_point now) {
+    ended_ = true;
+    return cache_.end_refresh(key_, failed, now);
+  }
+
+ private:
+  TokenCache& cache_;
+  const CacheKey& key_;
+  SysClock::time_point now_;
+  bool ended_ = false;
+};
+
+// A hit past its refresh time whose caller won the refresh (SPEC §6). A valid token is in
+// hand, so one attempt without retry waits; if it fails, the cached token is returned and
+// the key cools down before its next proactive attempt.
+Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, const CacheKey& key,
+                                 const AcquireConfig& options, AuthResult cached, SysClock::time_point now) {
+  TokenCache& cache = TokenCache::instance();
+  RefreshClaim claim(cache, key, now);
+  LogLines logs;
+  Result<AuthResult> result = fetch_token(st, ctx, key.resource, options, &cached.access_token, true, logs);
+  if (result) store_token(st, key, *result, logs);
+  std::chrono::seconds cool_down = claim.end(!result, result ? now : st.now());
+  st.emit(logs);
+  if (result) return result;
+  st.log(LogLevel::Warning, cat({"proactive token refresh failed, using the cached token until it expires (next "
+                                 "refresh attempt in ",
+                                 num(cool_down.count()), " s): ", result.error().message()}));
+  cached.resource.assign(key.resource);
+  return Result<AuthResult>(std::move(cached));
 }
 
 Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::string_view requested,
@@ -5168,28 +5347,24 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
   if (!options.claims.empty()) {
     CachedToken cached;
     bool have = cache.peek(key, cached);
-    Result<AuthResult> result = fetch_token(st, ctx, resource, options, have ? &cached.access_token : nullptr);
-    if (result) store_token(st, key, *result);
+    LogLines logs;
+    Result<AuthResult> result =
+        fetch_token(st, ctx, resource, options, have ? &cached.access_token : nullptr, false, logs);
+    if (result) store_token(st, key, *result, logs);
+    st.emit(logs);
     return result;
   }
 
   AuthResult cached;
   cached.token_source = TokenSource::Cache;
-  switch (cache.find(key, st.hit_now(), cached)) {
+  const SysClock::time_point now = st.hit_now();
+  switch (cache.find(key, now, cached)) {
     case TokenCache::Hit::fresh:
       cached.resource.assign(resource);
       return Result<AuthResult>(std::move(cached));
-    case TokenCache::Hit::refresh: {
+    case TokenCache::Hit::refresh:
       // This caller refreshes; the others keep getting the cached token meanwhile.
-      Result<AuthResult> result = fetch_token(st, ctx, resource, options, &cached.access_token);
-      if (result) store_token(st, key, *result);
-      cache.end_refresh(key);
-      if (result) return result;
-      st.log(LogLevel::Warning, cat({"proactive token refresh failed, using the cached token until it expires: ",
-                                     result.error().message()}));
-      cached.resource.assign(resource);
-      return Result<AuthResult>(std::move(cached));
-    }
+      return refresh_token(st, ctx, key, options, std::move(cached), now);
     case TokenCache::Hit::miss: break;
   }
 
@@ -5202,9 +5377,14 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
       return Result<AuthResult>(std::move(cached));
     }
     if (leader) {
-      Result<AuthResult> result = fetch_token(st, ctx, resource, options, nullptr);
-      if (result) store_token(st, key, *result);
-      cache.land(flight, result, context_status(ctx) != ContextStatus::ok);
+      // Lines are logged only once the flight has landed: a logger that calls AcquireToken
+      // for this key would otherwise wait on its own thread's flight.
+      FlightLanding landing(cache, flight);
+      LogLines logs;
+      Result<AuthResult> result = fetch_token(st, ctx, resource, options, nullptr, false, logs);
+      if (result) store_token(st, key, *result, logs);
+      landing.land(result, context_status(ctx) != ContextStatus::ok);
+      st.emit(logs);
       return result;
     }
     std::unique_lock<std::mutex> lock(flight->mutex);
@@ -5360,6 +5540,8 @@ Result<AuthResult> Client::AcquireToken(const Context& ctx, std::string_view res
 
 Source Client::source() const noexcept { return state_->source; }
 const ID& Client::id() const noexcept { return state_->id; }
+
+bool Error::retryable() const noexcept { return detail::retryable_outcome(source_, code_, status_code_); }
 
 }  // namespace v1
 }  // namespace mi

@@ -121,7 +121,10 @@ class Error {
   const std::string& error_description() const noexcept { return error_description_; }
   const std::string& correlation_id() const noexcept { return correlation_id_; }
   Source source() const noexcept { return source_; }
-  bool retryable() const noexcept { return retryable_; }
+  // Whether the same call may succeed later: transport failures, timeouts and the statuses
+  // the retry policy retries. Decided from code(), status_code() and source() alone, so an
+  // error built by a custom HttpClient answers like the built-in transport's.
+  bool retryable() const noexcept;
 
  private:
   friend struct detail::ErrorAccess;
@@ -132,7 +135,6 @@ class Error {
   std::string error_description_;
   std::string correlation_id_;
   Source source_ = Source::DefaultToIMDS;
-  bool retryable_ = false;
 };
 
 #if MI_DETAIL_EXCEPTIONS

@@ -3,15 +3,19 @@
 // case-insensitively). It also coordinates the two ways callers share work:
 // one proactive refresh per entry, and one request per concurrent miss
 // ("flights"). A hit is served from a small per-thread copy of the entry,
-// valid while the cache's generation counter has not moved, so it takes no lock
-// and writes no shared memory: it scales with threads, and it allocates only
-// the strings the caller gets back.
+// valid while the generation counter has not moved, so it takes no lock and
+// writes no shared memory: it scales with threads, and it allocates only the
+// strings the caller gets back. After a failed proactive refresh, the entry
+// cools down before its next one, so an endpoint outage costs one attempt per
+// cool-down rather than one per hit.
 
 namespace mi {
 inline namespace v1 {
 namespace detail {
 
 constexpr std::chrono::minutes kExpiryMargin{5};  // a token is usable only while it lives longer
+constexpr std::chrono::seconds kRefreshCoolDown{30};      // after a first failed proactive refresh,
+constexpr std::chrono::seconds kMaxRefreshCoolDown{300};  // doubling on each further one up to this
 
 struct CachedToken {
   std::string access_token;
@@ -59,18 +63,20 @@ class TokenCache {
 
   // A usable token (expiring more than 5 minutes after `now`) is copied into `out`
   // (access_token, token_type, expires_on, refresh_on). `refresh` means it is past
-  // its refresh time and this caller won the right to refresh it; it must call
-  // end_refresh(key) afterwards.
+  // its refresh time (and any cool-down) and this caller won the right to refresh it;
+  // it must call end_refresh(key, ...) afterwards.
   Hit find(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
     const uint64_t generation = generation_.load(std::memory_order_acquire);
     if constexpr (kLocalCopiesEnabled) {
       LocalCopies& copies = local_copies();
       for (size_t i = 0; i < copies.used; ++i) {
         const LocalCopy& local = copies.slots[i];
-        if (local.generation != generation || !same(local.source, local.kind, local.id, local.resource, key)) continue;
+        if (local.generation != generation || local.cache != this ||
+            !same(local.source, local.kind, local.id, local.resource, key))
+          continue;
         const CachedToken& t = local.token;
         if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
-        if (t.refresh_on != SysClock::time_point() && now >= t.refresh_on) break;  // claim under the lock
+        if (due_for_refresh(t, local.cool_down_until, now)) break;  // claim under the lock
         copy_to(t, out);
         return Hit::fresh;
       }
@@ -81,7 +87,7 @@ class TokenCache {
     if constexpr (kLocalCopiesEnabled) remember(generation, *entry);
     if (entry->token.expires_on <= now + kExpiryMargin) return Hit::miss;
     copy_to(entry->token, out);
-    if (entry->token.refresh_on != SysClock::time_point() && now >= entry->token.refresh_on) {
+    if (due_for_refresh(entry->token, entry->cool_down_until, now)) {
       bool expected = false;
       if (entry->refreshing.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) return Hit::refresh;
     }
@@ -97,9 +103,30 @@ class TokenCache {
     return true;
   }
 
-  void end_refresh(const CacheKey& key) {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
-    if (Entry* entry = lookup(key, hash(key))) entry->refreshing.store(false, std::memory_order_release);
+  // Ends the refresh find() handed out. After a failure (at `now`) the entry cools down
+  // before its next proactive refresh: 30 s, doubling on each further failure up to 5 min,
+  // and never past the time the token stops being usable (misses ignore the cool-down).
+  // Returns the cool-down started (zero if none).
+  std::chrono::seconds end_refresh(const CacheKey& key, bool failed, SysClock::time_point now) noexcept {
+    if (!failed) {
+      std::shared_lock<std::shared_mutex> lock(mutex_);
+      if (Entry* entry = lookup(key, hash(key))) entry->refreshing.store(false, std::memory_order_release);
+      return std::chrono::seconds(0);
+    }
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    Entry* entry = lookup(key, hash(key));
+    if (entry == nullptr) return std::chrono::seconds(0);
+    std::chrono::seconds cool_down(0);
+    // A token stored meanwhile (not due for refresh) has already ended any cool-down.
+    if (entry->token.refresh_on != SysClock::time_point() && now >= entry->token.refresh_on) {
+      if (entry->refresh_failures < 16) ++entry->refresh_failures;
+      cool_down = kRefreshCoolDown * (int64_t{1} << std::min(entry->refresh_failures - 1, 4));
+      if (cool_down > kMaxRefreshCoolDown) cool_down = kMaxRefreshCoolDown;
+      entry->cool_down_until = std::min(now + cool_down, entry->token.expires_on - kExpiryMargin);
+      generation_.fetch_add(1, std::memory_order_release);  // per-thread copies carry the cool-down
+    }
+    entry->refreshing.store(false, std::memory_order_release);
+    return cool_down;
   }
 
   // Stores the token if it lives more than 5 minutes past `now`; returns whether it did.
@@ -119,6 +146,8 @@ class TokenCache {
       entry->hash = h;
     }
     entry->token = token;
+    entry->refresh_failures = 0;  // a new token ends any cool-down
+    entry->cool_down_until = SysClock::time_point();
     generation_.fetch_add(1, std::memory_order_release);
     return true;
   }
@@ -150,18 +179,21 @@ class TokenCache {
 
   // The leader publishes its outcome (after storing a success) and removes the flight.
   void land(const std::shared_ptr<Flight>& flight, const Result<AuthResult>& outcome, bool leader_stopped) {
-    {
-      std::lock_guard<std::mutex> lock(flights_mutex_);
-      for (std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
-        if (*f == flight) {
-          std::shared_ptr<Flight> rest = std::move(flight->next);
-          *f = std::move(rest);  // the caller's reference keeps the flight alive
-          break;
-        }
-    }
+    std::unique_ptr<Result<AuthResult>> copy(new Result<AuthResult>(outcome));
+    unlink(flight);
     std::lock_guard<std::mutex> lock(flight->mutex);
-    flight->outcome.reset(new Result<AuthResult>(outcome));
+    flight->outcome = std::move(copy);
     flight->leader_stopped = leader_stopped;
+    flight->done = true;
+    flight->done_cv.notify_all();
+  }
+
+  // The leader left without an outcome (user code threw): removes the flight, and its
+  // waiters try themselves. Allocates nothing, so it is safe while unwinding.
+  void abandon(const std::shared_ptr<Flight>& flight) noexcept {
+    unlink(flight);
+    std::lock_guard<std::mutex> lock(flight->mutex);
+    flight->leader_stopped = true;
     flight->done = true;
     flight->done_cv.notify_all();
   }
@@ -192,11 +224,15 @@ class TokenCache {
     uint64_t hash = 0;
     CachedToken token;
     std::atomic<bool> refreshing{false};
+    int refresh_failures = 0;                // proactive refreshes failed in a row
+    SysClock::time_point cool_down_until;    // no proactive refresh before this
     Entry* next = nullptr;  // the list (newest first)
   };
-  // A thread's copy of an entry, valid only while generation_ has not moved.
+  // A thread's copy of an entry of `cache`, valid only while generation_ has not moved.
   struct LocalCopy {
     uint64_t generation = 0;
+    const TokenCache* cache = nullptr;
+    SysClock::time_point cool_down_until;
     Source source = Source::DefaultToIMDS;
     IDKind kind = IDKind::SystemAssigned;
     std::string id, resource;
@@ -226,12 +262,14 @@ class TokenCache {
 
   // Keeps a per-thread copy of `entry` stamped with the generation read before the
   // lookup: if a store raced with us, the stamp is already stale and the copy unused.
-  static void remember(uint64_t generation, const Entry& entry) {
+  void remember(uint64_t generation, const Entry& entry) const {
     LocalCopies& copies = local_copies();
     LocalCopy* slot = nullptr;
     for (size_t i = 0; i < copies.used; ++i) {
       LocalCopy& c = copies.slots[i];
-      if (c.source == entry.source && c.kind == entry.kind && c.id == entry.id && c.resource == entry.resource) slot = &c;
+      if (c.cache == this && c.source == entry.source && c.kind == entry.kind && c.id == entry.id &&
+          c.resource == entry.resource)
+        slot = &c;
     }
     if (slot == nullptr) {
       if (copies.used < kLocalCopies) {
@@ -240,6 +278,7 @@ class TokenCache {
         slot = &copies.slots[copies.oldest];
         copies.oldest = (copies.oldest + 1) % kLocalCopies;
       }
+      slot->cache = this;
       slot->source = entry.source;
       slot->kind = entry.kind;
       slot->id = entry.id;
@@ -247,6 +286,12 @@ class TokenCache {
     }
     slot->generation = generation;
     slot->token = entry.token;
+    slot->cool_down_until = entry.cool_down_until;
+  }
+
+  static bool due_for_refresh(const CachedToken& token, SysClock::time_point cool_down_until,
+                              SysClock::time_point now) noexcept {
+    return token.refresh_on != SysClock::time_point() && now >= token.refresh_on && now >= cool_down_until;
   }
 
   static void copy_to(const CachedToken& token, AuthResult& out) {
@@ -282,6 +327,17 @@ class TokenCache {
     return nullptr;
   }
 
+  // Removes a flight from the list; the caller's reference keeps it alive.
+  void unlink(const std::shared_ptr<Flight>& flight) noexcept {
+    std::lock_guard<std::mutex> lock(flights_mutex_);
+    for (std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
+      if (*f == flight) {
+        std::shared_ptr<Flight> rest = std::move(flight->next);
+        *f = std::move(rest);
+        return;
+      }
+  }
+
   bool find_usable(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
     std::shared_lock<std::shared_mutex> lock(mutex_);
     Entry* entry = lookup(key, hash(key));
@@ -292,7 +348,9 @@ class TokenCache {
 
   mutable std::shared_mutex mutex_;
   Entry* entries_ = nullptr;  // a list, newest first; owned, deleted by clear()
-  std::atomic<uint64_t> generation_{1};  // moves on every store and clear
+  // Moves on every store, cool-down and clear of any cache. One counter for the process,
+  // so that a cache built where another was destroyed never matches that one's copies.
+  static inline std::atomic<uint64_t> generation_{1};
   std::mutex flights_mutex_;
   std::shared_ptr<Flight> flights_;  // a list through Flight::next
 };

@@ -22,6 +22,8 @@ struct AcquireConfig {
   std::string claims;
 };
 
+using LogLines = std::vector<std::pair<LogLevel, std::string>>;
+
 struct ClientState {
   Source source = Source::DefaultToIMDS;
   ID id;
@@ -35,8 +37,27 @@ struct ClientState {
   SysClock::time_point now() const { return config.clock ? config.clock() : SysClock::now(); }
   // For the cache-hit check only, where a few milliseconds do not matter.
   SysClock::time_point hit_now() const { return config.clock ? config.clock() : coarse_now(); }
-  void log(LogLevel level, const std::string& message) const {
-    if (config.logger) config.logger(level, message);
+
+  // Emits one line now. A logger that throws is ignored: a failing log sink must not fail
+  // the call, nor unwind through the cache.
+  void log(LogLevel level, std::string_view message) const noexcept {
+    if (!config.logger) return;
+#if MI_DETAIL_EXCEPTIONS
+    try {
+      config.logger(level, message);
+    } catch (...) {
+    }
+#else
+    config.logger(level, message);
+#endif
+  }
+  // Holds a line back until emit(): used while this thread leads a request others may wait
+  // for, or holds a refresh, so that a logger may itself call AcquireToken for the same key.
+  void defer(LogLines& lines, LogLevel level, std::string message) const {
+    if (config.logger) lines.emplace_back(level, std::move(message));
+  }
+  void emit(const LogLines& lines) const noexcept {
+    for (const auto& line : lines) log(line.first, line.second);
   }
 };
 
@@ -47,6 +68,12 @@ bool retryable_status(Source source, int status) {
     return status == 404 || status == 408 || status == 410 || status == 429 || (status >= 500 && status <= 599);
   return status == 404 || status == 408 || status == 429 || status == 500 || status == 502 || status == 503 ||
          status == 504;
+}
+
+// The one rule for what may succeed later: Error::retryable() and the retry loop both use it.
+bool retryable_outcome(Source source, Errc code, int status) noexcept {
+  if (code == Errc::network || code == Errc::timeout) return true;
+  return code == Errc::http_status && retryable_status(source, status);
 }
 
 // How many retries may follow a failure with this status (0 = transport error).
@@ -220,7 +247,6 @@ MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse
   message += cat({"; ", status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
-  ErrorAccess::set_retryable(e, retryable_status(st.source, response.status));
   ErrorAccess::set_server_details(e, std::move(code), std::move(description),
                                   endpoint_text(details.correlation_id, secrets));
   return e;
@@ -249,14 +275,40 @@ MI_DETAIL_COLD Result<HttpResponse> transport_failure(const ClientState& st, con
   return e;
 }
 
-MI_DETAIL_COLD void log_retry(const ClientState& st, const Error* error, const std::vector<std::string>& secrets,
-                              int status, Millis wait) {
+MI_DETAIL_COLD void log_retry(const ClientState& st, LogLines& logs, const Error* error,
+                              const std::vector<std::string>& secrets, int status, Millis wait) {
   if (error != nullptr)
-    st.log(LogLevel::Warning, cat({source_label(st.source), " request failed: ", redact(error->message(), secrets),
-                                   "; retrying in ", num(wait.count()), " ms"}));
+    st.defer(logs, LogLevel::Warning,
+             cat({source_label(st.source), " request failed: ", redact(error->message(), secrets), "; retrying in ",
+                  num(wait.count()), " ms"}));
   else
-    st.log(LogLevel::Warning, cat({source_label(st.source), " answered HTTP ", num(status), "; retrying in ",
-                                   num(wait.count()), " ms"}));
+    st.defer(logs, LogLevel::Warning,
+             cat({source_label(st.source), " answered HTTP ", num(status), "; retrying in ", num(wait.count()),
+                  " ms"}));
+}
+
+#if MI_DETAIL_EXCEPTIONS
+MI_DETAIL_COLD Result<HttpResponse> transport_threw(const char* what) {
+  return failure<HttpResponse>(Errc::network, {"the HTTP client threw an exception",
+                                               what != nullptr ? ": " : "",
+                                               what != nullptr ? body_excerpt(what, 200) : std::string()});
+}
+#endif
+
+// One attempt. An exception from a custom HttpClient must not unwind through the retry loop
+// and the cache (a request in flight would never land): it is a network error, retried as one.
+Result<HttpResponse> call_transport(const ClientState& st, const Context& ctx, const HttpRequest& request) {
+#if MI_DETAIL_EXCEPTIONS
+  try {
+    return st.transport->Do(ctx, request);
+  } catch (const std::exception& e) {
+    return transport_threw(e.what());
+  } catch (...) {
+    return transport_threw(nullptr);
+  }
+#else
+  return st.transport->Do(ctx, request);
+#endif
 }
 
 MI_DETAIL_COLD Result<HttpResponse> retry_deadline(const ClientState& st, int last_status) {
@@ -270,9 +322,10 @@ MI_DETAIL_COLD Result<HttpResponse> retry_deadline(const ClientState& st, int la
 
 // Sends `request` until it gets a final answer (SPEC §8): transport errors and the
 // source's retryable statuses are retried with backoff, honouring Retry-After, within
-// the context. Any status that is not retried is returned as a value.
+// the context (unless `one_attempt`). Any status that is not retried is returned as a value.
 Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx, const HttpRequest& request,
-                                       const std::vector<std::string>& secrets, int& attempts) {
+                                       const std::vector<std::string>& secrets, bool one_attempt, int& attempts,
+                                       LogLines& logs) {
   attempts = 0;
   int last_status = 0;
   for (int retries = 0;; ++retries) {
@@ -280,23 +333,26 @@ Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx
     if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
     ++attempts;
     Context attempt_ctx = ctx.WithTimeout(st.config.attempt_timeout);
-    Result<HttpResponse> result = st.transport->Do(attempt_ctx, request);
+    Result<HttpResponse> result = call_transport(st, attempt_ctx, request);
     Millis wait(0);
     if (!result) {
       cs = context_status(ctx);
       if (cs != ContextStatus::ok) return retry_stopped(st, cs, last_status);
-      const Errc code = result.error().code();
-      bool transient = code == Errc::network || code == Errc::timeout;
-      if (!transient || retries >= retry_limit(st, 0)) return transport_failure(st, result.error(), secrets, attempts);
+      const Error& error = result.error();
+      if (one_attempt || !retryable_outcome(st.source, error.code(), error.status_code()) ||
+          retries >= retry_limit(st, 0))
+        return transport_failure(st, error, secrets, attempts);
       wait = backoff(st.source, retries, 0);
-      log_retry(st, &result.error(), secrets, 0, wait);
+      log_retry(st, logs, &error, secrets, 0, wait);
     } else {
       last_status = result->status;
-      if (!retryable_status(st.source, last_status) || retries >= retry_limit(st, last_status)) return result;
+      if (one_attempt || !retryable_outcome(st.source, Errc::http_status, last_status) ||
+          retries >= retry_limit(st, last_status))
+        return result;
       wait = backoff(st.source, retries, last_status);
       Millis after(0);
       if (retry_after(*result, st.now(), after) && after > wait) wait = after;
-      log_retry(st, nullptr, secrets, last_status, wait);
+      log_retry(st, logs, nullptr, secrets, last_status, wait);
     }
     // Up to +20 % jitter so that many clients do not retry in lockstep; never past 60 s.
     wait += Millis(static_cast<int64_t>(random_u64() % static_cast<uint64_t>(wait.count() / 5 + 1)));
@@ -325,9 +381,10 @@ MI_DETAIL_COLD Result<AuthResult> finish_error(const ClientState& st, const Erro
 }
 
 // Fetches a token from the endpoint (no cache read). `cached` is the token cached for this
-// key, if any (Service Fabric's revocation hash with claims).
+// key, if any (Service Fabric's revocation hash with claims). Log lines go to `logs`.
 Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::string_view resource,
-                               const AcquireConfig& options, const std::string* cached_token) {
+                               const AcquireConfig& options, const std::string* cached_token, bool one_attempt,
+                               LogLines& logs) {
   RequestExtras extras;
   if (st.source == Source::DefaultToIMDS) extras.request_id = uuid4();
   if (st.source == Source::ServiceFabric) {
@@ -352,7 +409,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   }
 
   int attempts = 0;
-  Result<HttpResponse> response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
+  Result<HttpResponse> response = send_with_retries(st, ctx, built.request, built.secrets, one_attempt, attempts, logs);
   if (response && st.source == Source::AzureArc) {
     // Leg 1 answered; it must be the 401 challenge (SPEC §3).
     if (response->status == 401) {
@@ -361,7 +418,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
         return finish_error(st, error, extras.request_id);
       built.secrets.push_back(std::string(key));
       add_pair(built.request.headers, "Authorization", cat({"Basic ", key}));
-      response = send_with_retries(st, ctx, built.request, built.secrets, attempts);
+      response = send_with_retries(st, ctx, built.request, built.secrets, one_attempt, attempts, logs);
     } else if (response->status == 200 || response->status == 202) {
       return finish_error(st,
                           arc_error({"the agent answered the first request with HTTP ", num(response->status),
@@ -390,26 +447,90 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   result.expires_on = parsed->expires_on;
   result.refresh_on = parsed->refresh_on;
   result.token_source = TokenSource::IdentityProvider;
-  st.log(LogLevel::Info,
-         cat({"acquired a token for '", resource, "' from ", source_label(st.source), ", expiring in ",
-              num(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()), " s"}));
+  st.defer(logs, LogLevel::Info,
+           cat({"acquired a token for '", resource, "' from ", source_label(st.source), ", expiring in ",
+                num(std::chrono::duration_cast<std::chrono::seconds>(result.expires_on - now).count()), " s"}));
   return result;
 }
 
-void store_token(const ClientState& st, const CacheKey& key, const AuthResult& result) {
+void store_token(const ClientState& st, const CacheKey& key, const AuthResult& result, LogLines& logs) {
   CachedToken token;
   token.access_token = result.access_token;
   token.token_type = result.token_type;
   token.expires_on = result.expires_on;
   token.refresh_on = result.refresh_on;
   if (!TokenCache::instance().store(key, token, st.now()))
-    st.log(LogLevel::Warning, "the token expires within 5 minutes, so it is not cached");
+    st.defer(logs, LogLevel::Warning, "the token expires within 5 minutes, so it is not cached");
 }
 
 std::string_view trim_default_scope(std::string_view resource) {
   const std::string_view suffix = "/.default";
   if (ends_with(resource, suffix)) resource.remove_suffix(suffix.size());
   return resource;
+}
+
+// Lands the leader's flight on every path. If user code (a sleep or clock hook) throws, the
+// flight is abandoned instead, and its waiters try themselves rather than wait for ever.
+class FlightLanding {
+ public:
+  FlightLanding(TokenCache& cache, const std::shared_ptr<Flight>& flight) : cache_(cache), flight_(flight) {}
+  FlightLanding(const FlightLanding&) = delete;
+  FlightLanding& operator=(const FlightLanding&) = delete;
+  ~FlightLanding() {
+    if (!landed_) cache_.abandon(flight_);
+  }
+  void land(const Result<AuthResult>& outcome, bool leader_stopped) {
+    cache_.land(flight_, outcome, leader_stopped);  // if it cannot (no memory), the destructor abandons
+    landed_ = true;
+  }
+
+ private:
+  TokenCache& cache_;
+  const std::shared_ptr<Flight>& flight_;
+  bool landed_ = false;
+};
+
+// Ends a proactive refresh on every path; if user code throws, as a failure (so the key
+// cools down and is refreshed again later).
+class RefreshClaim {
+ public:
+  RefreshClaim(TokenCache& cache, const CacheKey& key, SysClock::time_point now)
+      : cache_(cache), key_(key), now_(now) {}
+  RefreshClaim(const RefreshClaim&) = delete;
+  RefreshClaim& operator=(const RefreshClaim&) = delete;
+  ~RefreshClaim() {
+    if (!ended_) cache_.end_refresh(key_, true, now_);
+  }
+  std::chrono::seconds end(bool failed, SysClock::time_point now) {
+    ended_ = true;
+    return cache_.end_refresh(key_, failed, now);
+  }
+
+ private:
+  TokenCache& cache_;
+  const CacheKey& key_;
+  SysClock::time_point now_;
+  bool ended_ = false;
+};
+
+// A hit past its refresh time whose caller won the refresh (SPEC §6). A valid token is in
+// hand, so one attempt without retry waits; if it fails, the cached token is returned and
+// the key cools down before its next proactive attempt.
+Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, const CacheKey& key,
+                                 const AcquireConfig& options, AuthResult cached, SysClock::time_point now) {
+  TokenCache& cache = TokenCache::instance();
+  RefreshClaim claim(cache, key, now);
+  LogLines logs;
+  Result<AuthResult> result = fetch_token(st, ctx, key.resource, options, &cached.access_token, true, logs);
+  if (result) store_token(st, key, *result, logs);
+  std::chrono::seconds cool_down = claim.end(!result, result ? now : st.now());
+  st.emit(logs);
+  if (result) return result;
+  st.log(LogLevel::Warning, cat({"proactive token refresh failed, using the cached token until it expires (next "
+                                 "refresh attempt in ",
+                                 num(cool_down.count()), " s): ", result.error().message()}));
+  cached.resource.assign(key.resource);
+  return Result<AuthResult>(std::move(cached));
 }
 
 Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::string_view requested,
@@ -422,28 +543,24 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
   if (!options.claims.empty()) {
     CachedToken cached;
     bool have = cache.peek(key, cached);
-    Result<AuthResult> result = fetch_token(st, ctx, resource, options, have ? &cached.access_token : nullptr);
-    if (result) store_token(st, key, *result);
+    LogLines logs;
+    Result<AuthResult> result =
+        fetch_token(st, ctx, resource, options, have ? &cached.access_token : nullptr, false, logs);
+    if (result) store_token(st, key, *result, logs);
+    st.emit(logs);
     return result;
   }
 
   AuthResult cached;
   cached.token_source = TokenSource::Cache;
-  switch (cache.find(key, st.hit_now(), cached)) {
+  const SysClock::time_point now = st.hit_now();
+  switch (cache.find(key, now, cached)) {
     case TokenCache::Hit::fresh:
       cached.resource.assign(resource);
       return Result<AuthResult>(std::move(cached));
-    case TokenCache::Hit::refresh: {
+    case TokenCache::Hit::refresh:
       // This caller refreshes; the others keep getting the cached token meanwhile.
-      Result<AuthResult> result = fetch_token(st, ctx, resource, options, &cached.access_token);
-      if (result) store_token(st, key, *result);
-      cache.end_refresh(key);
-      if (result) return result;
-      st.log(LogLevel::Warning, cat({"proactive token refresh failed, using the cached token until it expires: ",
-                                     result.error().message()}));
-      cached.resource.assign(resource);
-      return Result<AuthResult>(std::move(cached));
-    }
+      return refresh_token(st, ctx, key, options, std::move(cached), now);
     case TokenCache::Hit::miss: break;
   }
 
@@ -456,9 +573,14 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
       return Result<AuthResult>(std::move(cached));
     }
     if (leader) {
-      Result<AuthResult> result = fetch_token(st, ctx, resource, options, nullptr);
-      if (result) store_token(st, key, *result);
-      cache.land(flight, result, context_status(ctx) != ContextStatus::ok);
+      // Lines are logged only once the flight has landed: a logger that calls AcquireToken
+      // for this key would otherwise wait on its own thread's flight.
+      FlightLanding landing(cache, flight);
+      LogLines logs;
+      Result<AuthResult> result = fetch_token(st, ctx, resource, options, nullptr, false, logs);
+      if (result) store_token(st, key, *result, logs);
+      landing.land(result, context_status(ctx) != ContextStatus::ok);
+      st.emit(logs);
       return result;
     }
     std::unique_lock<std::mutex> lock(flight->mutex);
@@ -614,6 +736,8 @@ Result<AuthResult> Client::AcquireToken(const Context& ctx, std::string_view res
 
 Source Client::source() const noexcept { return state_->source; }
 const ID& Client::id() const noexcept { return state_->id; }
+
+bool Error::retryable() const noexcept { return detail::retryable_outcome(source_, code_, status_code_); }
 
 }  // namespace v1
 }  // namespace mi

@@ -10,11 +10,9 @@ struct ErrorAccess {
   MI_DETAIL_COLD static Error make(Errc code, std::string message, Source source = Source::DefaultToIMDS) {
     Error e(code, std::move(message));
     e.source_ = source;
-    e.retryable_ = code == Errc::network || code == Errc::timeout;
     return e;
   }
   static void set_status(Error& e, int status) { e.status_code_ = status; }
-  static void set_retryable(Error& e, bool retryable) { e.retryable_ = retryable; }
   static void set_source(Error& e, Source source) { e.source_ = source; }
   static void set_server_details(Error& e, std::string code, std::string description, std::string correlation_id) {
     e.error_code_ = std::move(code);

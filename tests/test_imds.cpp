@@ -423,9 +423,16 @@ TEST_CASE("a failing proactive refresh returns the cached token and logs the fai
   bool logged = false;
   for (const auto& l : *logs) logged = logged || l.find("refresh") != std::string::npos;
   CHECK(logged);
-  // The failed refresh released its claim: the next call past refresh time tries again.
+  // The failed refresh released its claim, and the key cools down for 30 s: the next call
+  // gets the cached token without a request, and the first one after the cool-down tries again.
   auto third = client->AcquireToken(mi::Context::Background(), "https://refresh-fail");
   REQUIRE(third);
+  CHECK(third->token_source == mi::TokenSource::Cache);
+  CHECK(fx.server.request_count() == 2);
+  offset->store(150);
+  auto fourth = client->AcquireToken(mi::Context::Background(), "https://refresh-fail");
+  REQUIRE(fourth);
+  CHECK(fourth->token_source == mi::TokenSource::Cache);
   CHECK(fx.server.request_count() == 3);
 }
 
