@@ -870,8 +870,25 @@ inline SysClock::time_point coarse_now() noexcept {
   return SysClock::now();
 }
 
-inline SysClock::time_point from_unix_seconds(int64_t s) {
-  return SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(s)));
+// The whole seconds around the epoch that SysClock can hold. Where it counts nanoseconds
+// in 64 bits (libstdc++, libc++ on Linux) that is only the years 1678 to 2262: converting
+// a date outside them would overflow, so every conversion goes through the check below.
+constexpr int64_t kClockMaxSeconds =
+    static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count());
+constexpr int64_t kClockMinSeconds =
+    static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::min()).count());
+
+// Seconds since the epoch as a time point; false (and `out` untouched) outside the clock's range.
+inline bool from_unix_seconds(int64_t s, SysClock::time_point& out) noexcept {
+  if (s < kClockMinSeconds || s > kClockMaxSeconds) return false;
+  out = SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(s)));
+  return true;
+}
+// The same, saturating at the ends of the clock's range (for values known to be in it).
+inline SysClock::time_point from_unix_seconds(int64_t s) noexcept {
+  SysClock::time_point out;
+  if (!from_unix_seconds(s, out)) out = s < 0 ? SysClock::time_point::min() : SysClock::time_point::max();
+  return out;
 }
 inline int64_t to_unix_seconds(SysClock::time_point t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
@@ -3538,10 +3555,7 @@ struct ErrorBody {
 
 // The latest instant (in seconds since the epoch) accepted anywhere: 9999-12-31T23:59:59Z,
 // or less where SysClock cannot represent that (libstdc++'s nanoseconds end in 2262).
-constexpr int64_t kMaxEpochSeconds =
-    std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count() - 1 < 253402300799
-        ? std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count() - 1
-        : 253402300799;
+constexpr int64_t kMaxEpochSeconds = kClockMaxSeconds - 1 < 253402300799 ? kClockMaxSeconds - 1 : 253402300799;
 
 // A non-negative decimal in JSON number form (leading zeros tolerated, as numeric strings
 // carry them), fraction and exponent allowed, truncated toward zero to whole seconds.
@@ -3710,11 +3724,8 @@ bool us(std::string_view s, int64_t& out) noexcept {
 // fraction and a zone; M/d/yyyy h:mm:ss with optional AM/PM and offset; yyyy-MM-dd HH:mm:ss.
 bool parse_expires_on(std::string_view text, SysClock::time_point& out) {
   int64_t seconds = 0;
-  if (parse_seconds_text(text, seconds) || date_parse::iso(text, seconds) || date_parse::us(text, seconds)) {
-    out = from_unix_seconds(seconds);
-    return true;
-  }
-  return false;
+  return (parse_seconds_text(text, seconds) || date_parse::iso(text, seconds) || date_parse::us(text, seconds)) &&
+         from_unix_seconds(seconds, out);
 }
 
 Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time_point now) {
@@ -3744,8 +3755,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   bool have_expiry = false;
   if (const JsonValue* on = root.find("expires_on")) {
     int64_t seconds = 0;
-    if (on->is_number() && parse_seconds_text(on->text, seconds)) {
-      out.expires_on = from_unix_seconds(seconds);
+    if (on->is_number() && parse_seconds_text(on->text, seconds) && from_unix_seconds(seconds, out.expires_on)) {
       have_expiry = true;
     } else if (on->is_string() && parse_expires_on(on->text, out.expires_on)) {
       have_expiry = true;
@@ -4712,8 +4722,9 @@ MI_DETAIL_COLD bool parse_http_date(std::string_view text, SysClock::time_point&
     if (rest.substr(3, 3) == months[i]) month = i + 1;
   if (month == 0 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) return false;
   int64_t days = days_from_civil(year, month, static_cast<unsigned>(day));
-  out = from_unix_seconds(days * 86400 + hour * 3600 + minute * 60 + second);
-  return true;
+  // A year the clock cannot hold (before 1678 or after 2262 with a nanosecond clock) is
+  // not a date the server can mean: ignored, like any other unusable value.
+  return from_unix_seconds(days * 86400 + hour * 3600 + minute * 60 + second, out);
 }
 
 // Retry-After as a wait from `now`: seconds or an HTTP-date; false when absent or unusable.
@@ -4728,7 +4739,11 @@ MI_DETAIL_COLD bool retry_after(const HttpResponse& response, SysClock::time_poi
     }
     SysClock::time_point when;
     if (parse_http_date(value, when)) {
-      wait = when <= now ? Millis(0) : std::chrono::duration_cast<Millis>(when - now);
+      // when - now could overflow (a date near one end of the clock, `now` near the
+      // other): compared in whole seconds first, anything past the cap waits the cap.
+      if (when <= now) wait = Millis(0);
+      else if (to_unix_seconds(when) - to_unix_seconds(now) > kMaxRetryWait.count() / 1000) wait = kMaxRetryWait;
+      else wait = std::chrono::duration_cast<Millis>(when - now);
       return true;
     }
     return false;

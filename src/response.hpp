@@ -22,10 +22,7 @@ struct ErrorBody {
 
 // The latest instant (in seconds since the epoch) accepted anywhere: 9999-12-31T23:59:59Z,
 // or less where SysClock cannot represent that (libstdc++'s nanoseconds end in 2262).
-constexpr int64_t kMaxEpochSeconds =
-    std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count() - 1 < 253402300799
-        ? std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count() - 1
-        : 253402300799;
+constexpr int64_t kMaxEpochSeconds = kClockMaxSeconds - 1 < 253402300799 ? kClockMaxSeconds - 1 : 253402300799;
 
 // A non-negative decimal in JSON number form (leading zeros tolerated, as numeric strings
 // carry them), fraction and exponent allowed, truncated toward zero to whole seconds.
@@ -194,11 +191,8 @@ bool us(std::string_view s, int64_t& out) noexcept {
 // fraction and a zone; M/d/yyyy h:mm:ss with optional AM/PM and offset; yyyy-MM-dd HH:mm:ss.
 bool parse_expires_on(std::string_view text, SysClock::time_point& out) {
   int64_t seconds = 0;
-  if (parse_seconds_text(text, seconds) || date_parse::iso(text, seconds) || date_parse::us(text, seconds)) {
-    out = from_unix_seconds(seconds);
-    return true;
-  }
-  return false;
+  return (parse_seconds_text(text, seconds) || date_parse::iso(text, seconds) || date_parse::us(text, seconds)) &&
+         from_unix_seconds(seconds, out);
 }
 
 Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time_point now) {
@@ -228,8 +222,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   bool have_expiry = false;
   if (const JsonValue* on = root.find("expires_on")) {
     int64_t seconds = 0;
-    if (on->is_number() && parse_seconds_text(on->text, seconds)) {
-      out.expires_on = from_unix_seconds(seconds);
+    if (on->is_number() && parse_seconds_text(on->text, seconds) && from_unix_seconds(seconds, out.expires_on)) {
       have_expiry = true;
     } else if (on->is_string() && parse_expires_on(on->text, out.expires_on)) {
       have_expiry = true;

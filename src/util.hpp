@@ -311,8 +311,25 @@ inline SysClock::time_point coarse_now() noexcept {
   return SysClock::now();
 }
 
-inline SysClock::time_point from_unix_seconds(int64_t s) {
-  return SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(s)));
+// The whole seconds around the epoch that SysClock can hold. Where it counts nanoseconds
+// in 64 bits (libstdc++, libc++ on Linux) that is only the years 1678 to 2262: converting
+// a date outside them would overflow, so every conversion goes through the check below.
+constexpr int64_t kClockMaxSeconds =
+    static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count());
+constexpr int64_t kClockMinSeconds =
+    static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::min()).count());
+
+// Seconds since the epoch as a time point; false (and `out` untouched) outside the clock's range.
+inline bool from_unix_seconds(int64_t s, SysClock::time_point& out) noexcept {
+  if (s < kClockMinSeconds || s > kClockMaxSeconds) return false;
+  out = SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(s)));
+  return true;
+}
+// The same, saturating at the ends of the clock's range (for values known to be in it).
+inline SysClock::time_point from_unix_seconds(int64_t s) noexcept {
+  SysClock::time_point out;
+  if (!from_unix_seconds(s, out)) out = s < 0 ? SysClock::time_point::min() : SysClock::time_point::max();
+  return out;
 }
 inline int64_t to_unix_seconds(SysClock::time_point t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
