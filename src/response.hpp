@@ -195,13 +195,23 @@ bool parse_expires_on(std::string_view text, SysClock::time_point& out) {
          from_unix_seconds(seconds, out);
 }
 
+// The members of a token response that are read; nothing else of the body is built.
+bool token_member(int depth, std::string_view name) noexcept {
+  static const char* const names[] = {"access_token", "token_type", "resource",   "expires_on", "expires_in",
+                                      "refresh_in",   "client_id",  "object_id", "msi_res_id", "mi_res_id"};
+  if (depth != 0) return false;
+  for (const char* n : names)
+    if (name == n) return true;
+  return false;
+}
+
 Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time_point now) {
   if (trim(body).empty())
     return make_error(Errc::invalid_response, "the token response is empty (a success status with no body)");
   JsonValue root;
   std::string why;
   size_t at = 0;
-  if (!parse_json(body, root, why, at))
+  if (!parse_json_kept(body, &token_member, root, why, at))
     return make_error(Errc::invalid_response, cat({"the token response is not valid JSON (at byte ",
                                                    num(static_cast<long long>(at)), "): ", why}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
@@ -267,7 +277,14 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   JsonValue root;
   std::string why;
   size_t at = 0;
-  if (!parse_json(body, root, why, at)) return out;
+  // Only the members read below are built: the root's, and those of a nested "error" object.
+  JsonKeep keep = [](int depth, std::string_view name) noexcept {
+    if (depth == 0)
+      return name == "error" || name == "error_description" || name == "message" || name == "correlation_id" ||
+             name == "correlationId";
+    return depth == 1 && (name == "code" || name == "message" || name == "correlationId");
+  };
+  if (!parse_json_kept(body, keep, root, why, at)) return out;
   out.json = true;
   if (!root.is_object()) return out;
   auto text = [](const JsonValue* v) -> std::string { return v != nullptr && v->is_string() ? v->text : std::string(); };

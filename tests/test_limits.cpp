@@ -299,7 +299,7 @@ std::string deep_groups(int levels_in_group) {
 }
 
 struct Shape {
-  const char* name;
+  std::string name;
   std::string body;
 };
 
@@ -317,8 +317,8 @@ std::vector<Shape> hostile_values(size_t room) {
   };
   std::string deep;
   {
-    // Groups nested 62 deep inside the member's array (which is at depth 2): 64 in all.
-    const std::string group = std::string(62, '[') + std::string(62, ']');
+    // Groups nested 61 deep in an array: 64 in all inside {"error":{"message":...}}.
+    const std::string group = std::string(61, '[') + std::string(61, ']');
     deep = sized("[", group, "]");
   }
   return {
@@ -344,6 +344,42 @@ long long peak_raise(F&& parse) {
   return heap::peak.load() - base;
 }
 }  // namespace
+
+TEST_CASE("the filtered parse builds only the kept members, first of each name, and checks everything") {
+  using mi::detail::JsonValue;
+  mi::detail::JsonKeep keep = [](int depth, std::string_view name) noexcept {
+    return (depth == 0 && (name == "a" || name == "o")) || (depth == 1 && name == "k");
+  };
+  JsonValue v;
+  std::string message;
+  size_t offset = 0;
+  REQUIRE(mi::detail::parse_json_kept(
+      R"({"x":[1,{"a":2}],"\u0061":"first","a":"second","o":{"k":[3],"z":4,"k":5},"b":"\n"})", keep, v, message,
+      offset));
+  REQUIRE(v.members.size() == 2);
+  CHECK(v.find("a")->text == "first");  // the name decoded, the first occurrence kept
+  const JsonValue* o = v.find("o");
+  REQUIRE(o != nullptr);
+  REQUIRE(o->is_object());
+  REQUIRE(o->members.size() == 1);
+  CHECK(o->find("k")->is_array());  // its type, not its elements
+  CHECK(o->find("k")->items.empty());
+  // Whatever is not built is still checked, with the full parser's message and offset.
+  for (const char* bad : {R"({"x":[01]})", R"({"x":{"y":"\q"}})", R"({"a":1,"x":[1,]})", "{\"x\":\"\xc3\"}",
+                          R"({"x":"\ud800"})", R"({"a":1} x)"}) {
+    CAPTURE(bad);
+    JsonValue full;
+    std::string full_message;
+    size_t full_offset = 0;
+    CHECK_FALSE(mi::detail::parse_json(bad, full, full_message, full_offset));
+    CHECK_FALSE(mi::detail::parse_json_kept(bad, keep, v, message, offset));
+    CHECK(message == full_message);
+    CHECK(offset == full_offset);
+  }
+  // The nesting limit counts what is skipped too.
+  const std::string deep = "{\"x\":" + std::string(64, '[') + std::string(64, ']') + "}";
+  CHECK_FALSE(mi::detail::parse_json_kept(deep, keep, v, message, offset));
+}
 
 TEST_CASE("the heap counter sees allocations (also under ASan)") {
   long long raise = peak_raise([] { std::vector<char> v(1 << 20); (void)v; });
