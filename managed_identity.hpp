@@ -800,8 +800,7 @@ std::string env(const char* name) {
 
 // Request ids and retry jitter need uniqueness, not secrecy: a splitmix64 stream seeded
 // once from the OS's random source where it is cheap to read, mixed with time and addresses.
-inline uint64_t splitmix64(uint64_t& state) noexcept {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+inline uint64_t splitmix64_mix(uint64_t z) noexcept {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
@@ -824,11 +823,41 @@ uint64_t random_seed() {
   return seed;
 }
 
+// The stream's position, advanced atomically (splitmix64 needs nothing else), so no lock:
+// a fork() while another thread draws leaves nothing held in the child. Constant-initialised
+// (no guard) and trivially destroyed, so it is usable at any time, from any thread.
+struct RandomState {
+  std::atomic<uint64_t> position{0};
+  std::atomic<bool> seeded{false};
+  std::atomic<bool> fork_handler{false};
+};
+inline RandomState& random_state() noexcept {
+  static RandomState state;
+  return state;
+}
+
+#if !MI_DETAIL_WINDOWS
+// A forked child starts with a copy of the parent's position: without a new seed both
+// would send the same request ids and wait the same jitter. Runs in the child right after
+// fork(), where only async-signal-safe calls are allowed: random_seed makes only those
+// (clock reads, open, read, close).
+inline void random_reseed_in_child() noexcept { random_state().position.store(random_seed(), std::memory_order_relaxed); }
+#endif
+
+MI_DETAIL_COLD void random_first_seed(RandomState& s) {
+  // Threads racing to the first draw each store a seed; any of them will do.
+  s.position.store(random_seed(), std::memory_order_relaxed);
+#if !MI_DETAIL_WINDOWS  // Windows has no fork()
+  if (!s.fork_handler.exchange(true)) ::pthread_atfork(nullptr, nullptr, &random_reseed_in_child);
+#endif
+  s.seeded.store(true, std::memory_order_release);
+}
+
 uint64_t random_u64() {
-  static std::mutex mutex;
-  static uint64_t state = random_seed();
-  std::lock_guard<std::mutex> lock(mutex);
-  return splitmix64(state);
+  RandomState& s = random_state();
+  if (!s.seeded.load(std::memory_order_acquire)) random_first_seed(s);
+  uint64_t z = s.position.fetch_add(0x9e3779b97f4a7c15ull, std::memory_order_relaxed) + 0x9e3779b97f4a7c15ull;
+  return splitmix64_mix(z);
 }
 
 // A random (version 4, RFC 9562) UUID in lowercase 8-4-4-4-12 form.
@@ -918,8 +947,25 @@ inline SysClock::time_point coarse_now() noexcept {
   return SysClock::now();
 }
 
-inline SysClock::time_point from_unix_seconds(int64_t s) {
-  return SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(s)));
+// The whole seconds around the epoch that SysClock can hold. Where it counts nanoseconds
+// in 64 bits (libstdc++, libc++ on Linux) that is only the years 1678 to 2262: converting
+// a date outside them would overflow, so every conversion goes through the check below.
+constexpr int64_t kClockMaxSeconds =
+    static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count());
+constexpr int64_t kClockMinSeconds =
+    static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::min()).count());
+
+// Seconds since the epoch as a time point; false (and `out` untouched) outside the clock's range.
+inline bool from_unix_seconds(int64_t s, SysClock::time_point& out) noexcept {
+  if (s < kClockMinSeconds || s > kClockMaxSeconds) return false;
+  out = SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(s)));
+  return true;
+}
+// The same, saturating at the ends of the clock's range (for values known to be in it).
+inline SysClock::time_point from_unix_seconds(int64_t s) noexcept {
+  SysClock::time_point out;
+  if (!from_unix_seconds(s, out)) out = s < 0 ? SysClock::time_point::min() : SysClock::time_point::max();
+  return out;
 }
 inline int64_t to_unix_seconds(SysClock::time_point t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
@@ -946,6 +992,11 @@ inline int64_t days_from_civil(int64_t y, unsigned m, unsigned d) noexcept {
 // (surrogate pairs joined, lone ones rejected), numbers kept as their literal
 // text, nesting limited to kMaxJsonDepth before recursing. Error messages give
 // a byte offset and never quote the input (it may hold a token).
+//
+// A tree of every value costs about 90 bytes per value, so a 1 MiB body of tiny values
+// ("[0,0,...]") would cost some 45 MB. Bodies from the network are therefore parsed with
+// a filter (parse_json_kept): the whole grammar is still checked, but only the members
+// the caller reads are built; everything else is validated and dropped on the fly.
 
 namespace mi {
 inline namespace v1 {
@@ -996,10 +1047,14 @@ const JsonValue* JsonValue::find(std::string_view key) const noexcept {
 
 constexpr int kMaxJsonDepth = 64;
 
+// Which object members to build: called with the object's depth (0 for the root) and the
+// member's decoded name. Array elements are never built under a filter.
+using JsonKeep = bool (*)(int depth, std::string_view name) noexcept;
+
 class JsonParser {
  public:
-  explicit JsonParser(std::string_view text) noexcept
-      : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()) {}
+  explicit JsonParser(std::string_view text, JsonKeep keep = nullptr) noexcept
+      : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()), keep_(keep) {}
 
   // Parses the whole input as one document; on failure error() and offset() say why and where.
   bool parse_document(JsonValue& out);
@@ -1015,12 +1070,13 @@ class JsonParser {
   void skip_whitespace() noexcept {
     while (p_ < end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
   }
-  bool parse_value(JsonValue& out, int depth);
-  bool parse_array(JsonValue& out, int depth);
-  bool parse_object(JsonValue& out, int depth);
-  bool parse_string(std::string& out);
+  // A null `out` checks the value without building it.
+  bool parse_value(JsonValue* out, int depth);
+  bool parse_array(JsonValue* out, int depth);
+  bool parse_object(JsonValue* out, int depth);
+  bool parse_string(std::string* out);
   bool parse_escaped(std::string& out, const char* start);
-  bool parse_number(JsonValue& out);
+  bool parse_number(JsonValue* out);
   bool parse_literal(const char* word, size_t length);
   bool parse_hex4(const char* at, unsigned& out) noexcept;
   bool skip_utf8_sequence() noexcept;
@@ -1030,26 +1086,38 @@ class JsonParser {
   const char* end_;
   const char* error_ = nullptr;
   size_t offset_ = 0;
+  JsonKeep keep_;        // nullptr: build everything
+  std::string scratch_;  // names under a filter and escaped strings that are dropped, reused
 };
 
 bool JsonParser::parse_document(JsonValue& out) {
   out = JsonValue();
   skip_whitespace();
-  if (!parse_value(out, 0)) return false;
+  if (!parse_value(&out, 0)) return false;
   skip_whitespace();
   if (p_ != end_) return fail("unexpected data after the JSON document", p_);
   return true;
 }
 
-bool JsonParser::parse_value(JsonValue& out, int depth) {
+bool JsonParser::parse_value(JsonValue* out, int depth) {
   if (p_ == end_) return fail("unexpected end of input, expected a value", p_);
   switch (*p_) {
     case '{': return parse_object(out, depth);
     case '[': return parse_array(out, depth);
-    case '"': out.type = JsonValue::Type::String; return parse_string(out.text);
-    case 't': out.type = JsonValue::Type::Bool; out.boolean = true; return parse_literal("true", 4);
-    case 'f': out.type = JsonValue::Type::Bool; out.boolean = false; return parse_literal("false", 5);
-    case 'n': out.type = JsonValue::Type::Null; return parse_literal("null", 4);
+    case '"':
+      if (out == nullptr) return parse_string(nullptr);
+      out->type = JsonValue::Type::String;
+      return parse_string(&out->text);
+    case 't':
+    case 'f':
+      if (out != nullptr) {
+        out->type = JsonValue::Type::Bool;
+        out->boolean = *p_ == 't';
+      }
+      return *p_ == 't' ? parse_literal("true", 4) : parse_literal("false", 5);
+    case 'n':
+      if (out != nullptr) out->type = JsonValue::Type::Null;
+      return parse_literal("null", 4);
     default:
       if (*p_ == '-' || (*p_ >= '0' && *p_ <= '9')) return parse_number(out);
       return fail("unexpected character, expected a value", p_);
@@ -1069,7 +1137,7 @@ bool JsonParser::parse_literal(const char* word, size_t length) {
   return true;
 }
 
-bool JsonParser::parse_number(JsonValue& out) {
+bool JsonParser::parse_number(JsonValue* out) {
   const char* start = p_;
   auto is_digit = [this]() noexcept { return p_ < end_ && *p_ >= '0' && *p_ <= '9'; };
   if (*p_ == '-') ++p_;
@@ -1091,8 +1159,10 @@ bool JsonParser::parse_number(JsonValue& out) {
     if (!is_digit()) return fail(p_ == end_ ? "unexpected end of input in a number" : "invalid number", p_);
     while (is_digit()) ++p_;
   }
-  out.type = JsonValue::Type::Number;
-  out.text.assign(start, static_cast<size_t>(p_ - start));
+  if (out != nullptr) {
+    out->type = JsonValue::Type::Number;
+    out->text.assign(start, static_cast<size_t>(p_ - start));
+  }
   return true;
 }
 
@@ -1144,18 +1214,18 @@ bool JsonParser::skip_utf8_sequence() noexcept {
   return true;
 }
 
-bool JsonParser::parse_string(std::string& out) {
+bool JsonParser::parse_string(std::string* out) {
   ++p_;  // the opening quote
   const char* start = p_;
   // Fast path: no escapes, so the value is the raw bytes (validated in place).
   while (p_ < end_) {
     unsigned char c = static_cast<unsigned char>(*p_);
     if (c == '"') {
-      out.assign(start, static_cast<size_t>(p_ - start));
+      if (out != nullptr) out->assign(start, static_cast<size_t>(p_ - start));
       ++p_;
       return true;
     }
-    if (c == '\\') return parse_escaped(out, start);
+    if (c == '\\') return parse_escaped(out != nullptr ? *out : scratch_, start);
     if (c < 0x20) return fail("unescaped control character in a string", p_);
     if (c < 0x80) {
       ++p_;
@@ -1248,18 +1318,23 @@ bool JsonParser::parse_escaped(std::string& out, const char* start) {
   return fail("unexpected end of input in a string", end_);
 }
 
-bool JsonParser::parse_array(JsonValue& out, int depth) {
+bool JsonParser::parse_array(JsonValue* out, int depth) {
   if (depth >= kMaxJsonDepth) return fail("JSON nested too deeply", p_);
   ++p_;  // '['
-  out.type = JsonValue::Type::Array;
+  if (out != nullptr) out->type = JsonValue::Type::Array;
+  if (keep_ != nullptr) out = nullptr;  // elements are checked, not built
   skip_whitespace();
   if (p_ < end_ && *p_ == ']') {
     ++p_;
     return true;
   }
   for (;;) {
-    out.items.emplace_back();
-    if (!parse_value(out.items.back(), depth + 1)) return false;
+    JsonValue* item = nullptr;
+    if (out != nullptr) {
+      out->items.emplace_back();
+      item = &out->items.back();
+    }
+    if (!parse_value(item, depth + 1)) return false;
     skip_whitespace();
     if (p_ == end_) return fail("unexpected end of input in an array", p_);
     if (*p_ == ']') {
@@ -1272,10 +1347,10 @@ bool JsonParser::parse_array(JsonValue& out, int depth) {
   }
 }
 
-bool JsonParser::parse_object(JsonValue& out, int depth) {
+bool JsonParser::parse_object(JsonValue* out, int depth) {
   if (depth >= kMaxJsonDepth) return fail("JSON nested too deeply", p_);
   ++p_;  // '{'
-  out.type = JsonValue::Type::Object;
+  if (out != nullptr) out->type = JsonValue::Type::Object;
   skip_whitespace();
   if (p_ < end_ && *p_ == '}') {
     ++p_;
@@ -1284,15 +1359,29 @@ bool JsonParser::parse_object(JsonValue& out, int depth) {
   for (;;) {
     if (p_ == end_) return fail("unexpected end of input in an object", p_);
     if (*p_ != '"') return fail("expected a string key in an object", p_);
-    out.members.emplace_back();
-    auto& member = out.members.back();
-    if (!parse_string(member.first)) return false;
+    JsonValue* value = nullptr;
+    if (out == nullptr) {
+      if (!parse_string(nullptr)) return false;
+    } else if (keep_ == nullptr) {
+      out->members.emplace_back();
+      auto& member = out->members.back();
+      if (!parse_string(&member.first)) return false;
+      value = &member.second;
+    } else {
+      // Only the first member of a kept name is built (find() returns the first anyway),
+      // so repeating a wanted name costs nothing either.
+      if (!parse_string(&scratch_)) return false;
+      if (keep_(depth, scratch_) && out->find(scratch_) == nullptr) {
+        out->members.emplace_back(scratch_, JsonValue());
+        value = &out->members.back().second;
+      }
+    }
     skip_whitespace();
     if (p_ == end_) return fail("unexpected end of input in an object", p_);
     if (*p_ != ':') return fail("expected ':' after an object key", p_);
     ++p_;
     skip_whitespace();
-    if (!parse_value(member.second, depth + 1)) return false;
+    if (!parse_value(value, depth + 1)) return false;
     skip_whitespace();
     if (p_ == end_) return fail("unexpected end of input in an object", p_);
     if (*p_ == '}') {
@@ -1310,6 +1399,18 @@ bool JsonParser::parse_object(JsonValue& out, int depth) {
 // and `offset` the byte where it was found.
 bool parse_json(std::string_view text, JsonValue& out, std::string& message, size_t& offset) {
   JsonParser parser(text);
+  if (parser.parse_document(out)) return true;
+  message = parser.error();
+  offset = parser.offset();
+  return false;
+}
+
+// As above for a body from the network: the grammar is checked in full, but only the
+// object members `keep` selects are built (under the root, and under a kept object), the
+// first of each name, and arrays stay empty. Memory beyond the input is then the kept text
+// and at most the longest string, whatever the body's shape.
+bool parse_json_kept(std::string_view text, JsonKeep keep, JsonValue& out, std::string& message, size_t& offset) {
+  JsonParser parser(text, keep);
   if (parser.parse_document(out)) return true;
   message = parser.error();
   offset = parser.offset();
@@ -2304,7 +2405,9 @@ struct AddrInfoGuard {
 // getaddrinfo cannot be interrupted, so a host name is looked up on a detached
 // thread while the caller waits in context slices: Cancel(), the context's deadline
 // and the connect timeout bound the wait. A lookup that outlives its caller
-// finishes alone; whoever drops the last reference frees the result.
+// finishes alone; whoever drops the last reference frees the result. At most
+// kMaxHostLookups such threads run at once: with a stalled resolver, callers that
+// give up would otherwise leave one more thread behind each time.
 #if !defined(MI_DETAIL_GETADDRINFO)
 #define MI_DETAIL_GETADDRINFO ::getaddrinfo  // the tests substitute a resolver that blocks
 #endif
@@ -2339,13 +2442,39 @@ struct HostLookup {
   }
 };
 
+constexpr int kMaxHostLookups = 4;
+
+struct HostLookupSlots {
+  std::mutex mutex;
+  std::condition_variable freed;
+  int busy = 0;  // lookups running (on a thread or inline)
+};
+
+// Never destroyed: a detached lookup may return its slot while the process exits.
+inline HostLookupSlots& host_lookup_slots() {
+  static HostLookupSlots* slots = new HostLookupSlots();
+  return *slots;
+}
+
+inline void release_host_lookup_slot() noexcept {
+  HostLookupSlots& slots = host_lookup_slots();
+  {
+    std::lock_guard<std::mutex> lock(slots.mutex);
+    --slots.busy;
+  }
+  slots.freed.notify_all();  // all: a woken waiter may leave (canceled) without taking it
+}
+
 #if MI_DETAIL_WINDOWS
 inline DWORD WINAPI host_lookup_main(LPVOID arg) {
 #else
 inline void* host_lookup_main(void* arg) {
 #endif
-  std::unique_ptr<std::shared_ptr<HostLookup>> lookup(static_cast<std::shared_ptr<HostLookup>*>(arg));
-  (*lookup)->run();
+  {
+    std::unique_ptr<std::shared_ptr<HostLookup>> lookup(static_cast<std::shared_ptr<HostLookup>*>(arg));
+    (*lookup)->run();
+  }
+  release_host_lookup_slot();
   return 0;
 }
 
@@ -2526,21 +2655,39 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     lookup->port = port_text;
     lookup->hints = hints;
     lookup->hints.ai_flags &= ~AI_NUMERICHOST;
-    if (!start_host_lookup(lookup)) lookup->run();  // no thread to spare: look up inline
-    std::unique_lock<std::mutex> lock(lookup->mutex);
-    while (!lookup->done) {
+    // One slice of a wait on `cv`, or false when the context or the connect timeout ends it.
+    auto wait_slice = [&](std::unique_lock<std::mutex>& lock, std::condition_variable& cv) {
       status = context_status(ctx);
-      if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"resolving the host name ", url.host});
+      if (status != ContextStatus::ok) return false;
       SteadyClock::time_point now = SteadyClock::now();
-      if (now >= until)
-        return failure<socket_handle>(Errc::timeout, {"resolving the host name ", url.host, " timed out after ",
-                                                      num(connect_timeout.count()),
-                                                      " ms: check the endpoint URL and this machine's DNS settings"});
+      if (now >= until) return false;
       Millis slice = time_left(ctx, kContextSlice);
       if (until != SteadyClock::time_point::max())
         slice = std::min(slice, std::chrono::duration_cast<Millis>(until - now) + Millis(1));
-      lookup->finished.wait_for(lock, slice);
+      cv.wait_for(lock, slice);
+      return true;
+    };
+    auto wait_ended = [&](const char* busy) {
+      if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"resolving the host name ", url.host});
+      return failure<socket_handle>(Errc::timeout, {"resolving the host name ", url.host, " timed out after ",
+                                                    num(connect_timeout.count()), " ms", busy,
+                                                    ": check the endpoint URL and this machine's DNS settings"});
+    };
+    {
+      HostLookupSlots& slots = host_lookup_slots();
+      std::unique_lock<std::mutex> lock(slots.mutex);
+      while (slots.busy >= kMaxHostLookups)
+        if (!wait_slice(lock, slots.freed))
+          return wait_ended(" (all lookup threads were busy)");
+      ++slots.busy;
     }
+    if (!start_host_lookup(lookup)) {  // no thread to spare: look up inline
+      lookup->run();
+      release_host_lookup_slot();
+    }
+    std::unique_lock<std::mutex> lock(lookup->mutex);
+    while (!lookup->done)
+      if (!wait_slice(lock, lookup->finished)) return wait_ended("");
     rc = lookup->rc;
     sys_error = lookup->sys_error;
     addresses.list = lookup->list;
@@ -3629,10 +3776,7 @@ struct ErrorBody {
 
 // The latest instant (in seconds since the epoch) accepted anywhere: 9999-12-31T23:59:59Z,
 // or less where SysClock cannot represent that (libstdc++'s nanoseconds end in 2262).
-constexpr int64_t kMaxEpochSeconds =
-    std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count() - 1 < 253402300799
-        ? std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count() - 1
-        : 253402300799;
+constexpr int64_t kMaxEpochSeconds = kClockMaxSeconds - 1 < 253402300799 ? kClockMaxSeconds - 1 : 253402300799;
 
 // A non-negative decimal in JSON number form (leading zeros tolerated, as numeric strings
 // carry them), fraction and exponent allowed, truncated toward zero to whole seconds.
@@ -3816,10 +3960,17 @@ bool us(std::string_view s, int64_t& out) noexcept {
 // fraction and a zone; M/d/yyyy h:mm:ss with optional AM/PM and offset; yyyy-MM-dd HH:mm:ss.
 bool parse_expires_on(std::string_view text, SysClock::time_point& out) {
   int64_t seconds = 0;
-  if (parse_seconds_text(text, seconds) || date_parse::iso(text, seconds) || date_parse::us(text, seconds)) {
-    out = from_unix_seconds(seconds);
-    return true;
-  }
+  return (parse_seconds_text(text, seconds) || date_parse::iso(text, seconds) || date_parse::us(text, seconds)) &&
+         from_unix_seconds(seconds, out);
+}
+
+// The members of a token response that are read; nothing else of the body is built.
+bool token_member(int depth, std::string_view name) noexcept {
+  static const char* const names[] = {"access_token", "token_type", "resource",   "expires_on", "expires_in",
+                                      "refresh_in",   "client_id",  "object_id", "msi_res_id", "mi_res_id"};
+  if (depth != 0) return false;
+  for (const char* n : names)
+    if (name == n) return true;
   return false;
 }
 
@@ -3829,7 +3980,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   JsonValue root;
   std::string why;
   size_t at = 0;
-  if (!parse_json(body, root, why, at))
+  if (!parse_json_kept(body, &token_member, root, why, at))
     return make_error(Errc::invalid_response, cat({"the token response is not valid JSON (at byte ",
                                                    num(static_cast<long long>(at)), "): ", why}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
@@ -3854,8 +4005,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   bool have_expiry = false;
   if (const JsonValue* on = root.find("expires_on")) {
     int64_t seconds = 0;
-    if (on->is_number() && parse_seconds_text(on->text, seconds)) {
-      out.expires_on = from_unix_seconds(seconds);
+    if (on->is_number() && parse_seconds_text(on->text, seconds) && from_unix_seconds(seconds, out.expires_on)) {
       have_expiry = true;
     } else if (on->is_string() && parse_expires_on(on->text, out.expires_on)) {
       have_expiry = true;
@@ -3904,7 +4054,14 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   JsonValue root;
   std::string why;
   size_t at = 0;
-  if (!parse_json(body, root, why, at)) return out;
+  // Only the members read below are built: the root's, and those of a nested "error" object.
+  JsonKeep keep = [](int depth, std::string_view name) noexcept {
+    if (depth == 0)
+      return name == "error" || name == "error_description" || name == "message" || name == "correlation_id" ||
+             name == "correlationId";
+    return depth == 1 && (name == "code" || name == "message" || name == "correlationId");
+  };
+  if (!parse_json_kept(body, keep, root, why, at)) return out;
   out.json = true;
   if (!root.is_object()) return out;
   auto text = [](const JsonValue* v) -> std::string { return v != nullptr && v->is_string() ? v->text : std::string(); };
@@ -4416,6 +4573,18 @@ MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Erro
     error = arc_error({"the key file '", shown, "' could not be read"});
     return false;
   }
+  // The contents go into a header value as they are: an empty key would send a bare
+  // "Basic ", and a control byte (a trailing newline from an editor, say) or a non-ASCII
+  // one cannot be sent at all. Neither is a key the agent wrote.
+  const char* problem = key.empty() ? "' is empty" : nullptr;
+  for (char ch : key)
+    if (ch < 0x20 || ch > 0x7e) problem = "' holds a byte outside printable ASCII (a trailing newline, for instance)";
+  if (problem != nullptr) {
+    std::fill(key.begin(), key.end(), '\0');
+    key.clear();
+    error = arc_error({"the key file '", shown, problem});
+    return false;
+  }
   return true;
 }
 
@@ -4918,8 +5087,9 @@ MI_DETAIL_COLD bool parse_http_date(std::string_view text, SysClock::time_point&
     if (rest.substr(3, 3) == months[i]) month = i + 1;
   if (month == 0 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) return false;
   int64_t days = days_from_civil(year, month, static_cast<unsigned>(day));
-  out = from_unix_seconds(days * 86400 + hour * 3600 + minute * 60 + second);
-  return true;
+  // A year the clock cannot hold (before 1678 or after 2262 with a nanosecond clock) is
+  // not a date the server can mean: ignored, like any other unusable value.
+  return from_unix_seconds(days * 86400 + hour * 3600 + minute * 60 + second, out);
 }
 
 // Retry-After as a wait from `now`: seconds or an HTTP-date; false when absent or unusable.
@@ -4934,7 +5104,11 @@ MI_DETAIL_COLD bool retry_after(const HttpResponse& response, SysClock::time_poi
     }
     SysClock::time_point when;
     if (parse_http_date(value, when)) {
-      wait = when <= now ? Millis(0) : std::chrono::duration_cast<Millis>(when - now);
+      // when - now could overflow (a date near one end of the clock, `now` near the
+      // other): compared in whole seconds first, anything past the cap waits the cap.
+      if (when <= now) wait = Millis(0);
+      else if (to_unix_seconds(when) - to_unix_seconds(now) > kMaxRetryWait.count() / 1000) wait = kMaxRetryWait;
+      else wait = std::chrono::duration_cast<Millis>(when - now);
       return true;
     }
     return false;

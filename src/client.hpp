@@ -114,8 +114,9 @@ MI_DETAIL_COLD bool parse_http_date(std::string_view text, SysClock::time_point&
     if (rest.substr(3, 3) == months[i]) month = i + 1;
   if (month == 0 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) return false;
   int64_t days = days_from_civil(year, month, static_cast<unsigned>(day));
-  out = from_unix_seconds(days * 86400 + hour * 3600 + minute * 60 + second);
-  return true;
+  // A year the clock cannot hold (before 1678 or after 2262 with a nanosecond clock) is
+  // not a date the server can mean: ignored, like any other unusable value.
+  return from_unix_seconds(days * 86400 + hour * 3600 + minute * 60 + second, out);
 }
 
 // Retry-After as a wait from `now`: seconds or an HTTP-date; false when absent or unusable.
@@ -130,7 +131,11 @@ MI_DETAIL_COLD bool retry_after(const HttpResponse& response, SysClock::time_poi
     }
     SysClock::time_point when;
     if (parse_http_date(value, when)) {
-      wait = when <= now ? Millis(0) : std::chrono::duration_cast<Millis>(when - now);
+      // when - now could overflow (a date near one end of the clock, `now` near the
+      // other): compared in whole seconds first, anything past the cap waits the cap.
+      if (when <= now) wait = Millis(0);
+      else if (to_unix_seconds(when) - to_unix_seconds(now) > kMaxRetryWait.count() / 1000) wait = kMaxRetryWait;
+      else wait = std::chrono::duration_cast<Millis>(when - now);
       return true;
     }
     return false;

@@ -4,6 +4,11 @@
 // (surrogate pairs joined, lone ones rejected), numbers kept as their literal
 // text, nesting limited to kMaxJsonDepth before recursing. Error messages give
 // a byte offset and never quote the input (it may hold a token).
+//
+// A tree of every value costs about 90 bytes per value, so a 1 MiB body of tiny values
+// ("[0,0,...]") would cost some 45 MB. Bodies from the network are therefore parsed with
+// a filter (parse_json_kept): the whole grammar is still checked, but only the members
+// the caller reads are built; everything else is validated and dropped on the fly.
 
 namespace mi {
 inline namespace v1 {
@@ -54,10 +59,14 @@ const JsonValue* JsonValue::find(std::string_view key) const noexcept {
 
 constexpr int kMaxJsonDepth = 64;
 
+// Which object members to build: called with the object's depth (0 for the root) and the
+// member's decoded name. Array elements are never built under a filter.
+using JsonKeep = bool (*)(int depth, std::string_view name) noexcept;
+
 class JsonParser {
  public:
-  explicit JsonParser(std::string_view text) noexcept
-      : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()) {}
+  explicit JsonParser(std::string_view text, JsonKeep keep = nullptr) noexcept
+      : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()), keep_(keep) {}
 
   // Parses the whole input as one document; on failure error() and offset() say why and where.
   bool parse_document(JsonValue& out);
@@ -73,12 +82,13 @@ class JsonParser {
   void skip_whitespace() noexcept {
     while (p_ < end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
   }
-  bool parse_value(JsonValue& out, int depth);
-  bool parse_array(JsonValue& out, int depth);
-  bool parse_object(JsonValue& out, int depth);
-  bool parse_string(std::string& out);
+  // A null `out` checks the value without building it.
+  bool parse_value(JsonValue* out, int depth);
+  bool parse_array(JsonValue* out, int depth);
+  bool parse_object(JsonValue* out, int depth);
+  bool parse_string(std::string* out);
   bool parse_escaped(std::string& out, const char* start);
-  bool parse_number(JsonValue& out);
+  bool parse_number(JsonValue* out);
   bool parse_literal(const char* word, size_t length);
   bool parse_hex4(const char* at, unsigned& out) noexcept;
   bool skip_utf8_sequence() noexcept;
@@ -88,26 +98,38 @@ class JsonParser {
   const char* end_;
   const char* error_ = nullptr;
   size_t offset_ = 0;
+  JsonKeep keep_;        // nullptr: build everything
+  std::string scratch_;  // names under a filter and escaped strings that are dropped, reused
 };
 
 bool JsonParser::parse_document(JsonValue& out) {
   out = JsonValue();
   skip_whitespace();
-  if (!parse_value(out, 0)) return false;
+  if (!parse_value(&out, 0)) return false;
   skip_whitespace();
   if (p_ != end_) return fail("unexpected data after the JSON document", p_);
   return true;
 }
 
-bool JsonParser::parse_value(JsonValue& out, int depth) {
+bool JsonParser::parse_value(JsonValue* out, int depth) {
   if (p_ == end_) return fail("unexpected end of input, expected a value", p_);
   switch (*p_) {
     case '{': return parse_object(out, depth);
     case '[': return parse_array(out, depth);
-    case '"': out.type = JsonValue::Type::String; return parse_string(out.text);
-    case 't': out.type = JsonValue::Type::Bool; out.boolean = true; return parse_literal("true", 4);
-    case 'f': out.type = JsonValue::Type::Bool; out.boolean = false; return parse_literal("false", 5);
-    case 'n': out.type = JsonValue::Type::Null; return parse_literal("null", 4);
+    case '"':
+      if (out == nullptr) return parse_string(nullptr);
+      out->type = JsonValue::Type::String;
+      return parse_string(&out->text);
+    case 't':
+    case 'f':
+      if (out != nullptr) {
+        out->type = JsonValue::Type::Bool;
+        out->boolean = *p_ == 't';
+      }
+      return *p_ == 't' ? parse_literal("true", 4) : parse_literal("false", 5);
+    case 'n':
+      if (out != nullptr) out->type = JsonValue::Type::Null;
+      return parse_literal("null", 4);
     default:
       if (*p_ == '-' || (*p_ >= '0' && *p_ <= '9')) return parse_number(out);
       return fail("unexpected character, expected a value", p_);
@@ -127,7 +149,7 @@ bool JsonParser::parse_literal(const char* word, size_t length) {
   return true;
 }
 
-bool JsonParser::parse_number(JsonValue& out) {
+bool JsonParser::parse_number(JsonValue* out) {
   const char* start = p_;
   auto is_digit = [this]() noexcept { return p_ < end_ && *p_ >= '0' && *p_ <= '9'; };
   if (*p_ == '-') ++p_;
@@ -149,8 +171,10 @@ bool JsonParser::parse_number(JsonValue& out) {
     if (!is_digit()) return fail(p_ == end_ ? "unexpected end of input in a number" : "invalid number", p_);
     while (is_digit()) ++p_;
   }
-  out.type = JsonValue::Type::Number;
-  out.text.assign(start, static_cast<size_t>(p_ - start));
+  if (out != nullptr) {
+    out->type = JsonValue::Type::Number;
+    out->text.assign(start, static_cast<size_t>(p_ - start));
+  }
   return true;
 }
 
@@ -202,18 +226,18 @@ bool JsonParser::skip_utf8_sequence() noexcept {
   return true;
 }
 
-bool JsonParser::parse_string(std::string& out) {
+bool JsonParser::parse_string(std::string* out) {
   ++p_;  // the opening quote
   const char* start = p_;
   // Fast path: no escapes, so the value is the raw bytes (validated in place).
   while (p_ < end_) {
     unsigned char c = static_cast<unsigned char>(*p_);
     if (c == '"') {
-      out.assign(start, static_cast<size_t>(p_ - start));
+      if (out != nullptr) out->assign(start, static_cast<size_t>(p_ - start));
       ++p_;
       return true;
     }
-    if (c == '\\') return parse_escaped(out, start);
+    if (c == '\\') return parse_escaped(out != nullptr ? *out : scratch_, start);
     if (c < 0x20) return fail("unescaped control character in a string", p_);
     if (c < 0x80) {
       ++p_;
@@ -306,18 +330,23 @@ bool JsonParser::parse_escaped(std::string& out, const char* start) {
   return fail("unexpected end of input in a string", end_);
 }
 
-bool JsonParser::parse_array(JsonValue& out, int depth) {
+bool JsonParser::parse_array(JsonValue* out, int depth) {
   if (depth >= kMaxJsonDepth) return fail("JSON nested too deeply", p_);
   ++p_;  // '['
-  out.type = JsonValue::Type::Array;
+  if (out != nullptr) out->type = JsonValue::Type::Array;
+  if (keep_ != nullptr) out = nullptr;  // elements are checked, not built
   skip_whitespace();
   if (p_ < end_ && *p_ == ']') {
     ++p_;
     return true;
   }
   for (;;) {
-    out.items.emplace_back();
-    if (!parse_value(out.items.back(), depth + 1)) return false;
+    JsonValue* item = nullptr;
+    if (out != nullptr) {
+      out->items.emplace_back();
+      item = &out->items.back();
+    }
+    if (!parse_value(item, depth + 1)) return false;
     skip_whitespace();
     if (p_ == end_) return fail("unexpected end of input in an array", p_);
     if (*p_ == ']') {
@@ -330,10 +359,10 @@ bool JsonParser::parse_array(JsonValue& out, int depth) {
   }
 }
 
-bool JsonParser::parse_object(JsonValue& out, int depth) {
+bool JsonParser::parse_object(JsonValue* out, int depth) {
   if (depth >= kMaxJsonDepth) return fail("JSON nested too deeply", p_);
   ++p_;  // '{'
-  out.type = JsonValue::Type::Object;
+  if (out != nullptr) out->type = JsonValue::Type::Object;
   skip_whitespace();
   if (p_ < end_ && *p_ == '}') {
     ++p_;
@@ -342,15 +371,29 @@ bool JsonParser::parse_object(JsonValue& out, int depth) {
   for (;;) {
     if (p_ == end_) return fail("unexpected end of input in an object", p_);
     if (*p_ != '"') return fail("expected a string key in an object", p_);
-    out.members.emplace_back();
-    auto& member = out.members.back();
-    if (!parse_string(member.first)) return false;
+    JsonValue* value = nullptr;
+    if (out == nullptr) {
+      if (!parse_string(nullptr)) return false;
+    } else if (keep_ == nullptr) {
+      out->members.emplace_back();
+      auto& member = out->members.back();
+      if (!parse_string(&member.first)) return false;
+      value = &member.second;
+    } else {
+      // Only the first member of a kept name is built (find() returns the first anyway),
+      // so repeating a wanted name costs nothing either.
+      if (!parse_string(&scratch_)) return false;
+      if (keep_(depth, scratch_) && out->find(scratch_) == nullptr) {
+        out->members.emplace_back(scratch_, JsonValue());
+        value = &out->members.back().second;
+      }
+    }
     skip_whitespace();
     if (p_ == end_) return fail("unexpected end of input in an object", p_);
     if (*p_ != ':') return fail("expected ':' after an object key", p_);
     ++p_;
     skip_whitespace();
-    if (!parse_value(member.second, depth + 1)) return false;
+    if (!parse_value(value, depth + 1)) return false;
     skip_whitespace();
     if (p_ == end_) return fail("unexpected end of input in an object", p_);
     if (*p_ == '}') {
@@ -368,6 +411,18 @@ bool JsonParser::parse_object(JsonValue& out, int depth) {
 // and `offset` the byte where it was found.
 bool parse_json(std::string_view text, JsonValue& out, std::string& message, size_t& offset) {
   JsonParser parser(text);
+  if (parser.parse_document(out)) return true;
+  message = parser.error();
+  offset = parser.offset();
+  return false;
+}
+
+// As above for a body from the network: the grammar is checked in full, but only the
+// object members `keep` selects are built (under the root, and under a kept object), the
+// first of each name, and arrays stay empty. Memory beyond the input is then the kept text
+// and at most the longest string, whatever the body's shape.
+bool parse_json_kept(std::string_view text, JsonKeep keep, JsonValue& out, std::string& message, size_t& offset) {
+  JsonParser parser(text, keep);
   if (parser.parse_document(out)) return true;
   message = parser.error();
   offset = parser.offset();

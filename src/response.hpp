@@ -22,10 +22,7 @@ struct ErrorBody {
 
 // The latest instant (in seconds since the epoch) accepted anywhere: 9999-12-31T23:59:59Z,
 // or less where SysClock cannot represent that (libstdc++'s nanoseconds end in 2262).
-constexpr int64_t kMaxEpochSeconds =
-    std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count() - 1 < 253402300799
-        ? std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count() - 1
-        : 253402300799;
+constexpr int64_t kMaxEpochSeconds = kClockMaxSeconds - 1 < 253402300799 ? kClockMaxSeconds - 1 : 253402300799;
 
 // A non-negative decimal in JSON number form (leading zeros tolerated, as numeric strings
 // carry them), fraction and exponent allowed, truncated toward zero to whole seconds.
@@ -209,10 +206,17 @@ bool us(std::string_view s, int64_t& out) noexcept {
 // fraction and a zone; M/d/yyyy h:mm:ss with optional AM/PM and offset; yyyy-MM-dd HH:mm:ss.
 bool parse_expires_on(std::string_view text, SysClock::time_point& out) {
   int64_t seconds = 0;
-  if (parse_seconds_text(text, seconds) || date_parse::iso(text, seconds) || date_parse::us(text, seconds)) {
-    out = from_unix_seconds(seconds);
-    return true;
-  }
+  return (parse_seconds_text(text, seconds) || date_parse::iso(text, seconds) || date_parse::us(text, seconds)) &&
+         from_unix_seconds(seconds, out);
+}
+
+// The members of a token response that are read; nothing else of the body is built.
+bool token_member(int depth, std::string_view name) noexcept {
+  static const char* const names[] = {"access_token", "token_type", "resource",   "expires_on", "expires_in",
+                                      "refresh_in",   "client_id",  "object_id", "msi_res_id", "mi_res_id"};
+  if (depth != 0) return false;
+  for (const char* n : names)
+    if (name == n) return true;
   return false;
 }
 
@@ -222,7 +226,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   JsonValue root;
   std::string why;
   size_t at = 0;
-  if (!parse_json(body, root, why, at))
+  if (!parse_json_kept(body, &token_member, root, why, at))
     return make_error(Errc::invalid_response, cat({"the token response is not valid JSON (at byte ",
                                                    num(static_cast<long long>(at)), "): ", why}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
@@ -247,8 +251,7 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   bool have_expiry = false;
   if (const JsonValue* on = root.find("expires_on")) {
     int64_t seconds = 0;
-    if (on->is_number() && parse_seconds_text(on->text, seconds)) {
-      out.expires_on = from_unix_seconds(seconds);
+    if (on->is_number() && parse_seconds_text(on->text, seconds) && from_unix_seconds(seconds, out.expires_on)) {
       have_expiry = true;
     } else if (on->is_string() && parse_expires_on(on->text, out.expires_on)) {
       have_expiry = true;
@@ -297,7 +300,14 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   JsonValue root;
   std::string why;
   size_t at = 0;
-  if (!parse_json(body, root, why, at)) return out;
+  // Only the members read below are built: the root's, and those of a nested "error" object.
+  JsonKeep keep = [](int depth, std::string_view name) noexcept {
+    if (depth == 0)
+      return name == "error" || name == "error_description" || name == "message" || name == "correlation_id" ||
+             name == "correlationId";
+    return depth == 1 && (name == "code" || name == "message" || name == "correlationId");
+  };
+  if (!parse_json_kept(body, keep, root, why, at)) return out;
   out.json = true;
   if (!root.is_object()) return out;
   auto text = [](const JsonValue* v) -> std::string { return v != nullptr && v->is_string() ? v->text : std::string(); };

@@ -163,7 +163,9 @@ struct AddrInfoGuard {
 // getaddrinfo cannot be interrupted, so a host name is looked up on a detached
 // thread while the caller waits in context slices: Cancel(), the context's deadline
 // and the connect timeout bound the wait. A lookup that outlives its caller
-// finishes alone; whoever drops the last reference frees the result.
+// finishes alone; whoever drops the last reference frees the result. At most
+// kMaxHostLookups such threads run at once: with a stalled resolver, callers that
+// give up would otherwise leave one more thread behind each time.
 #if !defined(MI_DETAIL_GETADDRINFO)
 #define MI_DETAIL_GETADDRINFO ::getaddrinfo  // the tests substitute a resolver that blocks
 #endif
@@ -198,13 +200,39 @@ struct HostLookup {
   }
 };
 
+constexpr int kMaxHostLookups = 4;
+
+struct HostLookupSlots {
+  std::mutex mutex;
+  std::condition_variable freed;
+  int busy = 0;  // lookups running (on a thread or inline)
+};
+
+// Never destroyed: a detached lookup may return its slot while the process exits.
+inline HostLookupSlots& host_lookup_slots() {
+  static HostLookupSlots* slots = new HostLookupSlots();
+  return *slots;
+}
+
+inline void release_host_lookup_slot() noexcept {
+  HostLookupSlots& slots = host_lookup_slots();
+  {
+    std::lock_guard<std::mutex> lock(slots.mutex);
+    --slots.busy;
+  }
+  slots.freed.notify_all();  // all: a woken waiter may leave (canceled) without taking it
+}
+
 #if MI_DETAIL_WINDOWS
 inline DWORD WINAPI host_lookup_main(LPVOID arg) {
 #else
 inline void* host_lookup_main(void* arg) {
 #endif
-  std::unique_ptr<std::shared_ptr<HostLookup>> lookup(static_cast<std::shared_ptr<HostLookup>*>(arg));
-  (*lookup)->run();
+  {
+    std::unique_ptr<std::shared_ptr<HostLookup>> lookup(static_cast<std::shared_ptr<HostLookup>*>(arg));
+    (*lookup)->run();
+  }
+  release_host_lookup_slot();
   return 0;
 }
 
@@ -385,21 +413,39 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
     lookup->port = port_text;
     lookup->hints = hints;
     lookup->hints.ai_flags &= ~AI_NUMERICHOST;
-    if (!start_host_lookup(lookup)) lookup->run();  // no thread to spare: look up inline
-    std::unique_lock<std::mutex> lock(lookup->mutex);
-    while (!lookup->done) {
+    // One slice of a wait on `cv`, or false when the context or the connect timeout ends it.
+    auto wait_slice = [&](std::unique_lock<std::mutex>& lock, std::condition_variable& cv) {
       status = context_status(ctx);
-      if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"resolving the host name ", url.host});
+      if (status != ContextStatus::ok) return false;
       SteadyClock::time_point now = SteadyClock::now();
-      if (now >= until)
-        return failure<socket_handle>(Errc::timeout, {"resolving the host name ", url.host, " timed out after ",
-                                                      num(connect_timeout.count()),
-                                                      " ms: check the endpoint URL and this machine's DNS settings"});
+      if (now >= until) return false;
       Millis slice = time_left(ctx, kContextSlice);
       if (until != SteadyClock::time_point::max())
         slice = std::min(slice, std::chrono::duration_cast<Millis>(until - now) + Millis(1));
-      lookup->finished.wait_for(lock, slice);
+      cv.wait_for(lock, slice);
+      return true;
+    };
+    auto wait_ended = [&](const char* busy) {
+      if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"resolving the host name ", url.host});
+      return failure<socket_handle>(Errc::timeout, {"resolving the host name ", url.host, " timed out after ",
+                                                    num(connect_timeout.count()), " ms", busy,
+                                                    ": check the endpoint URL and this machine's DNS settings"});
+    };
+    {
+      HostLookupSlots& slots = host_lookup_slots();
+      std::unique_lock<std::mutex> lock(slots.mutex);
+      while (slots.busy >= kMaxHostLookups)
+        if (!wait_slice(lock, slots.freed))
+          return wait_ended(" (all lookup threads were busy)");
+      ++slots.busy;
     }
+    if (!start_host_lookup(lookup)) {  // no thread to spare: look up inline
+      lookup->run();
+      release_host_lookup_slot();
+    }
+    std::unique_lock<std::mutex> lock(lookup->mutex);
+    while (!lookup->done)
+      if (!wait_slice(lock, lookup->finished)) return wait_ended("");
     rc = lookup->rc;
     sys_error = lookup->sys_error;
     addresses.list = lookup->list;

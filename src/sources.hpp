@@ -483,6 +483,18 @@ MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Erro
     error = arc_error({"the key file '", shown, "' could not be read"});
     return false;
   }
+  // The contents go into a header value as they are: an empty key would send a bare
+  // "Basic ", and a control byte (a trailing newline from an editor, say) or a non-ASCII
+  // one cannot be sent at all. Neither is a key the agent wrote.
+  const char* problem = key.empty() ? "' is empty" : nullptr;
+  for (char ch : key)
+    if (ch < 0x20 || ch > 0x7e) problem = "' holds a byte outside printable ASCII (a trailing newline, for instance)";
+  if (problem != nullptr) {
+    std::fill(key.begin(), key.end(), '\0');
+    key.clear();
+    error = arc_error({"the key file '", shown, problem});
+    return false;
+  }
   return true;
 }
 

@@ -191,8 +191,7 @@ std::string env(const char* name) {
 
 // Request ids and retry jitter need uniqueness, not secrecy: a splitmix64 stream seeded
 // once from the OS's random source where it is cheap to read, mixed with time and addresses.
-inline uint64_t splitmix64(uint64_t& state) noexcept {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+inline uint64_t splitmix64_mix(uint64_t z) noexcept {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
@@ -215,11 +214,41 @@ uint64_t random_seed() {
   return seed;
 }
 
+// The stream's position, advanced atomically (splitmix64 needs nothing else), so no lock:
+// a fork() while another thread draws leaves nothing held in the child. Constant-initialised
+// (no guard) and trivially destroyed, so it is usable at any time, from any thread.
+struct RandomState {
+  std::atomic<uint64_t> position{0};
+  std::atomic<bool> seeded{false};
+  std::atomic<bool> fork_handler{false};
+};
+inline RandomState& random_state() noexcept {
+  static RandomState state;
+  return state;
+}
+
+#if !MI_DETAIL_WINDOWS
+// A forked child starts with a copy of the parent's position: without a new seed both
+// would send the same request ids and wait the same jitter. Runs in the child right after
+// fork(), where only async-signal-safe calls are allowed: random_seed makes only those
+// (clock reads, open, read, close).
+inline void random_reseed_in_child() noexcept { random_state().position.store(random_seed(), std::memory_order_relaxed); }
+#endif
+
+MI_DETAIL_COLD void random_first_seed(RandomState& s) {
+  // Threads racing to the first draw each store a seed; any of them will do.
+  s.position.store(random_seed(), std::memory_order_relaxed);
+#if !MI_DETAIL_WINDOWS  // Windows has no fork()
+  if (!s.fork_handler.exchange(true)) ::pthread_atfork(nullptr, nullptr, &random_reseed_in_child);
+#endif
+  s.seeded.store(true, std::memory_order_release);
+}
+
 uint64_t random_u64() {
-  static std::mutex mutex;
-  static uint64_t state = random_seed();
-  std::lock_guard<std::mutex> lock(mutex);
-  return splitmix64(state);
+  RandomState& s = random_state();
+  if (!s.seeded.load(std::memory_order_acquire)) random_first_seed(s);
+  uint64_t z = s.position.fetch_add(0x9e3779b97f4a7c15ull, std::memory_order_relaxed) + 0x9e3779b97f4a7c15ull;
+  return splitmix64_mix(z);
 }
 
 // A random (version 4, RFC 9562) UUID in lowercase 8-4-4-4-12 form.
@@ -309,8 +338,25 @@ inline SysClock::time_point coarse_now() noexcept {
   return SysClock::now();
 }
 
-inline SysClock::time_point from_unix_seconds(int64_t s) {
-  return SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(s)));
+// The whole seconds around the epoch that SysClock can hold. Where it counts nanoseconds
+// in 64 bits (libstdc++, libc++ on Linux) that is only the years 1678 to 2262: converting
+// a date outside them would overflow, so every conversion goes through the check below.
+constexpr int64_t kClockMaxSeconds =
+    static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::max()).count());
+constexpr int64_t kClockMinSeconds =
+    static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(SysClock::duration::min()).count());
+
+// Seconds since the epoch as a time point; false (and `out` untouched) outside the clock's range.
+inline bool from_unix_seconds(int64_t s, SysClock::time_point& out) noexcept {
+  if (s < kClockMinSeconds || s > kClockMaxSeconds) return false;
+  out = SysClock::time_point(std::chrono::duration_cast<SysClock::duration>(std::chrono::seconds(s)));
+  return true;
+}
+// The same, saturating at the ends of the clock's range (for values known to be in it).
+inline SysClock::time_point from_unix_seconds(int64_t s) noexcept {
+  SysClock::time_point out;
+  if (!from_unix_seconds(s, out)) out = s < 0 ? SysClock::time_point::min() : SysClock::time_point::max();
+  return out;
 }
 inline int64_t to_unix_seconds(SysClock::time_point t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();

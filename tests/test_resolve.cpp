@@ -24,25 +24,41 @@ namespace fake_dns {
 std::mutex mutex;
 std::condition_variable changed;
 bool released = false;
+int tickets = 0;       // blocked lookups that may return before release(), one each
 int blocked_now = 0;   // lookups currently blocked
+int max_blocked = 0;   // the most ever blocked at once since reset()
 int finished = 0;      // blocked lookups that have returned
 int lookups = 0;       // every call, numeric or not
+int instant = 0;       // lookups of "<anything>.instant.test"
 
-// "<anything>.blocked.test" blocks until release(), then resolves to 127.0.0.1;
-// "nowhere.invalid" fails; everything else goes to the real resolver.
+// "<anything>.blocked.test" blocks until release() (or a ticket), then resolves to
+// 127.0.0.1; "<anything>.instant.test" resolves to 127.0.0.1 at once; "nowhere.invalid"
+// fails; everything else goes to the real resolver.
 int getaddrinfo(const char* node, const char* service, const addrinfo* hints, addrinfo** res) {
   std::string name = node != nullptr ? node : "";
   {
     std::lock_guard<std::mutex> lock(mutex);
     ++lookups;
   }
-  const std::string blocked = ".blocked.test";
-  if (hints != nullptr && (hints->ai_flags & AI_NUMERICHOST) == 0 && name.size() > blocked.size() &&
-      name.compare(name.size() - blocked.size(), blocked.size(), blocked) == 0) {
+  auto ends_with = [&name](const std::string& suffix) {
+    return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (hints != nullptr && (hints->ai_flags & AI_NUMERICHOST) == 0 && ends_with(".instant.test")) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      ++instant;
+    }
+    addrinfo numeric = *hints;
+    numeric.ai_flags |= AI_NUMERICHOST;
+    return ::getaddrinfo("127.0.0.1", service, &numeric, res);
+  }
+  if (hints != nullptr && (hints->ai_flags & AI_NUMERICHOST) == 0 && ends_with(".blocked.test")) {
     std::unique_lock<std::mutex> lock(mutex);
     ++blocked_now;
+    if (blocked_now > max_blocked) max_blocked = blocked_now;
     changed.notify_all();
-    changed.wait_for(lock, std::chrono::seconds(60), [] { return released; });
+    changed.wait_for(lock, std::chrono::seconds(60), [] { return released || tickets > 0; });
+    if (!released && tickets > 0) --tickets;
     --blocked_now;
     ++finished;
     changed.notify_all();
@@ -58,13 +74,23 @@ int getaddrinfo(const char* node, const char* service, const addrinfo* hints, ad
 void reset() {
   std::lock_guard<std::mutex> lock(mutex);
   released = false;
+  tickets = 0;
+  max_blocked = blocked_now;
   finished = 0;
   lookups = 0;
+  instant = 0;
 }
 
 int blocked() {
   std::lock_guard<std::mutex> lock(mutex);
   return blocked_now;
+}
+
+// Lets one blocked lookup return.
+void release_one() {
+  std::lock_guard<std::mutex> lock(mutex);
+  ++tickets;
+  changed.notify_all();
 }
 
 // Lets blocked lookups finish and waits until they have (so none outlives the test).
@@ -85,6 +111,10 @@ void release_and_drain() {
 
 #include <thread>
 
+#if defined(__linux__)
+#include <dirent.h>
+#endif
+
 using mi::Errc;
 using mi::HttpRequest;
 using mi::detail::SocketTransport;
@@ -100,6 +130,28 @@ HttpRequest get(const std::string& url) {
 
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
+}
+
+// The threads of this process (Linux), or -1 where the test cannot tell.
+int live_threads() {
+#if defined(__linux__)
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return -1;
+  int n = 0;
+  while (dirent* entry = readdir(dir))
+    if (entry->d_name[0] != '.') ++n;
+  closedir(dir);
+  return n;
+#else
+  return -1;
+#endif
+}
+
+// Leaves `n` lookups blocked in the fake resolver, their callers gone (a short connect timeout).
+void stall_lookups(SocketTransport& transport, int n) {
+  for (int i = 0; i < 200 && fake_dns::blocked() < n; ++i)
+    (void)transport.Do(mi::Context::Background(), get("http://stall" + std::to_string(i) + ".blocked.test:80/x"));
+  REQUIRE(fake_dns::blocked() == n);
 }
 
 // Cancels `ctx` as soon as a lookup is blocked in the fake resolver.
@@ -235,5 +287,85 @@ TEST_CASE("resolve: a client aimed at a host name honours Cancel() through Acqui
   REQUIRE_FALSE(token.ok());
   CHECK(token.error().code() == Errc::canceled);
   CHECK(still_blocked == 1);
+  fake_dns::release_and_drain();
+}
+
+TEST_CASE("resolve: at most 4 lookups at once; 40 callers with short deadlines leave at most 4 threads") {
+  fake_dns::reset();
+  const int threads_before = live_threads();
+  SocketTransport transport(std::chrono::milliseconds(20));
+  for (int i = 0; i < 40; ++i) {
+    auto result = transport.Do(mi::Context::Background().WithTimeout(std::chrono::milliseconds(20)),
+                               get("http://pile" + std::to_string(i) + ".blocked.test:80/x"));
+    REQUIRE_FALSE(result.ok());
+    CHECK(result.error().code() == Errc::timeout);
+    CHECK(contains(result.error().message(), "pile" + std::to_string(i) + ".blocked.test"));
+  }
+  const int threads_after = live_threads();
+  CHECK(fake_dns::blocked() <= 4);
+  {
+    std::lock_guard<std::mutex> lock(fake_dns::mutex);
+    CHECK(fake_dns::max_blocked <= 4);
+  }
+  if (threads_before >= 0) CHECK(threads_after - threads_before <= 4);
+  fake_dns::release_and_drain();
+}
+
+TEST_CASE("resolve: a lookup waiting for a free slot proceeds once one frees") {
+  fake_dns::reset();
+  testsrv::Server server([](const testsrv::Request&) { return testsrv::Reply::json("{\"ok\":true}"); });
+  SocketTransport stalled(std::chrono::milliseconds(20));
+  stall_lookups(stalled, 4);
+
+  SocketTransport transport;
+  std::atomic<bool> done{false};
+  mi::Result<mi::HttpResponse> result = mi::detail::make_error(Errc::network, "not run");
+  std::thread caller([&] {
+    result = transport.Do(mi::Context::Background().WithTimeout(std::chrono::seconds(60)),
+                          get("http://waiting.instant.test:" + std::to_string(server.port()) + "/x"));
+    done = true;
+  });
+  // While every slot is taken, the lookup does not start (a negative fact: waiting longer
+  // could only make it more certain).
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  {
+    std::lock_guard<std::mutex> lock(fake_dns::mutex);
+    CHECK(fake_dns::instant == 0);
+  }
+  CHECK_FALSE(done.load());
+  fake_dns::release_one();  // one stalled lookup returns: its slot goes to the waiting one
+  caller.join();
+  REQUIRE_MESSAGE(result.ok(), (result.ok() ? "" : result.error().message()));
+  CHECK(result->status == 200);
+  CHECK(fake_dns::blocked() == 3);
+  fake_dns::release_and_drain();
+}
+
+TEST_CASE("resolve: a lookup waiting for a free slot honours Cancel() and its deadline") {
+  fake_dns::reset();
+  SocketTransport stalled(std::chrono::milliseconds(20));
+  stall_lookups(stalled, 4);
+  SocketTransport transport;
+
+  mi::Context ctx = mi::Context::Background().WithCancel();
+  std::thread canceler([ctx] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ctx.Cancel();
+  });
+  auto result = transport.Do(ctx, get("http://canceled.instant.test:1/x"));
+  canceler.join();
+  REQUIRE_FALSE(result.ok());
+  CHECK(result.error().code() == Errc::canceled);
+  CHECK(contains(result.error().message(), "canceled.instant.test"));
+
+  result = transport.Do(mi::Context::Background().WithTimeout(std::chrono::milliseconds(50)),
+                        get("http://late.instant.test:1/x"));
+  REQUIRE_FALSE(result.ok());
+  CHECK(result.error().code() == Errc::timeout);
+  CHECK(contains(result.error().message(), "late.instant.test"));
+  {
+    std::lock_guard<std::mutex> lock(fake_dns::mutex);
+    CHECK(fake_dns::instant == 0);
+  }
   fake_dns::release_and_drain();
 }

@@ -8,6 +8,7 @@
 //    same text);
 //  - nesting beyond 64 is always rejected: the document wrapped in (64 - depth) arrays
 //    still parses, wrapped in (65 - depth) arrays it does not;
+//  - parse_json_kept (the filtered parse) accepts and rejects exactly alike;
 //  - parse_error_body says json exactly when parse_json succeeds;
 //  - a successful parse_token_response has a non-empty access_token and token_type, an
 //    expiry between 1970 and 9999, and a refresh time that is none or strictly between
@@ -86,6 +87,17 @@ void check_json(std::string_view input) {
   std::string message;
   size_t offset = 0;
   bool ok = mi::detail::parse_json(input, root, message, offset);
+
+  // The filtered parse used for bodies from the network checks the very same grammar.
+  JsonValue kept;
+  std::string kept_message;
+  size_t kept_offset = 0;
+  const bool kept_ok = mi::detail::parse_json_kept(
+      input, [](int, std::string_view) noexcept { return true; }, kept, kept_message, kept_offset);
+  FUZZ_CHECK(kept_ok == ok, "the filtered parse accepts exactly what the full parse accepts");
+  if (!ok) FUZZ_CHECK(kept_message == message && kept_offset == offset, "the filtered parse fails alike");
+  if (ok) FUZZ_CHECK(kept.type == root.type, "the filtered parse gives the root's type");
+
   if (!ok) {
     FUZZ_CHECK(!message.empty(), "a JSON error has a message");
     FUZZ_CHECK(fuzz::printable_ascii(message), "a JSON error message is printable ASCII (never quotes input)");
