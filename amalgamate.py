@@ -20,7 +20,7 @@ OUT = os.path.join(ROOT, "managed_identity.hpp")
 # Declarations first (light, OS-free), then the implementation behind MI_IMPLEMENTATION.
 PARTS = [
     "header_top.hpp",      # map comment, configuration block, version
-    "api.hpp",             # the public declarations (API.md)
+    "api.hpp",             # the public declarations
     "impl_begin.hpp",      # MI_IMPLEMENTATION gate, platform includes
     "util.hpp",            # strings, percent-encoding, UUID, hashes, time
     "json.hpp",            # strict RFC 8259 parser

@@ -166,7 +166,7 @@
 #endif
 
 // ---- src/api.hpp ----
-// The public API (../shared/spec/API.md). Everything here is OS-free; state of
+// The public API (README.md shows it in use). Everything here is OS-free; state of
 // the heavier classes sits behind pointers so no macro changes a public layout.
 
 namespace mi {
@@ -477,7 +477,7 @@ ClientOption WithClientCapabilities(std::vector<std::string> capabilities);
 ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger);
 AcquireTokenOption WithClaims(std::string claims);
 
-// Extra options (beyond API.md).
+// Extra options (beyond MSAL Go's set; README.md lists them).
 // Retries after the first attempt; the source's default when not given (IMDS 3, others 3).
 ClientOption WithMaxRetries(int retries);
 // Connect timeout and whole-attempt timeout of each request (defaults 5 s and 30 s).
@@ -2877,7 +2877,7 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
 
 // ---- src/curl.hpp ----
 // HTTPS for Service Fabric through libcurl (only with MI_USE_CURL), and the
-// IDENTITY_SERVER_THUMBPRINT helpers every build needs (SPEC §4).
+// IDENTITY_SERVER_THUMBPRINT helpers every build needs (docs/protocol.md §4).
 //
 // Pinning: with a thumbprint, libcurl's own chain and host-name checks are off
 // and an OpenSSL certificate-verification callback installed through
@@ -3752,7 +3752,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
 }  // namespace mi
 
 // ---- src/response.hpp ----
-// Token and error bodies (SPEC §5). Field types vary between sources: numbers
+// Token and error bodies (docs/protocol.md §5). Field types vary between sources: numbers
 // arrive as JSON numbers or numeric strings, expires_on as epoch seconds or as
 // one of several date forms. Error messages never quote the body or the token.
 
@@ -4088,7 +4088,7 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
 }  // namespace mi
 
 // ---- src/sources.hpp ----
-// The six sources: detection from the environment (SPEC §1), which identities
+// The six sources: detection from the environment (docs/protocol.md §1), which identities
 // each accepts (§2), how each builds its request (§2), and the Azure Arc
 // challenge's key file and identity confirmation (§3).
 
@@ -4127,7 +4127,7 @@ MI_DETAIL_COLD bool file_exists(const std::string& path) {
 #endif
 }
 
-// Where the Arc agent's himds executable would be (SPEC §1 step 4).
+// Where the Arc agent's himds executable would be (docs/protocol.md §1 step 4).
 MI_DETAIL_COLD std::vector<std::string> arc_himds_paths() {
 #if defined(MI_AZURE_ARC_HIMDS_PATH)
   return {MI_AZURE_ARC_HIMDS_PATH};
@@ -4168,7 +4168,7 @@ MI_DETAIL_COLD const char* id_kind_label(IDKind kind) {
   return "identity";
 }
 
-// SPEC §2: the source's support for the ID kind first, then an empty value.
+// docs/protocol.md §2: the source's support for the ID kind first, then an empty value.
 MI_DETAIL_COLD bool check_identity(Source source, const ID& id, Error& error) {
   const bool user_assigned = id.kind() != IDKind::SystemAssigned;
   if (user_assigned) {
@@ -4209,7 +4209,7 @@ const char* id_parameter(Source source, IDKind kind) {
 
 // ---- endpoints from the environment --------------------------------------------------
 
-// Parses an endpoint URL taken from variable `name`; SPEC §2: malformed, wrong scheme or a
+// Parses an endpoint URL taken from variable `name`; docs/protocol.md §2: malformed, wrong scheme or a
 // control character is invalid_argument. The message names the variable, not the value.
 MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source,
                                   Url& url, Error& error) {
@@ -4244,7 +4244,7 @@ MI_DETAIL_COLD bool secret_from(const char* name, Source source, std::string& va
 }
 
 // AZURE_POD_IDENTITY_AUTHORITY_HOST: a base URL; one trailing '/' dropped, the token path
-// appended, http:// assumed without a scheme (SPEC §2).
+// appended, http:// assumed without a scheme (docs/protocol.md §2).
 MI_DETAIL_COLD std::string imds_endpoint() {
   std::string host = env("AZURE_POD_IDENTITY_AUTHORITY_HOST");
   if (host.empty()) return kImdsEndpoint;
@@ -4378,7 +4378,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
   return true;
 }
 
-// ---- Azure Arc challenge (SPEC §3) -----------------------------------------------------
+// ---- Azure Arc challenge (docs/protocol.md §3) -----------------------------------------------------
 
 // The directory the key file must be in, or "" with platform_not_supported.
 MI_DETAIL_COLD bool arc_token_dir(std::string& dir, Error& error) {
@@ -4459,7 +4459,7 @@ MI_DETAIL_COLD bool arc_realm_path(const HttpResponse& leg1, std::string& path, 
 }
 
 // Checks the realm path against the token directory and reads the key file without
-// following links or blocking (SPEC §3 step 2). Never puts the contents in a message.
+// following links or blocking (docs/protocol.md §3 step 2). Never puts the contents in a message.
 MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   std::string dir;
   if (!arc_token_dir(dir, error)) return false;
@@ -4588,7 +4588,7 @@ MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Erro
   return true;
 }
 
-// SPEC §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
+// docs/protocol.md §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
 MI_DETAIL_COLD bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
   switch (id.kind()) {
     case IDKind::SystemAssigned: return true;
@@ -4609,7 +4609,7 @@ Source GetSource() { return detail::detect_source(); }
 }  // namespace mi
 
 // ---- src/cache.hpp ----
-// The process-wide token cache (SPEC §6): one per process, shared by every
+// The process-wide token cache (docs/protocol.md §6): one per process, shared by every
 // client, keyed by source, ID kind, ID value and resource (both compared
 // case-insensitively). It also coordinates the two ways callers share work:
 // one proactive refresh per entry, and one request per concurrent miss
@@ -4642,7 +4642,7 @@ struct CacheKey {
   std::string_view resource;  // after the /.default trim; compared case-insensitively
 };
 
-// One request in flight for a key; concurrent misses wait on it (SPEC §6, coalescing).
+// One request in flight for a key; concurrent misses wait on it (docs/protocol.md §6, coalescing).
 struct Flight {
   std::mutex mutex;
   std::condition_variable done_cv;
@@ -4971,7 +4971,7 @@ class TokenCache {
 }  // namespace mi
 
 // ---- src/client.hpp ----
-// The client: options, the retry loop (SPEC §8), turning responses into tokens
+// The client: options, the retry loop (docs/protocol.md §8), turning responses into tokens
 // or errors (§5), the Azure Arc legs (§3), and AcquireToken's use of the cache
 // (§6): hit, proactive refresh, coalesced miss, claims bypass.
 
@@ -5034,7 +5034,7 @@ struct ClientState {
   }
 };
 
-// ---- retry policy (SPEC §8) -----------------------------------------------------------
+// ---- retry policy (docs/protocol.md §8) -----------------------------------------------------------
 
 bool retryable_status(Source source, int status) {
   if (source == Source::DefaultToIMDS)
@@ -5298,7 +5298,7 @@ MI_DETAIL_COLD Result<HttpResponse> retry_deadline(const ClientState& st, int la
   return e;
 }
 
-// Sends `request` until it gets a final answer (SPEC §8): transport errors and the
+// Sends `request` until it gets a final answer (docs/protocol.md §8): transport errors and the
 // source's retryable statuses are retried with backoff, honouring Retry-After, within
 // the context (unless `one_attempt`). Any status that is not retried is returned as a value.
 Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx, const HttpRequest& request,
@@ -5389,7 +5389,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   int attempts = 0;
   Result<HttpResponse> response = send_with_retries(st, ctx, built.request, built.secrets, one_attempt, attempts, logs);
   if (response && st.source == Source::AzureArc) {
-    // Leg 1 answered; it must be the 401 challenge (SPEC §3).
+    // Leg 1 answered; it must be the 401 challenge (docs/protocol.md §3).
     if (response->status == 401) {
       std::string path, key;
       if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
@@ -5491,7 +5491,7 @@ class RefreshClaim {
   bool ended_ = false;
 };
 
-// A hit past its refresh time whose caller won the refresh (SPEC §6). A valid token is in
+// A hit past its refresh time whose caller won the refresh (docs/protocol.md §6). A valid token is in
 // hand, so one attempt without retry waits; if it fails, the cached token is returned and
 // the key cools down before its next proactive attempt.
 Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, const CacheKey& key,
@@ -5517,7 +5517,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
   CacheKey key{st.source, st.id.kind(), st.id.value(), resource};
   TokenCache& cache = TokenCache::instance();
 
-  // Claims: always fetch (SPEC §7), never coalesce; the new token is cached.
+  // Claims: always fetch (docs/protocol.md §7), never coalesce; the new token is cached.
   if (!options.claims.empty()) {
     CachedToken cached;
     bool have = cache.peek(key, cached);
@@ -5542,7 +5542,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
     case TokenCache::Hit::miss: break;
   }
 
-  // A miss: one request per key; concurrent callers wait for it (SPEC §6).
+  // A miss: one request per key; concurrent callers wait for it (docs/protocol.md §6).
   for (;;) {
     bool leader = false;
     std::shared_ptr<Flight> flight = cache.join_or_lead(key, st.now(), leader, cached);
@@ -5664,7 +5664,7 @@ MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& option
   for (const ClientOption& option : options) option.apply(state->config);
 
   if (state->source == Source::ServiceFabric) {
-    // SPEC §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
+    // docs/protocol.md §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
     if (!detail::endpoint_from(detail::env("IDENTITY_ENDPOINT"), "IDENTITY_ENDPOINT", "https", state->source,
                                state->fixed_endpoint.url, error))
       return error;

@@ -1,4 +1,4 @@
-// The public API (../shared/spec/API.md). Everything here is OS-free; state of
+// The public API (README.md shows it in use). Everything here is OS-free; state of
 // the heavier classes sits behind pointers so no macro changes a public layout.
 
 namespace mi {
@@ -309,7 +309,7 @@ ClientOption WithClientCapabilities(std::vector<std::string> capabilities);
 ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger);
 AcquireTokenOption WithClaims(std::string claims);
 
-// Extra options (beyond API.md).
+// Extra options (beyond MSAL Go's set; README.md lists them).
 // Retries after the first attempt; the source's default when not given (IMDS 3, others 3).
 ClientOption WithMaxRetries(int retries);
 // Connect timeout and whole-attempt timeout of each request (defaults 5 s and 30 s).

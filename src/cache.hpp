@@ -1,4 +1,4 @@
-// The process-wide token cache (SPEC §6): one per process, shared by every
+// The process-wide token cache (docs/protocol.md §6): one per process, shared by every
 // client, keyed by source, ID kind, ID value and resource (both compared
 // case-insensitively). It also coordinates the two ways callers share work:
 // one proactive refresh per entry, and one request per concurrent miss
@@ -31,7 +31,7 @@ struct CacheKey {
   std::string_view resource;  // after the /.default trim; compared case-insensitively
 };
 
-// One request in flight for a key; concurrent misses wait on it (SPEC §6, coalescing).
+// One request in flight for a key; concurrent misses wait on it (docs/protocol.md §6, coalescing).
 struct Flight {
   std::mutex mutex;
   std::condition_variable done_cv;

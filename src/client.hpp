@@ -1,4 +1,4 @@
-// The client: options, the retry loop (SPEC §8), turning responses into tokens
+// The client: options, the retry loop (docs/protocol.md §8), turning responses into tokens
 // or errors (§5), the Azure Arc legs (§3), and AcquireToken's use of the cache
 // (§6): hit, proactive refresh, coalesced miss, claims bypass.
 
@@ -61,7 +61,7 @@ struct ClientState {
   }
 };
 
-// ---- retry policy (SPEC §8) -----------------------------------------------------------
+// ---- retry policy (docs/protocol.md §8) -----------------------------------------------------------
 
 bool retryable_status(Source source, int status) {
   if (source == Source::DefaultToIMDS)
@@ -325,7 +325,7 @@ MI_DETAIL_COLD Result<HttpResponse> retry_deadline(const ClientState& st, int la
   return e;
 }
 
-// Sends `request` until it gets a final answer (SPEC §8): transport errors and the
+// Sends `request` until it gets a final answer (docs/protocol.md §8): transport errors and the
 // source's retryable statuses are retried with backoff, honouring Retry-After, within
 // the context (unless `one_attempt`). Any status that is not retried is returned as a value.
 Result<HttpResponse> send_with_retries(const ClientState& st, const Context& ctx, const HttpRequest& request,
@@ -416,7 +416,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   int attempts = 0;
   Result<HttpResponse> response = send_with_retries(st, ctx, built.request, built.secrets, one_attempt, attempts, logs);
   if (response && st.source == Source::AzureArc) {
-    // Leg 1 answered; it must be the 401 challenge (SPEC §3).
+    // Leg 1 answered; it must be the 401 challenge (docs/protocol.md §3).
     if (response->status == 401) {
       std::string path, key;
       if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
@@ -518,7 +518,7 @@ class RefreshClaim {
   bool ended_ = false;
 };
 
-// A hit past its refresh time whose caller won the refresh (SPEC §6). A valid token is in
+// A hit past its refresh time whose caller won the refresh (docs/protocol.md §6). A valid token is in
 // hand, so one attempt without retry waits; if it fails, the cached token is returned and
 // the key cools down before its next proactive attempt.
 Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, const CacheKey& key,
@@ -544,7 +544,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
   CacheKey key{st.source, st.id.kind(), st.id.value(), resource};
   TokenCache& cache = TokenCache::instance();
 
-  // Claims: always fetch (SPEC §7), never coalesce; the new token is cached.
+  // Claims: always fetch (docs/protocol.md §7), never coalesce; the new token is cached.
   if (!options.claims.empty()) {
     CachedToken cached;
     bool have = cache.peek(key, cached);
@@ -569,7 +569,7 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
     case TokenCache::Hit::miss: break;
   }
 
-  // A miss: one request per key; concurrent callers wait for it (SPEC §6).
+  // A miss: one request per key; concurrent callers wait for it (docs/protocol.md §6).
   for (;;) {
     bool leader = false;
     std::shared_ptr<Flight> flight = cache.join_or_lead(key, st.now(), leader, cached);
@@ -691,7 +691,7 @@ MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& option
   for (const ClientOption& option : options) option.apply(state->config);
 
   if (state->source == Source::ServiceFabric) {
-    // SPEC §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
+    // docs/protocol.md §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
     if (!detail::endpoint_from(detail::env("IDENTITY_ENDPOINT"), "IDENTITY_ENDPOINT", "https", state->source,
                                state->fixed_endpoint.url, error))
       return error;

@@ -1,5 +1,5 @@
 // HTTPS for Service Fabric through libcurl (only with MI_USE_CURL), and the
-// IDENTITY_SERVER_THUMBPRINT helpers every build needs (SPEC §4).
+// IDENTITY_SERVER_THUMBPRINT helpers every build needs (docs/protocol.md §4).
 //
 // Pinning: with a thumbprint, libcurl's own chain and host-name checks are off
 // and an OpenSSL certificate-verification callback installed through

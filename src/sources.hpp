@@ -1,4 +1,4 @@
-// The six sources: detection from the environment (SPEC §1), which identities
+// The six sources: detection from the environment (docs/protocol.md §1), which identities
 // each accepts (§2), how each builds its request (§2), and the Azure Arc
 // challenge's key file and identity confirmation (§3).
 
@@ -37,7 +37,7 @@ MI_DETAIL_COLD bool file_exists(const std::string& path) {
 #endif
 }
 
-// Where the Arc agent's himds executable would be (SPEC §1 step 4).
+// Where the Arc agent's himds executable would be (docs/protocol.md §1 step 4).
 MI_DETAIL_COLD std::vector<std::string> arc_himds_paths() {
 #if defined(MI_AZURE_ARC_HIMDS_PATH)
   return {MI_AZURE_ARC_HIMDS_PATH};
@@ -78,7 +78,7 @@ MI_DETAIL_COLD const char* id_kind_label(IDKind kind) {
   return "identity";
 }
 
-// SPEC §2: the source's support for the ID kind first, then an empty value.
+// docs/protocol.md §2: the source's support for the ID kind first, then an empty value.
 MI_DETAIL_COLD bool check_identity(Source source, const ID& id, Error& error) {
   const bool user_assigned = id.kind() != IDKind::SystemAssigned;
   if (user_assigned) {
@@ -119,7 +119,7 @@ const char* id_parameter(Source source, IDKind kind) {
 
 // ---- endpoints from the environment --------------------------------------------------
 
-// Parses an endpoint URL taken from variable `name`; SPEC §2: malformed, wrong scheme or a
+// Parses an endpoint URL taken from variable `name`; docs/protocol.md §2: malformed, wrong scheme or a
 // control character is invalid_argument. The message names the variable, not the value.
 MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source,
                                   Url& url, Error& error) {
@@ -154,7 +154,7 @@ MI_DETAIL_COLD bool secret_from(const char* name, Source source, std::string& va
 }
 
 // AZURE_POD_IDENTITY_AUTHORITY_HOST: a base URL; one trailing '/' dropped, the token path
-// appended, http:// assumed without a scheme (SPEC §2).
+// appended, http:// assumed without a scheme (docs/protocol.md §2).
 MI_DETAIL_COLD std::string imds_endpoint() {
   std::string host = env("AZURE_POD_IDENTITY_AUTHORITY_HOST");
   if (host.empty()) return kImdsEndpoint;
@@ -288,7 +288,7 @@ bool build_request(Source source, const ID& id, std::string_view resource, const
   return true;
 }
 
-// ---- Azure Arc challenge (SPEC §3) -----------------------------------------------------
+// ---- Azure Arc challenge (docs/protocol.md §3) -----------------------------------------------------
 
 // The directory the key file must be in, or "" with platform_not_supported.
 MI_DETAIL_COLD bool arc_token_dir(std::string& dir, Error& error) {
@@ -369,7 +369,7 @@ MI_DETAIL_COLD bool arc_realm_path(const HttpResponse& leg1, std::string& path, 
 }
 
 // Checks the realm path against the token directory and reads the key file without
-// following links or blocking (SPEC §3 step 2). Never puts the contents in a message.
+// following links or blocking (docs/protocol.md §3 step 2). Never puts the contents in a message.
 MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Error& error) {
   std::string dir;
   if (!arc_token_dir(dir, error)) return false;
@@ -498,7 +498,7 @@ MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Erro
   return true;
 }
 
-// SPEC §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
+// docs/protocol.md §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
 MI_DETAIL_COLD bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
   switch (id.kind()) {
     case IDKind::SystemAssigned: return true;

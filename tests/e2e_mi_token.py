@@ -37,7 +37,7 @@ LIFETIME = 86400
 EXPIRES_ON_RE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$")
 ARC_TOKEN_DIR = "/var/opt/azcmagent/tokens"   # the library's Linux default
 ARC_HIMDS = "/opt/azcmagent/bin/himds"
-# Retry waits per source (SPEC §8): IMDS 1 s, 2 s, 4 s; the others 1 s each; up to +20 % jitter.
+# Retry waits per source (docs/protocol.md §8): IMDS 1 s, 2 s, 4 s; the others 1 s each; up to +20 % jitter.
 RETRY_WAITS = {"imds": [1, 2, 4], "default": [1, 1, 1]}
 MAX_REAL_WAIT = 3.0
 # Everything a client could take an identity or a proxy from: never inherited.

@@ -1,4 +1,4 @@
-// The public API of API.md, compiled against the declarations only and linked
+// The public API, compiled against the declarations only and linked
 // with the compiled implementation (mi::managed_identity_impl). Nothing here
 // touches mi::detail.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
@@ -106,7 +106,7 @@ TEST_CASE("Context: deadlines, cancellation of descendants, Background never can
   CHECK(bg.WithTimeout(std::chrono::milliseconds::max()).deadline() == std::chrono::steady_clock::time_point::max());
 }
 
-TEST_CASE("all the call forms of API.md compile and work with an injected transport") {
+TEST_CASE("all the documented call forms compile and work with an injected transport") {
   support::CleanEnv env;
   auto http = std::make_shared<support::RecordingHttpClient>(
       [](const mi::HttpRequest&) { return support::response(200, support::imds_body("api-token")); });

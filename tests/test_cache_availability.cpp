@@ -1,4 +1,4 @@
-// The cache stays available whatever user code does (SPEC §6): a transport, a logger
+// The cache stays available whatever user code does (docs/protocol.md §6): a transport, a logger
 // or a sleep hook that throws never wedges a key; a logger may call AcquireToken for
 // the same key; a failing proactive refresh makes one attempt and then cools down;
 // retryable() is one rule whoever built the error; and separate TokenCache objects

@@ -1,4 +1,4 @@
-// Source detection (SPEC §1) and mi::New's identity checks per source (§2).
+// Source detection (docs/protocol.md §1) and mi::New's identity checks per source (§2).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 

@@ -1,6 +1,6 @@
 // Hostile servers over loopback, through the public path only (mi::New, AcquireToken):
-// every case ends in the error code API.md "Meanings" documents, within the caller's
-// deadline, with bounded memory, without a crash, and with nothing cached (SPEC §8, §9).
+// every case ends in the error code docs/protocol.md "Error codes" documents, within the caller's
+// deadline, with bounded memory, without a crash, and with nothing cached (docs/protocol.md §8, §9).
 // IMDS is pointed at the test server with AZURE_POD_IDENTITY_AUTHORITY_HOST; retry waits
 // go through a no-op mi::WithSleep, so nothing here sleeps for real seconds.
 //
@@ -274,7 +274,7 @@ TEST_CASE("resets and early closes before, during and after the headers: network
     Outcome o = acquire();
     expect_error(o, mi::Errc::network);
     CHECK(o.result.error().retryable());
-    CHECK(fx.server.request_count() == 4);  // 1 + 3 retries (SPEC §8)
+    CHECK(fx.server.request_count() == 4);  // 1 + 3 retries (docs/protocol.md §8)
     CHECK(o.sleeps == 3);
   }
 }
@@ -490,7 +490,7 @@ TEST_CASE("an escaped NUL (\\u0000) in access_token is valid JSON but invalid_re
 }
 
 TEST_CASE("MI_MAX_RESPONSE_BYTES: a body of exactly the limit is accepted, one byte more is invalid_response") {
-  // SPEC §9: "body at most MI_MAX_RESPONSE_BYTES ... beyond them, invalid_response".
+  // docs/protocol.md §9: "body at most MI_MAX_RESPONSE_BYTES ... beyond them, invalid_response".
   const size_t limit = MI_MAX_RESPONSE_BYTES;
   const size_t framing = token_body("").size();
   const std::string at_limit = token_body(std::string(limit - framing, 'T'));
@@ -723,7 +723,7 @@ TEST_CASE("Azure Arc: a huge WWW-Authenticate header") {
     Outcome o = acquire();
     expect_error(o, mi::Errc::arc_challenge);
     CHECK(fx.leg2_count == 0);
-    // Not a SPEC rule, but endpoint text in errors is meant to be capped: report the size.
+    // Not a protocol rule, but endpoint text in errors is meant to be capped: report the size.
     WARN(o.result.error().message().size() < 4096);
   }
 }

@@ -1,4 +1,4 @@
-// IMDS end to end over real loopback sockets: the exact request (SPEC §2), the
+// IMDS end to end over real loopback sockets: the exact request (docs/protocol.md §2), the
 // cache (§6), coalescing and proactive refresh, retries (§8), timeouts and
 // cancellation, and errors. The real IMDS address is only ever checked through
 // an injected transport that sends nothing.

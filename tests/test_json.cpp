@@ -330,7 +330,7 @@ TEST_CASE("the grammar is strict") {
 }
 
 TEST_CASE("nesting is limited to kMaxJsonDepth") {
-  static_assert(kMaxJsonDepth == 64, "SPEC §9");
+  static_assert(kMaxJsonDepth == 64, "docs/protocol.md §9");
   auto arrays = [](int n) { return std::string(static_cast<size_t>(n), '[') + std::string(static_cast<size_t>(n), ']'); };
   auto objects = [](int n) {
     std::string s;

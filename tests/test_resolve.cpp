@@ -1,4 +1,4 @@
-// Host-name resolution is bounded like every other wait (SPEC §8): getaddrinfo
+// Host-name resolution is bounded like every other wait (docs/protocol.md §8): getaddrinfo
 // cannot be interrupted, so the library looks names up on a helper thread. Here
 // getaddrinfo is replaced by a resolver that blocks on names under ".blocked.test"
 // until the test releases it, so "the call returned while the lookup was still

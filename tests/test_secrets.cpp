@@ -1,4 +1,4 @@
-// No secret out (SPEC §9): every failure path reachable over loopback, for every source,
+// No secret out (docs/protocol.md §9): every failure path reachable over loopback, for every source,
 // with a known access token and known secrets (IDENTITY_HEADER, MSI_SECRET, the Azure Arc
 // key file's contents). Everything the library says is collected -- each mi::Error's
 // message(), error_code(), error_description() and correlation_id(), and every log line at

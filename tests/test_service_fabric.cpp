@@ -1,4 +1,4 @@
-// Service Fabric through mi::New and AcquireToken (SPEC §2, §4, §7): a real TLS
+// Service Fabric through mi::New and AcquireToken (docs/protocol.md §2, §4, §7): a real TLS
 // server on loopback, the certificate pin, New's checks, token revocation and
 // client capabilities.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN

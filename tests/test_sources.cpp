@@ -1,4 +1,4 @@
-// App Service, Azure ML, Cloud Shell and Azure Arc over loopback (SPEC §2, §3):
+// App Service, Azure ML, Cloud Shell and Azure Arc over loopback (docs/protocol.md §2, §3):
 // the exact request for every identity kind each accepts, cache behaviour, the
 // Arc challenge with every key-file rule, and secrets kept out of errors.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN

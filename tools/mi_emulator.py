@@ -8,7 +8,7 @@ environment a client needs as `export NAME=value` lines followed by a line `READ
 then answers token requests the way the real endpoint of that source does: the same checks
 (api-version, identity headers, method, body), the same success body shapes (including the
 date-string `expires_on` forms) and the same error shapes (flat or nested), as described in
-SPEC.md and SAMPLES.md.
+docs/protocol.md.
 
     eval "$(python3 tools/mi_emulator.py --source imds | sed '/^READY$/q')"   # or --env-file
 

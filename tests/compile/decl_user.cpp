@@ -1,5 +1,5 @@
 // A translation unit that sees only the declarations, written like a user's code
-// (the seed's examples), using nothing outside API.md.
+// (the seed's examples), using nothing but the public API.
 #include "managed_identity.hpp"
 
 #include <cstdio>

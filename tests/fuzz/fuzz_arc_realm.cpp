@@ -1,4 +1,4 @@
-// Fuzz target: the Azure Arc WWW-Authenticate realm parser (arc_realm_path, SPEC §3
+// Fuzz target: the Azure Arc WWW-Authenticate realm parser (arc_realm_path, docs/protocol.md §3
 // step 1). The input is a WWW-Authenticate value such as
 // "Basic realm=/var/opt/azcmagent/tokens/<id>.key". It is tried three ways:
 //   a) as the raw value of a WWW-Authenticate header in a 401 response;

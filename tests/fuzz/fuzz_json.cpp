@@ -29,7 +29,7 @@ using mi::detail::JsonValue;
 
 namespace {
 
-constexpr int kMaxDepth = 64;  // SPEC §9; mi::detail::kMaxJsonDepth
+constexpr int kMaxDepth = 64;  // docs/protocol.md §9; mi::detail::kMaxJsonDepth
 
 int depth_of(const JsonValue& v) {
   int d = 0;
