@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Builds the single header managed_identity.hpp from the parts in src/.
 
-The parts are concatenated in the order of PARTS below. A part may not include
-another part (the order here is the only dependency mechanism), every file in
-src/ must be listed exactly once, and the output is deterministic (no dates),
-so `--check` can tell whether the committed header is in sync with its parts.
+The parts are concatenated in the order of PARTS below. Each part also compiles
+on its own (so clangd and clang-tidy can read it): it starts with `#pragma once`
+and includes the parts it uses with `#include "part.hpp"`. Those two kinds of
+line are dropped here, since the order of PARTS already puts every part after
+the ones it uses (an include of a later part is an error). The implementation
+parts are wrapped in the MI_IMPLEMENTATION gate here, not in a part, so no part
+opens a conditional another part closes. Every file in src/ must be listed
+exactly once, and the output is deterministic (no dates), so `--check` can tell
+whether the committed header is in sync with its parts.
 
     python3 amalgamate.py          # rewrite managed_identity.hpp
     python3 amalgamate.py --check  # exit 1 if the committed header differs
@@ -17,7 +22,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(ROOT, "src")
 OUT = os.path.join(ROOT, "managed_identity.hpp")
 
-# Declarations first (light, OS-free), then the implementation behind MI_IMPLEMENTATION.
+# Declarations first (light, OS-free), then the implementation behind MI_IMPLEMENTATION
+# (from IMPLEMENTATION_FIRST to IMPLEMENTATION_LAST).
 PARTS = [
     "header_top.hpp",      # map comment, configuration block, version
     "api.hpp",             # the public declarations
@@ -36,13 +42,25 @@ PARTS = [
     "impl_end.hpp",        # close the implementation half
 ]
 
+IMPLEMENTATION_FIRST = "impl_begin.hpp"
+IMPLEMENTATION_LAST = "client.hpp"
+GATE_OPEN = (
+    "\n// ============================================================================\n"
+    "// IMPLEMENTATION. Compiled only where MI_IMPLEMENTATION is defined, once per\n"
+    "// translation unit even if the header is included again.\n"
+    "// ============================================================================\n"
+    "#if defined(MI_IMPLEMENTATION) && !defined(MI_DETAIL_IMPLEMENTATION_INCLUDED)\n"
+    "#define MI_DETAIL_IMPLEMENTATION_INCLUDED\n")
+GATE_CLOSE = "\n#endif  // MI_IMPLEMENTATION\n"
+
 BANNER = (
     "// managed_identity.hpp -- GENERATED FILE, DO NOT EDIT.\n"
     "// Built by amalgamate.py from the parts in src/; edit those and run\n"
     "// `python3 amalgamate.py`. Each part starts at a `// ---- src/<part> ----` line.\n"
 )
 
-INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
+INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+PRAGMA_ONCE_RE = re.compile(r'^\s*#\s*pragma\s+once\s*$')
 
 
 def fail(msg):
@@ -58,7 +76,7 @@ def build():
     if unlisted:
         fail("files in src/ that PARTS does not list: %s" % ", ".join(unlisted))
     out = [BANNER]
-    for name in PARTS:
+    for index, name in enumerate(PARTS):
         path = os.path.join(SRC, name)
         if not os.path.isfile(path):
             fail("missing part src/%s" % name)
@@ -66,15 +84,27 @@ def build():
             text = f.read()
         if "\r" in text:
             fail("src/%s has CR line endings" % name)
+        kept = []
         for lineno, line in enumerate(text.split("\n"), 1):
+            if PRAGMA_ONCE_RE.match(line):
+                continue
             m = INCLUDE_RE.match(line)
             if m:
-                fail("src/%s:%d includes \"%s\": parts may not include files with quotes; "
-                     "order them in PARTS instead" % (name, lineno, m.group(1)))
+                used = m.group(1)
+                if used not in PARTS[:index]:
+                    fail("src/%s:%d includes \"%s\", which is not a part listed before it in PARTS"
+                         % (name, lineno, used))
+                continue
+            kept.append(line)
+        text = "\n".join(kept).lstrip("\n")
         if not text.endswith("\n"):
             text += "\n"
+        if name == IMPLEMENTATION_FIRST:
+            out.append(GATE_OPEN)
         out.append("\n// ---- src/%s ----\n" % name)
         out.append(text)
+        if name == IMPLEMENTATION_LAST:
+            out.append(GATE_CLOSE)
     return "".join(out)
 
 

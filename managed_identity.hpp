@@ -129,6 +129,10 @@
 #define MI_DETAIL_CURL_LINKED 0
 #endif
 
+// ---- src/api.hpp ----
+// The public API (README.md shows it in use). Everything here is OS-free; state of
+// the heavier classes sits behind pointers so no macro changes a public layout.
+
 #ifndef MI_MANAGED_IDENTITY_HPP
 #define MI_MANAGED_IDENTITY_HPP
 
@@ -137,7 +141,7 @@
 #define MI_VERSION_PATCH 0
 #define MI_VERSION_STRING "0.1.0"
 
-// ---- configuration block -------------------------------------------------
+// ---- size limits (public: the includer may read them) ----------------------
 
 #ifndef MI_MAX_RESPONSE_BYTES
 #define MI_MAX_RESPONSE_BYTES (1024 * 1024)
@@ -164,10 +168,6 @@
 #if MI_DETAIL_EXCEPTIONS
 #include <exception>
 #endif
-
-// ---- src/api.hpp ----
-// The public API (README.md shows it in use). Everything here is OS-free; state of
-// the heavier classes sits behind pointers so no macro changes a public layout.
 
 namespace mi {
 inline namespace v1 {
@@ -526,13 +526,16 @@ Result<Client> New(ID id, First&& first, Rest&&... rest) {
 
 #endif  // MI_MANAGED_IDENTITY_HPP (declarations)
 
-// ---- src/impl_begin.hpp ----
 // ============================================================================
 // IMPLEMENTATION. Compiled only where MI_IMPLEMENTATION is defined, once per
 // translation unit even if the header is included again.
 // ============================================================================
 #if defined(MI_IMPLEMENTATION) && !defined(MI_DETAIL_IMPLEMENTATION_INCLUDED)
 #define MI_DETAIL_IMPLEMENTATION_INCLUDED
+
+// ---- src/impl_begin.hpp ----
+// The implementation's standard and platform headers, and its internal macros.
+// amalgamate.py wraps this part and the ones after it in the MI_IMPLEMENTATION gate.
 
 #include <algorithm>
 #include <atomic>
@@ -5720,9 +5723,9 @@ bool Error::retryable() const noexcept { return detail::retryable_outcome(source
 }  // namespace v1
 }  // namespace mi
 
-// ---- src/impl_end.hpp ----
 #endif  // MI_IMPLEMENTATION
 
+// ---- src/impl_end.hpp ----
 // Internal macros do not leak into the includer: the Windows ones this header
 // defined, and every MI_DETAIL_* except MI_DETAIL_IMPLEMENTATION_INCLUDED, which must
 // outlive this inclusion so that a second one does not compile the implementation again.

@@ -1,5 +1,43 @@
 // The public API (README.md shows it in use). Everything here is OS-free; state of
 // the heavier classes sits behind pointers so no macro changes a public layout.
+#pragma once
+#include "header_top.hpp"
+
+#ifndef MI_MANAGED_IDENTITY_HPP
+#define MI_MANAGED_IDENTITY_HPP
+
+#define MI_VERSION_MAJOR 0
+#define MI_VERSION_MINOR 1
+#define MI_VERSION_PATCH 0
+#define MI_VERSION_STRING "0.1.0"
+
+// ---- size limits (public: the includer may read them) ----------------------
+
+#ifndef MI_MAX_RESPONSE_BYTES
+#define MI_MAX_RESPONSE_BYTES (1024 * 1024)
+#endif
+#ifndef MI_MAX_HEADER_BYTES
+#define MI_MAX_HEADER_BYTES (64 * 1024)
+#endif
+#if (MI_MAX_RESPONSE_BYTES) < 1024 || (MI_MAX_HEADER_BYTES) < 1024
+#error "MI_MAX_RESPONSE_BYTES and MI_MAX_HEADER_BYTES must be at least 1024: token responses are larger"
+#endif
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <new>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+#if MI_DETAIL_EXCEPTIONS
+#include <exception>
+#endif
 
 namespace mi {
 inline namespace v1 {

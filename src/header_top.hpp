@@ -123,39 +123,3 @@
 #else
 #define MI_DETAIL_CURL_LINKED 0
 #endif
-
-#ifndef MI_MANAGED_IDENTITY_HPP
-#define MI_MANAGED_IDENTITY_HPP
-
-#define MI_VERSION_MAJOR 0
-#define MI_VERSION_MINOR 1
-#define MI_VERSION_PATCH 0
-#define MI_VERSION_STRING "0.1.0"
-
-// ---- configuration block -------------------------------------------------
-
-#ifndef MI_MAX_RESPONSE_BYTES
-#define MI_MAX_RESPONSE_BYTES (1024 * 1024)
-#endif
-#ifndef MI_MAX_HEADER_BYTES
-#define MI_MAX_HEADER_BYTES (64 * 1024)
-#endif
-#if (MI_MAX_RESPONSE_BYTES) < 1024 || (MI_MAX_HEADER_BYTES) < 1024
-#error "MI_MAX_RESPONSE_BYTES and MI_MAX_HEADER_BYTES must be at least 1024: token responses are larger"
-#endif
-
-#include <chrono>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <functional>
-#include <memory>
-#include <new>
-#include <string>
-#include <string_view>
-#include <type_traits>
-#include <utility>
-#include <vector>
-#if MI_DETAIL_EXCEPTIONS
-#include <exception>
-#endif

@@ -1,9 +1,7 @@
-// ============================================================================
-// IMPLEMENTATION. Compiled only where MI_IMPLEMENTATION is defined, once per
-// translation unit even if the header is included again.
-// ============================================================================
-#if defined(MI_IMPLEMENTATION) && !defined(MI_DETAIL_IMPLEMENTATION_INCLUDED)
-#define MI_DETAIL_IMPLEMENTATION_INCLUDED
+// The implementation's standard and platform headers, and its internal macros.
+// amalgamate.py wraps this part and the ones after it in the MI_IMPLEMENTATION gate.
+#pragma once
+#include "api.hpp"
 
 #include <algorithm>
 #include <atomic>

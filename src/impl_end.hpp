@@ -1,5 +1,3 @@
-#endif  // MI_IMPLEMENTATION
-
 // Internal macros do not leak into the includer: the Windows ones this header
 // defined, and every MI_DETAIL_* except MI_DETAIL_IMPLEMENTATION_INCLUDED, which must
 // outlive this inclusion so that a second one does not compile the implementation again.
