@@ -8,6 +8,8 @@
 // strings the caller gets back. After a failed proactive refresh, the entry
 // cools down before its next one, so an endpoint outage costs one attempt per
 // cool-down rather than one per hit.
+#pragma once
+#include "util.hpp"
 
 namespace mi {
 inline namespace v1 {

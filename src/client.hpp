@@ -1,6 +1,13 @@
 // The client: options, the retry loop (docs/protocol.md §8), turning responses into tokens
 // or errors (§5), the Azure Arc legs (§3), and AcquireToken's use of the cache
 // (§6): hit, proactive refresh, coalesced miss, claims bypass.
+#pragma once
+#include "cache.hpp"
+#include "context.hpp"
+#include "curl.hpp"
+#include "response.hpp"
+#include "socket.hpp"
+#include "sources.hpp"
 
 namespace mi {
 inline namespace v1 {

@@ -2,6 +2,8 @@
 // effective (earliest) deadline of the chain. Checking is lock-free; blocking
 // operations wait in short slices so a Cancel() from another thread is seen
 // within one slice (kContextSlice).
+#pragma once
+#include "util.hpp"
 
 namespace mi {
 inline namespace v1 {

@@ -15,6 +15,10 @@
 // default, so a program pays nothing for libcurl until Service Fabric needs it), or
 // with the functions' own addresses (MI_CURL_LINKED, and on Windows). A libcurl that
 // cannot be loaded or used fails the request with a tls error before anything is sent.
+#pragma once
+#include "context.hpp"
+#include "http.hpp"
+#include "url.hpp"
 
 #if defined(MI_USE_CURL)
 #if defined(__has_include)

@@ -1,6 +1,9 @@
 // HTTP/1.1 on the wire: request serialisation and an incremental response parser
 // with bounded memory. Strict about framing (RFC 9112): anything ambiguous is
 // refused rather than guessed at. Messages never quote header values or body bytes.
+#pragma once
+#include "util.hpp"
+#include "url.hpp"
 
 namespace mi {
 inline namespace v1 {

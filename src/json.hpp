@@ -9,6 +9,8 @@
 // ("[0,0,...]") would cost some 45 MB. Bodies from the network are therefore parsed with
 // a filter (parse_json_kept): the whole grammar is still checked, but only the members
 // the caller reads are built; everything else is validated and dropped on the fly.
+#pragma once
+#include "util.hpp"
 
 namespace mi {
 inline namespace v1 {

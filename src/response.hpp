@@ -1,6 +1,8 @@
 // Token and error bodies (docs/protocol.md §5). Field types vary between sources: numbers
 // arrive as JSON numbers or numeric strings, expires_on as epoch seconds or as
 // one of several date forms. Error messages never quote the body or the token.
+#pragma once
+#include "json.hpp"
 
 namespace mi {
 inline namespace v1 {

@@ -4,6 +4,10 @@
 // kContextSlice so a Cancel() from another thread or the context's deadline stops
 // them promptly. Numeric hosts (the usual metadata endpoints) skip DNS; a host
 // name is resolved on a helper thread, so that its wait is bounded the same way.
+#pragma once
+#include "context.hpp"
+#include "http.hpp"
+#include "url.hpp"
 
 namespace mi {
 inline namespace v1 {

@@ -1,6 +1,10 @@
 // The six sources: detection from the environment (docs/protocol.md §1), which identities
 // each accepts (§2), how each builds its request (§2), and the Azure Arc
 // challenge's key file and identity confirmation (§3).
+#pragma once
+#include "response.hpp"
+#include "url.hpp"
+#include "http.hpp"
 
 namespace mi {
 inline namespace v1 {

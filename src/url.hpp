@@ -1,6 +1,8 @@
 // URL parsing (absolute http:// and https:// only) and query merging.
 // Strict on purpose: the URLs come from the environment and go on the wire, so
 // anything that could split a request or smuggle credentials is refused.
+#pragma once
+#include "util.hpp"
 
 namespace mi {
 inline namespace v1 {

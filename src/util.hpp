@@ -1,5 +1,7 @@
 // Small helpers shared by every part: errors, strings, environment, UUIDs,
 // hashes. Nothing here does I/O except reading the environment.
+#pragma once
+#include "impl_begin.hpp"
 
 namespace mi {
 inline namespace v1 {
