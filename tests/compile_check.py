@@ -73,6 +73,65 @@ def macro_checks(cxx, tmp):
     return out
 
 
+# -Weverything on the implementation TU (clang++), minus the warnings that only describe
+# C++98 compatibility or struct padding. Every other warning is fixed, or allowed here with
+# its reason:
+#   -Wno-weak-vtables: mi::HttpClient and mi::Exception are public interface types defined
+#     in the declarations, so their vtables are emitted wherever they are used.
+EVERYTHING = ["-Weverything", "-Wno-c++98-compat", "-Wno-c++98-compat-pedantic", "-Wno-padded",
+              "-Wno-weak-vtables", "-Werror"]
+
+# The implementation's names with external linkage: the public API, and in mi::detail only
+# the types that the public declarations name (their layout is hidden behind pointers, and
+# their members are reached from the public classes' functions). Everything else in the
+# implementation has internal linkage, so it can neither clash with nor be called from
+# another translation unit. A symbol is accepted when its name mentions one of these.
+EXTERNAL_DETAIL_TYPES = ["detail::ContextState", "detail::ClientState", "detail::ClientConfig",
+                         "detail::AcquireConfig", "detail::ErrorAccess"]
+
+
+def exported_detail_symbols(cxx, flags, tmp):
+    """Defined external mi::detail symbols of the implementation object that are not allowed."""
+    src = os.path.join(tmp, "impl.cpp")
+    obj = os.path.join(tmp, "impl.o")
+    with open(src, "w") as f:
+        f.write('#define MI_IMPLEMENTATION\n#include "managed_identity.hpp"\n')
+    r = subprocess.run([cxx, "-std=c++17", "-O2", "-c", "-I", ROOT, *flags, src, "-o", obj],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, r.stderr
+    nm = subprocess.run(["nm", "-C", "--defined-only", "--extern-only", obj], capture_output=True, text=True)
+    bad = []
+    for line in nm.stdout.splitlines():
+        name = line.split(" ", 2)[-1]
+        if "mi::v1::detail::" in name and not any(t in name for t in EXTERNAL_DETAIL_TYPES):
+            bad.append(name)
+    return sorted(set(bad)), ""
+
+
+def linkage_checks(tmp):
+    out = []
+    configs = [[]] + ([["-DMI_USE_CURL"]] if have_curl() else [])
+    if shutil.which("clang++"):
+        for flags in configs:
+            src = os.path.join(tmp, "everything.cpp")
+            with open(src, "w") as f:
+                f.write('#define MI_IMPLEMENTATION\n#include "managed_identity.hpp"\n')
+            r = subprocess.run(["clang++", "-std=c++17", "-fsyntax-only", *EVERYTHING, "-I", ROOT, *flags, src],
+                               capture_output=True, text=True)
+            out.append(("clang++ -Weverything on the implementation %s" % " ".join(flags), r.returncode == 0,
+                        r.stderr))
+    if shutil.which("nm"):
+        for cxx in [c for c in ("g++", "clang++") if shutil.which(c)]:
+            for flags in configs:
+                bad, err = exported_detail_symbols(cxx, flags, tmp)
+                detail = err if bad is None else "%d external detail symbols:\n%s" % (len(bad or []),
+                                                                                    "\n".join((bad or [])[:60]))
+                out.append(("%s implementation exports no internal detail symbol %s" % (cxx, " ".join(flags)),
+                            bad == [], detail))
+    return out
+
+
 def main():
     compilers = [c for c in ("g++", "clang++") if shutil.which(c)]
     # (label, standard, extra flags, libcurl libraries to link, link and run). The C++20/23 runs stop
@@ -118,8 +177,11 @@ def main():
                     print(detail[:3000])
                 passed += ok
                 failed += not ok
+        checks = linkage_checks(tmp)
         for cxx in compilers:
-            for label, ok, detail in macro_checks(cxx, tmp):
+            checks += macro_checks(cxx, tmp)
+        if True:
+            for label, ok, detail in checks:
                 print("%s: %s" % ("PASS" if ok else "FAIL", label))
                 if not ok:
                     print(detail[:3000])
