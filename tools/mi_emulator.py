@@ -124,7 +124,8 @@ def openssl(*args):
 
 
 def make_ca(directory, stem, common_name):
-    """A CA certificate (returned) and its key (stem.key) made with the openssl CLI."""
+    """A CA certificate (returned) and its key (stem.key) made with the openssl CLI (P-256 keys:
+    made in milliseconds, and every TLS stack a client might use accepts them)."""
     cnf = os.path.join(directory, stem + ".cnf")
     with open(cnf, "w") as f:
         f.write("[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = v3_ca\n"
@@ -132,7 +133,8 @@ def make_ca(directory, stem, common_name):
                 "[v3_ca]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n"
                 "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n" % common_name)
     cert = os.path.join(directory, stem + ".pem")
-    openssl("req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-sha256", "-config", cnf,
+    openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-days", "2", "-sha256", "-config", cnf,
             "-keyout", os.path.join(directory, stem + ".key"), "-out", cert)
     return cert
 
@@ -144,14 +146,15 @@ def make_leaf(directory, ca_stem, stem, common_name, alt_names):
     with open(cnf, "w") as f:
         f.write("[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = %s\n"
                 "[v3_leaf]\nbasicConstraints = critical, CA:FALSE\n"
-                "keyUsage = critical, digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n"
+                "keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n"
                 "subjectAltName = %s\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid, issuer\n"
                 % (common_name, alt_names))
     key = os.path.join(directory, stem + ".key")
     csr = os.path.join(directory, stem + ".csr")
     cert = os.path.join(directory, stem + ".pem")
     ca_key = os.path.join(directory, ca_stem + ".key")
-    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-config", cnf, "-keyout", key, "-out", csr)
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-config", cnf,
+            "-keyout", key, "-out", csr)
     openssl("x509", "-req", "-in", csr, "-CA", os.path.join(directory, ca_stem + ".pem"), "-CAkey", ca_key,
             "-set_serial", "0x" + secrets.token_hex(16), "-days", "2", "-sha256",
             "-extfile", cnf, "-extensions", "v3_leaf", "-out", cert)
@@ -630,6 +633,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not known:
             with emu.lock:
                 emu.stats["unexpected"] += 1
+            # Read the body first: closing a socket with unread data resets the connection, and
+            # the client would then see no answer at all instead of this 404.
+            self.read_body()
             self.fail(404, "not_found", "No such endpoint: %s (the %s emulator serves %s)"
                       % (parsed.path, emu.name, emu.path))
             return
