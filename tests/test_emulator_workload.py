@@ -527,6 +527,32 @@ def rotation_periodic(c):
 
 
 @case
+def rotation_concurrent(c):
+    """The timer and the control endpoint rotating at once keep kubelet's layout intact."""
+    with Emulator("--rotate-token-every", "0.01") as emu:
+        errors = []
+
+        def rotate_many():
+            try:
+                for _ in range(40):
+                    emu.rotate()
+            except Exception as e:  # reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=rotate_many) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        c.eq(errors, [], "rotate requests")
+        path = emu.env["AZURE_FEDERATED_TOKEN_FILE"]
+        if os.name == "posix":
+            c.check(os.path.islink(path), "the token file is still a link into ..data")
+            c.eq(len(os.listdir(os.path.dirname(path))), 3, "..data, one data directory and the token link")
+        check_success(c, emu.exchange(), emu, "after concurrent rotations")
+
+
+@case
 def argument_errors(c):
     for args in (["--source", "imds", "--token-proxy"], ["--source", "workload", "--proxy-path", "/x"],
                  ["--source", "workload", "--client-id", "not-a-guid"],

@@ -226,6 +226,7 @@ class Emulator:
         self.mistake = a.mistake
         self.token_file = None
         self.token_serial = 0
+        self.write_lock = threading.Lock()   # one rotation at a time (timer and control endpoint)
         self.ca_file = None
         self.ca_pem = None
         self.base_url = None
@@ -267,6 +268,10 @@ class Emulator:
         timestamped directory and the `..data` link is swapped atomically, so the file the pod reads
         (`azure-identity-token`, itself a link into `..data`) changes in one step. Where symbolic
         links cannot be made (Windows without the privilege) the file is replaced atomically."""
+        with self.write_lock:
+            return self._write_sa_token(mistake)
+
+    def _write_sa_token(self, mistake):
         with self.lock:
             if mistake is None:
                 mistake = self.mistake
