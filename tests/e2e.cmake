@@ -6,3 +6,9 @@ if(TARGET mi-token)
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/e2e_mi_token.py $<TARGET_FILE:mi-token>)
   set_tests_properties(e2e_mi_token PROPERTIES TIMEOUT 300)
 endif()
+
+# The emulator's workload identity mode (Entra ID's token endpoint and the AKS token proxy),
+# tested from Python alone: needs no C++ target, only the openssl command-line tool (else skipped).
+add_test(NAME emulator_workload
+         COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/test_emulator_workload.py)
+set_tests_properties(emulator_workload PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77)
