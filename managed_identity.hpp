@@ -2929,54 +2929,6 @@ bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
   return diff == 0;
 }
 
-// Invisible code points a thumbprint picks up when copied from a certificate viewer
-// (Windows' dialog prepends U+200E): the direction marks U+200E and U+200F, the
-// byte-order mark U+FEFF and the no-break space U+00A0, in UTF-8. Returns how many
-// bytes to skip at `at`, 0 for none.
-size_t invisible_mark_length(std::string_view text, size_t at) noexcept {
-  static constexpr std::string_view kMarks[] = {"\xE2\x80\x8E", "\xE2\x80\x8F", "\xEF\xBB\xBF", "\xC2\xA0"};
-  for (std::string_view mark : kMarks)
-    if (text.compare(at, mark.size(), mark) == 0) return mark.size();
-  return 0;
-}
-
-// IDENTITY_SERVER_THUMBPRINT: drop ':', white space and invisible marks, then exactly
-// 40 hex digits (either case) -> 20 raw bytes. `sha1_bytes` is only written on success.
-bool parse_thumbprint(std::string_view text, std::string& sha1_bytes) {
-  std::string digits;
-  digits.reserve(text.size());
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (c == ':' || c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f') continue;
-    if (size_t skip = invisible_mark_length(text, i)) {
-      i += skip - 1;
-      continue;
-    }
-    if (hex_value(c) < 0) return false;
-    if (digits.size() == 40) return false;
-    digits.push_back(c);
-  }
-  if (digits.size() != 40) return false;
-  std::string out(20, '\0');
-  for (size_t i = 0; i < 20; ++i)
-    out[i] = static_cast<char>(hex_value(digits[2 * i]) * 16 + hex_value(digits[2 * i + 1]));
-  sha1_bytes = std::move(out);
-  return true;
-}
-
-// 20 raw bytes of a SHA-1 -> the 40 upper-case hex digits HttpRequest::pinned_sha1 carries.
-std::string pin_hex(std::string_view sha1_bytes) {
-  static const char digits[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(2 * sha1_bytes.size());
-  for (char ch : sha1_bytes) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    out.push_back(digits[c >> 4]);
-    out.push_back(digits[c & 15]);
-  }
-  return out;
-}
-
 #if defined(MI_USE_CURL)
 
 // HttpRequest::pinned_sha1 -> 20 raw bytes: exactly 40 hex digits (either case), nothing
@@ -4091,9 +4043,13 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
 }  // namespace mi
 
 // ---- src/sources.hpp ----
-// The six sources: detection from the environment (docs/protocol.md §1), which identities
-// each accepts (§2), how each builds its request (§2), and the Azure Arc
-// challenge's key file and identity confirmation (§3).
+// The six sources. Each is described once, by its entry in kSources below: how it is
+// detected (docs/protocol.md §1), its request (§2), its retry class (§8), its transport's
+// TLS mode (§4) and the hints its errors carry. Where a source's protocol truly differs
+// from the table, its entry names one function, defined in the source's section further
+// down: Azure ML's always-sent clientid, Service Fabric's revocation hash and
+// capabilities (and its pinned endpoint, fixed at New), the Azure Arc challenge (§3).
+// Adding a source is one entry, plus such a function where its protocol needs one.
 
 namespace mi {
 inline namespace v1 {
@@ -4105,21 +4061,492 @@ constexpr const char* kImdsPath = "/metadata/identity/oauth2/token";
 constexpr const char* kArcDefaultEndpoint = "http://127.0.0.1:40342/metadata/identity/oauth2/token";
 constexpr size_t kArcMaxKeyBytes = 4096;
 
-inline const char* source_label(Source source) {
-  switch (source) {
-    case Source::DefaultToIMDS: return "IMDS";
-    case Source::AppService: return "App Service";
-    case Source::AzureArc: return "Azure Arc";
-    case Source::CloudShell: return "Cloud Shell";
-    case Source::ServiceFabric: return "Service Fabric";
-    case Source::AzureML: return "Azure ML";
-  }
-  return "the managed identity endpoint";
+// ---- what a source is ------------------------------------------------------------------
+
+// How the transport secures the connection (docs/protocol.md §4, §12).
+enum class TlsMode {
+  plain,            // http:// through the built-in socket transport
+  pinned,           // https:// whose leaf certificate must match a thumbprint fixed at New
+  chain_validated,  // https:// checked against the trust store (no source uses it yet)
+};
+
+// A retry class (docs/protocol.md §8). Every class retries transport errors and 404, 408, 429.
+struct RetryClass {
+  bool every_5xx = false;      // 500-599; otherwise 500, 502, 503 and 504 only
+  bool exponential = false;    // waits 1 s, 2 s, 4 s, ...; otherwise 1 s each
+  bool imds_updating = false;  // 410 ("IMDS is being updated"): up to 7 retries, 10 s apart
+};
+constexpr RetryClass kImdsRetries{true, true, true};
+constexpr RetryClass kStandardRetries{};
+
+struct Header {
+  const char* name = nullptr;
+  const char* value = nullptr;
+};
+
+// Up to three names or headers in a table entry; unused slots stay null.
+template <class T>
+struct Three {
+  T at[3]{};
+  const T* begin() const { return at; }
+  const T* end() const { return at + 3; }
+};
+
+// What one acquisition adds to the request the table describes.
+struct RequestExtras {
+  std::string_view request_id;                             // for the source's request_id_header
+  std::string_view claims;                                 // non-empty: a claims request (§7)
+  const std::string* cached_token = nullptr;               // the token cached for the key, if any
+  const std::vector<std::string>* capabilities = nullptr;  // the client's, not a copy
+};
+
+struct BuiltRequest {
+  HttpRequest request;
+  std::vector<std::string> secrets;  // values that must never appear in a message or log
+};
+
+// A pinned source's endpoint and the thumbprint its certificate must match, fixed at New.
+struct PinnedEndpoint {
+  Url url;
+  std::string pinned_sha1;  // 40 upper-case hex digits (HttpRequest::pinned_sha1)
+  std::string sha1_bytes;   // the same 20 bytes raw, for the built-in transport
+};
+
+// The functions entries name; each is defined in its source's section below.
+bool arc_agent_installed();
+void azure_ml_parameters(const ID& id, const RequestExtras& extras, StringPairs& params);
+void service_fabric_parameters(const ID& id, const RequestExtras& extras, StringPairs& params);
+Result<bool> arc_answer_challenge(const HttpResponse& leg1, BuiltRequest& built);
+Result<bool> arc_confirm_identity(const ID& id, const TokenResponse& token);
+
+struct SourceSpec {
+  Source source = Source::DefaultToIMDS;
+  const char* label = nullptr;  // the source's name in messages
+
+  // Detection (§1): every variable named here is set and not empty, or detect_also() says
+  // so. An entry with neither matches always (the fallback, so it comes last).
+  Three<const char*> detect_variables;
+  bool (*detect_also)() = nullptr;
+
+  // The request (§2).
+  const char* method = "GET";
+  const char* endpoint_variable = nullptr;  // where the endpoint URL comes from, named in errors
+  const char* endpoint_default = nullptr;   // used when that variable is empty
+  const char* endpoint_base_path = nullptr;  // set: the variable is a base URL this path is appended to
+  const char* scheme = "http";              // the only scheme the endpoint may have
+  const char* api_version = nullptr;        // null: none sent
+  bool form_body = false;                   // the parameters go in a form body, not the query
+  // The parameter carrying a user-assigned ID, per kind; null: the kind is refused, for
+  // the reason in id_refusal (at New, unsupported_identity).
+  const char* client_id_parameter = nullptr;
+  const char* object_id_parameter = nullptr;
+  const char* resource_id_parameter = nullptr;
+  const char* id_refusal = nullptr;
+  const char* secret_variable = nullptr;  // read at every request, sent in secret_header
+  const char* secret_header = nullptr;
+  Three<Header> headers;                    // fixed headers, after User-Agent and the secret
+  const char* request_id_header = nullptr;  // a new UUID per acquisition, also the errors' correlation id
+  void (*add_parameters)(const ID&, const RequestExtras&, StringPairs&) = nullptr;
+
+  // Transport and retries (§4, §8).
+  TlsMode tls = TlsMode::plain;
+  const char* pin_variable = nullptr;  // TlsMode::pinned: the thumbprint
+  RetryClass retry = kStandardRetries;
+
+  // After the first answer: true to send the request again (Azure Arc's second leg), false
+  // when that answer is final. After a token: an error if it is not the one asked for.
+  Result<bool> (*answer_challenge)(const HttpResponse&, BuiltRequest&) = nullptr;
+  Result<bool> (*confirm_token)(const ID&, const TokenResponse&) = nullptr;
+
+  // Hints in http_status messages; null: the generic hint.
+  const char* hint_400 = nullptr;
+  const char* hint_401_403 = nullptr;
+  const char* hint_not_json = nullptr;  // a 403, 502, 503 or 504 whose body is not JSON
+};
+
+// Service Fabric: IDENTITY_ENDPOINT and IDENTITY_HEADER, with a certificate thumbprint.
+constexpr SourceSpec service_fabric_spec() {
+  SourceSpec s;
+  s.source = Source::ServiceFabric;
+  s.label = "Service Fabric";
+  s.detect_variables = {{"IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT"}};
+  s.endpoint_variable = "IDENTITY_ENDPOINT";
+  s.scheme = "https";
+  s.api_version = "2019-07-01-preview";
+  s.id_refusal = "Service Fabric does not accept a user-assigned identity in the request: the identity is set by "
+                 "the cluster's resource configuration (https://aka.ms/servicefabricmi); use mi::SystemAssigned()";
+  s.secret_variable = "IDENTITY_HEADER";
+  s.secret_header = "Secret";
+  s.headers = {{{"Accept", "application/json"}}};
+  s.add_parameters = service_fabric_parameters;
+  s.tls = TlsMode::pinned;
+  s.pin_variable = "IDENTITY_SERVER_THUMBPRINT";
+  s.hint_401_403 = "the endpoint refused IDENTITY_HEADER; restart the app so it gets a fresh one";
+  return s;
 }
 
-// ---- detection -------------------------------------------------------------------
+// App Service and Functions: IDENTITY_ENDPOINT and IDENTITY_HEADER.
+constexpr SourceSpec app_service_spec() {
+  SourceSpec s;
+  s.source = Source::AppService;
+  s.label = "App Service";
+  s.detect_variables = {{"IDENTITY_ENDPOINT", "IDENTITY_HEADER"}};
+  s.endpoint_variable = "IDENTITY_ENDPOINT";
+  s.api_version = "2019-08-01";
+  s.client_id_parameter = "client_id";
+  s.object_id_parameter = "object_id";
+  s.resource_id_parameter = "mi_res_id";  // not msi_res_id
+  s.secret_variable = "IDENTITY_HEADER";
+  s.secret_header = "X-IDENTITY-HEADER";
+  s.hint_401_403 = "the endpoint refused IDENTITY_HEADER; restart the app so it gets a fresh one";
+  return s;
+}
 
-MI_DETAIL_COLD bool file_exists(const std::string& path) {
+// Azure ML compute: MSI_ENDPOINT and MSI_SECRET.
+constexpr SourceSpec azure_ml_spec() {
+  SourceSpec s;
+  s.source = Source::AzureML;
+  s.label = "Azure ML";
+  s.detect_variables = {{"MSI_ENDPOINT", "MSI_SECRET"}};
+  s.endpoint_variable = "MSI_ENDPOINT";
+  s.api_version = "2017-09-01";
+  s.client_id_parameter = "clientid";
+  s.id_refusal = "Azure ML accepts a user-assigned identity by client ID only; use mi::UserAssignedClientID()";
+  s.secret_variable = "MSI_SECRET";
+  s.secret_header = "secret";
+  s.add_parameters = azure_ml_parameters;
+  s.hint_401_403 = "the endpoint refused MSI_SECRET; check the compute's identity setup";
+  return s;
+}
+
+// Cloud Shell: MSI_ENDPOINT alone. The endpoint URL is sent as configured.
+constexpr SourceSpec cloud_shell_spec() {
+  SourceSpec s;
+  s.source = Source::CloudShell;
+  s.label = "Cloud Shell";
+  s.detect_variables = {{"MSI_ENDPOINT"}};
+  s.method = "POST";
+  s.endpoint_variable = "MSI_ENDPOINT";
+  s.form_body = true;
+  s.id_refusal = "Cloud Shell supports only its system-assigned identity; use mi::SystemAssigned()";
+  s.headers = {{{"Metadata", "true"}}};
+  return s;
+}
+
+// Azure Arc: IDENTITY_ENDPOINT and IMDS_ENDPOINT, or the agent's himds installed.
+constexpr SourceSpec azure_arc_spec() {
+  SourceSpec s;
+  s.source = Source::AzureArc;
+  s.label = "Azure Arc";
+  s.detect_variables = {{"IDENTITY_ENDPOINT", "IMDS_ENDPOINT"}};
+  s.detect_also = arc_agent_installed;
+  s.endpoint_variable = "IDENTITY_ENDPOINT";
+  s.endpoint_default = kArcDefaultEndpoint;
+  s.api_version = "2020-06-01";
+  s.client_id_parameter = "client_id";
+  s.object_id_parameter = "object_id";
+  s.resource_id_parameter = "msi_res_id";
+  s.headers = {{{"Metadata", "true"}}};
+  s.answer_challenge = arc_answer_challenge;
+  s.confirm_token = arc_confirm_identity;
+  return s;
+}
+
+// IMDS: Azure VMs, scale sets, AKS nodes; the fallback when nothing else is detected.
+constexpr SourceSpec imds_spec() {
+  SourceSpec s;
+  s.source = Source::DefaultToIMDS;
+  s.label = "IMDS";
+  s.endpoint_variable = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
+  s.endpoint_default = kImdsEndpoint;
+  s.endpoint_base_path = kImdsPath;
+  s.api_version = "2018-02-01";
+  s.client_id_parameter = "client_id";
+  s.object_id_parameter = "object_id";
+  s.resource_id_parameter = "msi_res_id";
+  s.headers = {{{"Metadata", "true"}, {"x-client-SKU", "managed-identity-cpp"}, {"x-client-Ver", MI_VERSION_STRING}}};
+  s.request_id_header = "x-ms-client-request-id";
+  s.retry = kImdsRetries;
+  s.hint_400 = "check that the identity is assigned to this VM (for a user-assigned identity, that its ID is right) "
+               "and that the resource is a valid application ID URI";
+  s.hint_not_json = "something other than IMDS may have answered (a proxy, or a container runtime such as Docker "
+                    "Desktop); managed identity works only on the Azure resource itself";
+  return s;
+}
+
+// In detection order (docs/protocol.md §1): the first entry that matches is the source.
+constexpr SourceSpec kSources[] = {service_fabric_spec(), app_service_spec(), azure_ml_spec(),
+                                   cloud_shell_spec(),    azure_arc_spec(),   imds_spec()};
+constexpr size_t kSourceCount = sizeof kSources / sizeof kSources[0];
+static_assert(kSources[kSourceCount - 1].source == Source::DefaultToIMDS, "IMDS is the fallback, tried last");
+
+const SourceSpec& source_spec(Source source) {
+  for (const SourceSpec& spec : kSources)
+    if (spec.source == source) return spec;
+  return kSources[kSourceCount - 1];  // not a Source value: treated as the fallback
+}
+
+inline const char* source_label(Source source) { return source_spec(source).label; }
+
+// ---- detection (docs/protocol.md §1) ------------------------------------------------------
+
+bool detected(const SourceSpec& spec) {
+  bool all_set = true;
+  for (const char* name : spec.detect_variables)
+    if (name != nullptr && env(name).empty()) all_set = false;
+  const bool has_variables = spec.detect_variables.at[0] != nullptr;
+  if (has_variables && all_set) return true;
+  if (spec.detect_also != nullptr) return spec.detect_also();
+  return !has_variables;
+}
+
+Source detect_source() {
+  for (const SourceSpec& spec : kSources)
+    if (detected(spec)) return spec.source;
+  return Source::DefaultToIMDS;
+}
+
+// ---- identities (docs/protocol.md §2) -----------------------------------------------------
+
+const char* id_kind_label(IDKind kind) {
+  switch (kind) {
+    case IDKind::SystemAssigned: return "system-assigned identity";
+    case IDKind::ClientID: return "user-assigned client ID";
+    case IDKind::ObjectID: return "user-assigned object ID";
+    case IDKind::ResourceID: return "user-assigned resource ID";
+  }
+  return "identity";
+}
+
+// The query parameter that carries a user-assigned ID, or nullptr (system-assigned, or refused).
+const char* id_parameter(const SourceSpec& spec, IDKind kind) {
+  switch (kind) {
+    case IDKind::SystemAssigned: return nullptr;
+    case IDKind::ClientID: return spec.client_id_parameter;
+    case IDKind::ObjectID: return spec.object_id_parameter;
+    case IDKind::ResourceID: return spec.resource_id_parameter;
+  }
+  return nullptr;
+}
+
+// The source's support for the ID kind first, then an empty value.
+Result<bool> check_identity(const SourceSpec& spec, const ID& id) {
+  if (id.kind() == IDKind::SystemAssigned) return true;
+  if (id_parameter(spec, id.kind()) == nullptr)
+    return ErrorAccess::make(Errc::unsupported_identity,
+                             cat({"a ", id_kind_label(id.kind()), " cannot be used here: ", spec.id_refusal}),
+                             spec.source);
+  if (id.value().empty())
+    return ErrorAccess::make(
+        Errc::invalid_argument,
+        cat({"the ", id_kind_label(id.kind()), " is empty; pass the identity's ID, or use mi::SystemAssigned()"}),
+        spec.source);
+  return true;
+}
+
+// ---- endpoints and secrets from the environment (docs/protocol.md §2) ------------------------
+
+// Parses an endpoint URL taken from variable `name`: malformed, wrong scheme or a control
+// character is invalid_argument. The message names the variable, not the value.
+Result<Url> endpoint_from(const std::string& value, const char* name, const char* scheme, Source source) {
+  Url url;
+  std::string why;
+  if (has_control_char(value)) {
+    why = "it contains a control character";
+  } else if (!parse_url(value, url, why)) {
+    // why is set by parse_url
+  } else if (url.scheme != scheme) {
+    why = cat({"its scheme must be ", scheme, "://"});
+  } else {
+    return url;
+  }
+  return ErrorAccess::make(Errc::invalid_argument,
+                           cat({name, " is not a valid ", scheme, " URL (", why, "); check the ",
+                                source_label(source), " environment"}),
+                           source);
+}
+
+// Reads a secret variable; a control character is invalid_argument (the value is never shown).
+Result<std::string> secret_from(const char* name, Source source) {
+  std::string value = env(name);
+  if (has_control_char(value))
+    return ErrorAccess::make(
+        Errc::invalid_argument,
+        cat({name, " contains a control character; check the ", source_label(source), " environment"}), source);
+  return value;
+}
+
+// The endpoint URL as configured: the variable, else the default. A base URL (IMDS's
+// AZURE_POD_IDENTITY_AUTHORITY_HOST) loses one trailing '/', gets the token path, and
+// http:// when it has no scheme.
+std::string configured_endpoint(const SourceSpec& spec) {
+  std::string value = env(spec.endpoint_variable);
+  if (value.empty()) return spec.endpoint_default != nullptr ? spec.endpoint_default : "";
+  if (spec.endpoint_base_path == nullptr) return value;
+  if (value.back() == '/') value.pop_back();
+  return cat({value.find("://") == std::string::npos ? "http://" : "", value, spec.endpoint_base_path});
+}
+
+// ---- request building (docs/protocol.md §2) -------------------------------------------------
+
+// The endpoint: a pinned source's as fixed at New, every other read now.
+Result<Url> request_url(const SourceSpec& spec, const PinnedEndpoint* pinned) {
+  if (spec.tls == TlsMode::pinned && pinned != nullptr) return pinned->url;
+  return endpoint_from(configured_endpoint(spec), spec.endpoint_variable, spec.scheme, spec.source);
+}
+
+StringPairs request_parameters(const SourceSpec& spec, const ID& id, std::string_view resource,
+                               const RequestExtras& extras) {
+  StringPairs params;
+  if (spec.api_version != nullptr) add_pair(params, "api-version", spec.api_version);
+  add_pair(params, "resource", resource);
+  if (const char* name = id_parameter(spec, id.kind())) add_pair(params, name, id.value());
+  if (spec.add_parameters != nullptr) spec.add_parameters(id, extras, params);
+  return params;
+}
+
+// application/x-www-form-urlencoded, every name and value percent-encoded.
+std::string form_encode(const StringPairs& params) {
+  std::string out;
+  for (const auto& p : params) {
+    if (!out.empty()) out.push_back('&');
+    out += cat({percent_encode(p.first), "=", percent_encode(p.second)});
+  }
+  return out;
+}
+
+// User-Agent, the secret (read now), the entry's fixed headers, the request id, and the
+// content type of a form body, in that order.
+Result<bool> add_headers(const SourceSpec& spec, const RequestExtras& extras, BuiltRequest& out) {
+  StringPairs& headers = out.request.headers;
+  add_pair(headers, "User-Agent", kUserAgent);
+  if (spec.secret_variable != nullptr) {
+    Result<std::string> secret = secret_from(spec.secret_variable, spec.source);
+    if (!secret) return secret.error();
+    add_pair(headers, spec.secret_header, *secret);
+    if (!secret->empty()) out.secrets.push_back(std::move(*secret));
+  }
+  for (const Header& header : spec.headers)
+    if (header.name != nullptr) add_pair(headers, header.name, header.value);
+  if (spec.request_id_header != nullptr) add_pair(headers, spec.request_id_header, extras.request_id);
+  if (spec.form_body) add_pair(headers, "Content-Type", "application/x-www-form-urlencoded");
+  return true;
+}
+
+// The one request of an acquisition (Azure Arc: leg 1). `pinned` is the endpoint and pin a
+// pinned source fixed at New.
+Result<BuiltRequest> build_request(const SourceSpec& spec, const ID& id, std::string_view resource,
+                                   const RequestExtras& extras, const PinnedEndpoint* pinned) {
+  Result<Url> url = request_url(spec, pinned);
+  if (!url) return url.error();
+  BuiltRequest out;
+  out.request.method = spec.method;
+  StringPairs params = request_parameters(spec, id, resource, extras);
+  if (spec.form_body) {
+    out.request.body = form_encode(params);  // the URL is sent as configured
+  } else {
+    url->query = merge_query(url->query, params);
+  }
+  out.request.url = url->str();
+  // The transport checks the pin before the secret goes out.
+  if (spec.tls == TlsMode::pinned && pinned != nullptr) out.request.pinned_sha1 = pinned->pinned_sha1;
+  Result<bool> headers = add_headers(spec, extras, out);
+  if (!headers) return headers.error();
+  return out;
+}
+
+// ---- Azure ML ----------------------------------------------------------------------------
+
+// clientid is always sent: the user-assigned client ID (added from the table), else
+// DEFAULT_IDENTITY_CLIENT_ID, else empty, as Go does.
+void azure_ml_parameters(const ID& id, const RequestExtras&, StringPairs& params) {
+  if (id.kind() == IDKind::SystemAssigned) add_pair(params, "clientid", env("DEFAULT_IDENTITY_CLIENT_ID"));
+}
+
+// ---- Service Fabric (docs/protocol.md §4, §7) ---------------------------------------------------
+
+// With claims, the hash of the cached token the endpoint should not hand out again; the
+// client capabilities on every request.
+void service_fabric_parameters(const ID&, const RequestExtras& extras, StringPairs& params) {
+  if (!extras.claims.empty() && extras.cached_token != nullptr)
+    add_pair(params, "token_sha256_to_refresh", sha256_hex(*extras.cached_token));
+  if (extras.capabilities != nullptr && !extras.capabilities->empty()) {
+    std::string joined;
+    for (const std::string& c : *extras.capabilities) {
+      if (!joined.empty()) joined += ',';
+      joined += c;
+    }
+    add_pair(params, "xms_cc", joined);
+  }
+}
+
+// Invisible code points a thumbprint picks up when copied from a certificate viewer
+// (Windows' dialog prepends U+200E): the direction marks U+200E and U+200F, the
+// byte-order mark U+FEFF and the no-break space U+00A0, in UTF-8. Returns how many
+// bytes to skip at `at`, 0 for none.
+size_t invisible_mark_length(std::string_view text, size_t at) noexcept {
+  static constexpr std::string_view kMarks[] = {"\xE2\x80\x8E", "\xE2\x80\x8F", "\xEF\xBB\xBF", "\xC2\xA0"};
+  for (std::string_view mark : kMarks)
+    if (text.compare(at, mark.size(), mark) == 0) return mark.size();
+  return 0;
+}
+
+// IDENTITY_SERVER_THUMBPRINT: drop ':', white space and invisible marks, then exactly
+// 40 hex digits (either case) -> 20 raw bytes. `sha1_bytes` is only written on success.
+bool parse_thumbprint(std::string_view text, std::string& sha1_bytes) {
+  std::string digits;
+  digits.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == ':' || c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f') continue;
+    if (size_t skip = invisible_mark_length(text, i)) {
+      i += skip - 1;
+      continue;
+    }
+    if (hex_value(c) < 0) return false;
+    if (digits.size() == 40) return false;
+    digits.push_back(c);
+  }
+  if (digits.size() != 40) return false;
+  std::string out(20, '\0');
+  for (size_t i = 0; i < 20; ++i)
+    out[i] = static_cast<char>(hex_value(digits[2 * i]) * 16 + hex_value(digits[2 * i + 1]));
+  sha1_bytes = std::move(out);
+  return true;
+}
+
+// 20 raw bytes of a SHA-1 -> the 40 upper-case hex digits HttpRequest::pinned_sha1 carries.
+std::string pin_hex(std::string_view sha1_bytes) {
+  static const char digits[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(2 * sha1_bytes.size());
+  for (char ch : sha1_bytes) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    out.push_back(digits[c >> 4]);
+    out.push_back(digits[c & 15]);
+  }
+  return out;
+}
+
+// A pinned source's endpoint and pin, fixed at New: an https URL, and a SHA-1 thumbprint.
+Result<PinnedEndpoint> pinned_endpoint(const SourceSpec& spec) {
+  Result<Url> url = endpoint_from(env(spec.endpoint_variable), spec.endpoint_variable, spec.scheme, spec.source);
+  if (!url) return url.error();
+  PinnedEndpoint out;
+  if (!parse_thumbprint(env(spec.pin_variable), out.sha1_bytes))
+    return ErrorAccess::make(Errc::invalid_argument,
+                             cat({spec.pin_variable,
+                                  " must be a SHA-1 certificate thumbprint (40 hexadecimal digits, ':' and spaces "
+                                  "allowed)"}),
+                             spec.source);
+  out.url = std::move(*url);
+  out.pinned_sha1 = pin_hex(out.sha1_bytes);
+  return out;
+}
+
+// ---- Azure Arc (docs/protocol.md §1 step 4, §3) --------------------------------------------------
+
+bool file_exists(const std::string& path) {
   if (path.empty()) return false;
 #if MI_DETAIL_WINDOWS
   DWORD attributes = GetFileAttributesA(path.c_str());
@@ -4130,8 +4557,8 @@ MI_DETAIL_COLD bool file_exists(const std::string& path) {
 #endif
 }
 
-// Where the Arc agent's himds executable would be (docs/protocol.md §1 step 4).
-MI_DETAIL_COLD std::vector<std::string> arc_himds_paths() {
+// Where the Arc agent's himds executable would be.
+std::vector<std::string> arc_himds_paths() {
 #if defined(MI_AZURE_ARC_HIMDS_PATH)
   return {MI_AZURE_ARC_HIMDS_PATH};
 #elif MI_DETAIL_WINDOWS
@@ -4148,284 +4575,46 @@ MI_DETAIL_COLD std::vector<std::string> arc_himds_paths() {
 #endif
 }
 
-MI_DETAIL_COLD Source detect_source() {
-  std::string identity_endpoint = env("IDENTITY_ENDPOINT");
-  if (!identity_endpoint.empty() && !env("IDENTITY_HEADER").empty())
-    return env("IDENTITY_SERVER_THUMBPRINT").empty() ? Source::AppService : Source::ServiceFabric;
-  if (!env("MSI_ENDPOINT").empty()) return env("MSI_SECRET").empty() ? Source::CloudShell : Source::AzureML;
-  if (!identity_endpoint.empty() && !env("IMDS_ENDPOINT").empty()) return Source::AzureArc;
+bool arc_agent_installed() {
   for (const std::string& path : arc_himds_paths())
-    if (file_exists(path)) return Source::AzureArc;
-  return Source::DefaultToIMDS;
-}
-
-// ---- identities ------------------------------------------------------------------------
-
-MI_DETAIL_COLD const char* id_kind_label(IDKind kind) {
-  switch (kind) {
-    case IDKind::SystemAssigned: return "system-assigned identity";
-    case IDKind::ClientID: return "user-assigned client ID";
-    case IDKind::ObjectID: return "user-assigned object ID";
-    case IDKind::ResourceID: return "user-assigned resource ID";
-  }
-  return "identity";
-}
-
-// docs/protocol.md §2: the source's support for the ID kind first, then an empty value.
-MI_DETAIL_COLD bool check_identity(Source source, const ID& id, Error& error) {
-  const bool user_assigned = id.kind() != IDKind::SystemAssigned;
-  if (user_assigned) {
-    std::string why;
-    if (source == Source::CloudShell)
-      why = "Cloud Shell supports only its system-assigned identity; use mi::SystemAssigned()";
-    else if (source == Source::ServiceFabric)
-      why = "Service Fabric does not accept a user-assigned identity in the request: the identity is set by the "
-            "cluster's resource configuration (https://aka.ms/servicefabricmi); use mi::SystemAssigned()";
-    else if (source == Source::AzureML && id.kind() != IDKind::ClientID)
-      why = "Azure ML accepts a user-assigned identity by client ID only; use mi::UserAssignedClientID()";
-    if (!why.empty()) {
-      error = ErrorAccess::make(Errc::unsupported_identity,
-                                cat({"a ", id_kind_label(id.kind()), " cannot be used here: ", why}), source);
-      return false;
-    }
-    if (id.value().empty()) {
-      error = ErrorAccess::make(Errc::invalid_argument,
-                                cat({"the ", id_kind_label(id.kind()),
-                                     " is empty; pass the identity's ID, or use mi::SystemAssigned()"}),
-                                source);
-      return false;
-    }
-  }
-  return true;
-}
-
-// The query parameter that carries a user-assigned ID, or nullptr.
-const char* id_parameter(Source source, IDKind kind) {
-  switch (kind) {
-    case IDKind::SystemAssigned: return nullptr;
-    case IDKind::ClientID: return source == Source::AzureML ? "clientid" : "client_id";
-    case IDKind::ObjectID: return "object_id";
-    case IDKind::ResourceID: return source == Source::AppService ? "mi_res_id" : "msi_res_id";
-  }
-  return nullptr;
-}
-
-// ---- endpoints from the environment --------------------------------------------------
-
-// Parses an endpoint URL taken from variable `name`; docs/protocol.md §2: malformed, wrong scheme or a
-// control character is invalid_argument. The message names the variable, not the value.
-MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source,
-                                  Url& url, Error& error) {
-  std::string why;
-  if (has_control_char(value)) {
-    why = "it contains a control character";
-  } else if (!parse_url(value, url, why)) {
-    // why is set by parse_url
-  } else if (url.scheme != scheme) {
-    why = cat({"its scheme must be ", scheme, "://"});
-  } else {
-    return true;
-  }
-  error = ErrorAccess::make(Errc::invalid_argument,
-                            cat({name, " is not a valid ", scheme, " URL (", why, "); check the ", source_label(source),
-                                 " environment"}),
-                            source);
+    if (file_exists(path)) return true;
   return false;
 }
 
-// Reads a secret variable; a control character is invalid_argument (the value is never shown).
-MI_DETAIL_COLD bool secret_from(const char* name, Source source, std::string& value, Error& error) {
-  value = env(name);
-  if (has_control_char(value)) {
-    error = ErrorAccess::make(Errc::invalid_argument,
-                              cat({name, " contains a control character; check the ", source_label(source),
-                                   " environment"}),
-                              source);
-    return false;
-  }
-  return true;
-}
-
-// AZURE_POD_IDENTITY_AUTHORITY_HOST: a base URL; one trailing '/' dropped, the token path
-// appended, http:// assumed without a scheme (docs/protocol.md §2).
-MI_DETAIL_COLD std::string imds_endpoint() {
-  std::string host = env("AZURE_POD_IDENTITY_AUTHORITY_HOST");
-  if (host.empty()) return kImdsEndpoint;
-  if (!host.empty() && host.back() == '/') host.pop_back();
-  return cat({host.find("://") == std::string::npos ? "http://" : "", host, kImdsPath});
-}
-
-// ---- request building -------------------------------------------------------------------
-
-// These two live in fetch_token, which returns from many places: their destructors are out
-// of line so that each return calls one function instead of destroying every member inline.
-struct RequestExtras {
-  std::string request_id;             // IMDS x-ms-client-request-id
-  std::string token_sha256;           // Service Fabric token_sha256_to_refresh (with claims)
-  const std::vector<std::string>* capabilities = nullptr;  // Service Fabric xms_cc (the client's, not a copy)
-  RequestExtras() = default;
-  RequestExtras(const RequestExtras&) = delete;
-  RequestExtras& operator=(const RequestExtras&) = delete;
-  MI_DETAIL_NOINLINE ~RequestExtras();
-};
-RequestExtras::~RequestExtras() = default;
-
-struct BuiltRequest {
-  HttpRequest request;
-  std::vector<std::string> secrets;  // values that must never appear in a message or log
-  BuiltRequest() = default;
-  BuiltRequest(const BuiltRequest&) = delete;
-  BuiltRequest& operator=(const BuiltRequest&) = delete;
-  MI_DETAIL_NOINLINE ~BuiltRequest();
-};
-BuiltRequest::~BuiltRequest() = default;
-
-// Service Fabric's endpoint and the thumbprint its certificate must match, both fixed at New.
-struct PinnedEndpoint {
-  Url url;
-  std::string pinned_sha1;  // 40 upper-case hex digits (HttpRequest::pinned_sha1)
-};
-
-// Builds the one request of an acquisition (Azure Arc: leg 1). Endpoint and secret
-// variables are read now, except Service Fabric's endpoint and pin, fixed at New (`fixed_endpoint`).
-bool build_request(Source source, const ID& id, std::string_view resource, const RequestExtras& extras,
-                   const PinnedEndpoint* fixed_endpoint, BuiltRequest& out, Error& error) {
-  HttpRequest& req = out.request;
-  req.method = "GET";
-  StringPairs params;
-  const char* api_version = nullptr;
-  Url url;
-  std::string endpoint;
-  const char* endpoint_name = "IDENTITY_ENDPOINT";
-  const char* scheme = "http";
-  switch (source) {
-    case Source::DefaultToIMDS:
-      endpoint = imds_endpoint();
-      endpoint_name = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
-      api_version = "2018-02-01";
-      break;
-    case Source::AppService: endpoint = env("IDENTITY_ENDPOINT"); api_version = "2019-08-01"; break;
-    case Source::AzureArc:
-      endpoint = env("IDENTITY_ENDPOINT");
-      if (endpoint.empty()) endpoint = kArcDefaultEndpoint;
-      api_version = "2020-06-01";
-      break;
-    case Source::CloudShell: endpoint = env("MSI_ENDPOINT"); endpoint_name = "MSI_ENDPOINT"; break;
-    case Source::ServiceFabric: api_version = "2019-07-01-preview"; scheme = "https"; break;
-    case Source::AzureML:
-      endpoint = env("MSI_ENDPOINT");
-      endpoint_name = "MSI_ENDPOINT";
-      api_version = "2017-09-01";
-      break;
-  }
-  if (source == Source::ServiceFabric && fixed_endpoint != nullptr) {
-    url = fixed_endpoint->url;
-    req.pinned_sha1 = fixed_endpoint->pinned_sha1;  // the transport checks it before the secret goes out
-  } else if (!endpoint_from(endpoint, endpoint_name, scheme, source, url, error)) {
-    return false;
-  }
-
-  if (api_version != nullptr) add_pair(params, "api-version", api_version);
-  if (source != Source::CloudShell) add_pair(params, "resource", resource);
-  if (source == Source::AzureML) {
-    // Always sent: the user-assigned client ID, else DEFAULT_IDENTITY_CLIENT_ID, else empty (as Go).
-    add_pair(params, "clientid", id.kind() == IDKind::ClientID ? id.value() : env("DEFAULT_IDENTITY_CLIENT_ID"));
-  } else if (const char* name = id_parameter(source, id.kind())) {
-    add_pair(params, name, id.value());
-  }
-  if (source == Source::ServiceFabric) {
-    if (!extras.token_sha256.empty()) add_pair(params, "token_sha256_to_refresh", extras.token_sha256);
-    if (extras.capabilities != nullptr && !extras.capabilities->empty()) {
-      std::string joined;
-      for (const std::string& c : *extras.capabilities) {
-        if (!joined.empty()) joined += ',';
-        joined += c;
-      }
-      add_pair(params, "xms_cc", joined);
-    }
-  }
-  if (source != Source::CloudShell) url.query = merge_query(url.query, params);
-  req.url = url.str();
-
-  add_pair(req.headers, "User-Agent", kUserAgent);
-  std::string secret;
-  switch (source) {
-    case Source::DefaultToIMDS:
-      add_pair(req.headers, "Metadata", "true");
-      add_pair(req.headers, "x-client-SKU", "managed-identity-cpp");
-      add_pair(req.headers, "x-client-Ver", MI_VERSION_STRING);
-      add_pair(req.headers, "x-ms-client-request-id", extras.request_id);
-      break;
-    case Source::AppService:
-      if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
-      add_pair(req.headers, "X-IDENTITY-HEADER", secret);
-      break;
-    case Source::AzureArc: add_pair(req.headers, "Metadata", "true"); break;
-    case Source::CloudShell:
-      req.method = "POST";
-      add_pair(req.headers, "Metadata", "true");
-      add_pair(req.headers, "Content-Type", "application/x-www-form-urlencoded");
-      req.body = cat({"resource=", percent_encode(resource)});
-      break;
-    case Source::ServiceFabric:
-      if (!secret_from("IDENTITY_HEADER", source, secret, error)) return false;
-      add_pair(req.headers, "Secret", secret);
-      add_pair(req.headers, "Accept", "application/json");
-      break;
-    case Source::AzureML:
-      if (!secret_from("MSI_SECRET", source, secret, error)) return false;
-      add_pair(req.headers, "secret", secret);
-      break;
-  }
-  if (!secret.empty()) out.secrets.push_back(std::string(secret));
-  return true;
-}
-
-// ---- Azure Arc challenge (docs/protocol.md §3) -----------------------------------------------------
-
-// The directory the key file must be in, or "" with platform_not_supported.
-MI_DETAIL_COLD bool arc_token_dir(std::string& dir, Error& error) {
-  (void)error;  // set only where the platform has no Arc agent
+// The directory the key file must be in; platform_not_supported where there is no Arc agent.
+Result<std::string> arc_token_dir() {
 #if defined(MI_AZURE_ARC_TOKEN_DIR)
-  dir = MI_AZURE_ARC_TOKEN_DIR;
-  return true;
+  return std::string(MI_AZURE_ARC_TOKEN_DIR);
 #elif MI_DETAIL_WINDOWS
   std::string program_data = env("ProgramData");
   if (program_data.empty()) program_data = "C:\\ProgramData";
-  dir = cat({program_data, "\\AzureConnectedMachineAgent\\Tokens"});
-  return true;
+  return cat({program_data, "\\AzureConnectedMachineAgent\\Tokens"});
 #elif defined(__linux__)
-  dir = "/var/opt/azcmagent/tokens";
-  return true;
+  return std::string("/var/opt/azcmagent/tokens");
 #else
-  dir.clear();
-  error = ErrorAccess::make(Errc::platform_not_supported,
-                            "Azure Arc managed identity is supported on Linux and Windows only", Source::AzureArc);
-  return false;
+  return ErrorAccess::make(Errc::platform_not_supported,
+                           "Azure Arc managed identity is supported on Linux and Windows only", Source::AzureArc);
 #endif
 }
 
 // The parts are joined into the message.
-MI_DETAIL_COLD Error arc_error(std::initializer_list<std::string_view> message) {
-  std::string text = "Azure Arc challenge failed: ";
-  for (std::string_view part : message) text.append(part.data(), part.size());
-  return ErrorAccess::make(Errc::arc_challenge, std::move(text), Source::AzureArc);
+Error arc_error(std::initializer_list<std::string_view> message) {
+  return ErrorAccess::make(Errc::arc_challenge, cat({"Azure Arc challenge failed: ", cat(message)}),
+                           Source::AzureArc);
 }
-MI_DETAIL_COLD inline Error arc_error(std::string_view message) { return arc_error({message}); }
+inline Error arc_error(std::string_view message) { return arc_error({message}); }
 
-// Extracts the key file path from leg 1's WWW-Authenticate header ("Basic realm=<path>",
-// the realm optionally quoted, parameters after a comma ignored).
-MI_DETAIL_COLD bool arc_realm_path(const HttpResponse& leg1, std::string& path, Error& error) {
+// The key file path from leg 1's WWW-Authenticate header ("Basic realm=<path>", the realm
+// optionally quoted, parameters after a comma ignored).
+Result<std::string> arc_realm_path(const HttpResponse& leg1) {
   const std::string* header = nullptr;
   for (const auto& h : leg1.headers)
     if (iequals(h.first, "WWW-Authenticate")) {
       header = &h.second;
       break;
     }
-  if (header == nullptr || trim(*header).empty()) {
-    error = arc_error("the agent's 401 response has no WWW-Authenticate header; is IDENTITY_ENDPOINT the Arc agent?");
-    return false;
-  }
+  if (header == nullptr || trim(*header).empty())
+    return arc_error("the agent's 401 response has no WWW-Authenticate header; is IDENTITY_ENDPOINT the Arc agent?");
   std::string_view value = trim(*header);
   const std::string_view basic = "Basic";
   std::string_view rest;
@@ -4434,63 +4623,27 @@ MI_DETAIL_COLD bool arc_realm_path(const HttpResponse& leg1, std::string& path, 
     rest = trim(value.substr(basic.size()));
   }
   const std::string_view realm = "realm=";
-  if (rest.size() < realm.size() || !iequals(rest.substr(0, realm.size()), realm)) {
-    error = arc_error("the WWW-Authenticate header has no 'Basic realm=' naming the key file");
-    return false;
-  }
+  if (rest.size() < realm.size() || !iequals(rest.substr(0, realm.size()), realm))
+    return arc_error("the WWW-Authenticate header has no 'Basic realm=' naming the key file");
   rest.remove_prefix(realm.size());
+  std::string path;
   if (!rest.empty() && rest.front() == '"') {
     size_t close = rest.find('"', 1);
-    if (close == std::string_view::npos) {
-      error = arc_error("the WWW-Authenticate realm has an unterminated quote");
-      return false;
-    }
+    if (close == std::string_view::npos) return arc_error("the WWW-Authenticate realm has an unterminated quote");
     path.assign(rest.substr(1, close - 1));
   } else {
     path.assign(trim(rest.substr(0, rest.find(','))));
   }
-  if (path.empty()) {
-    error = arc_error("the WWW-Authenticate header's realm is empty; it should name the key file");
-    return false;
-  }
-  if (has_control_char(path)) {
-    path.clear();
-    error = arc_error("the key file path in the WWW-Authenticate realm contains a control character");
-    return false;
-  }
-  return true;
+  if (path.empty()) return arc_error("the WWW-Authenticate header's realm is empty; it should name the key file");
+  if (has_control_char(path))
+    return arc_error("the key file path in the WWW-Authenticate realm contains a control character");
+  return path;
 }
 
-// Checks the realm path against the token directory and reads the key file without
-// following links or blocking (docs/protocol.md §3 step 2). Never puts the contents in a message.
-MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Error& error) {
-  std::string dir;
-  if (!arc_token_dir(dir, error)) return false;
-  // The realm comes from the endpoint: quote at most 200 bytes of it in messages.
-  const std::string shown = path.size() > 200 ? cat({std::string_view(path).substr(0, 200), "..."}) : path;
-  if (has_control_char(path)) {
-    error = arc_error("the key file path in the realm contains a control character");
-    return false;
-  }
-  if (path.find("..") != std::string::npos) {
-    error = arc_error({"the key file path '", shown, "' contains '..'"});
-    return false;
-  }
 #if MI_DETAIL_WINDOWS
-  size_t sep = path.find_last_of("\\/");
-#else
-  size_t sep = path.rfind('/');
-#endif
-  std::string name = sep == std::string::npos ? path : path.substr(sep + 1);
-  if (name.size() <= 4 || !ends_with(name, ".key")) {
-    error = arc_error({"the key file '", shown, "' does not have the .key extension"});
-    return false;
-  }
-  if (sep == std::string::npos || path.substr(0, sep) != dir) {
-    error = arc_error({"the key file '", shown, "' is not in the agent's token directory ", dir});
-    return false;
-  }
-#if MI_DETAIL_WINDOWS
+// Opens the key file without following a reparse point, checks the open handle (a regular
+// file within the size limit) and reads it. `shown` is the path as messages quote it.
+Result<std::string> arc_read_key_file(const std::string& path, const std::string& shown) {
   HANDLE file = CreateFileA(path.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
                             FILE_FLAG_OPEN_REPARSE_POINT, nullptr);
   if (file == INVALID_HANDLE_VALUE) {
@@ -4498,56 +4651,55 @@ MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Erro
     // A directory cannot be opened this way (access denied): say what it is, not to run as admin.
     DWORD attributes = code == ERROR_ACCESS_DENIED ? GetFileAttributesA(path.c_str()) : INVALID_FILE_ATTRIBUTES;
     if (attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) != 0)
-      error = arc_error({"the key file '", shown, "' is not a regular file"});
-    else if (code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND)
-      error = arc_error({"the key file '", shown, "' does not exist"});
-    else
-      error = arc_error({"the key file '", shown, "' could not be opened (error ", num(static_cast<long long>(code)),
-                         "); run as an administrator or a member of the 'Hybrid agent extension "
-                         "applications' group"});
-    return false;
+      return arc_error({"the key file '", shown, "' is not a regular file"});
+    if (code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND)
+      return arc_error({"the key file '", shown, "' does not exist"});
+    return arc_error({"the key file '", shown, "' could not be opened (error ", num(static_cast<long long>(code)),
+                      "); run as an administrator or a member of the 'Hybrid agent extension applications' group"});
   }
   BY_HANDLE_FILE_INFORMATION info;
   bool regular = GetFileType(file) == FILE_TYPE_DISK && GetFileInformationByHandle(file, &info) &&
                  (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT)) == 0;
   if (!regular) {
     CloseHandle(file);
-    error = arc_error({"the key file '", shown, "' is not a regular file"});
-    return false;
+    return arc_error({"the key file '", shown, "' is not a regular file"});
   }
   uint64_t size = (static_cast<uint64_t>(info.nFileSizeHigh) << 32) | info.nFileSizeLow;
   if (size > kArcMaxKeyBytes) {
     CloseHandle(file);
-    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
-    return false;
+    return arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
   }
-  key.assign(static_cast<size_t>(size), '\0');
+  std::string key(static_cast<size_t>(size), '\0');
   DWORD got = 0;
   bool ok = size == 0 || (ReadFile(file, &key[0], static_cast<DWORD>(size), &got, nullptr) && got == size);
   CloseHandle(file);
+  if (!ok) {
+    std::fill(key.begin(), key.end(), '\0');
+    return arc_error({"the key file '", shown, "' could not be read"});
+  }
+  return key;
+}
 #else
+// Opens the key file without following a link or blocking (a FIFO must not hang the
+// caller), checks the open descriptor (a regular file within the size limit) and reads
+// it. `shown` is the path as messages quote it.
+Result<std::string> arc_read_key_file(const std::string& path, const std::string& shown) {
   int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
   if (fd < 0) {
     int err = errno;
-    if (err == ENOENT)
-      error = arc_error({"the key file '", shown, "' does not exist"});
-    else if (err == ELOOP)
-      error = arc_error({"the key file '", shown, "' is a symbolic link, which is not followed"});
-    else
-      error = arc_error({"the key file '", shown, "' could not be opened (", std::strerror(err),
-                         "); the process must run as root or in the himds group"});
-    return false;
+    if (err == ENOENT) return arc_error({"the key file '", shown, "' does not exist"});
+    if (err == ELOOP) return arc_error({"the key file '", shown, "' is a symbolic link, which is not followed"});
+    return arc_error({"the key file '", shown, "' could not be opened (", std::strerror(err),
+                      "); the process must run as root or in the himds group"});
   }
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    error = arc_error({"the key file '", shown, "' is not a regular file"});
-    return false;
+    return arc_error({"the key file '", shown, "' is not a regular file"});
   }
   if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) > kArcMaxKeyBytes) {
     ::close(fd);
-    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
-    return false;
+    return arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
   }
   // Read at most one byte past the limit, in case the file grew after fstat.
   char buffer[kArcMaxKeyBytes + 1];
@@ -4564,35 +4716,67 @@ MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Erro
     total += static_cast<size_t>(n);
   }
   ::close(fd);
-  if (ok && total > kArcMaxKeyBytes) {
-    error = arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
-    return false;
-  }
-  key.assign(buffer, total);
+  std::string key = ok && total <= kArcMaxKeyBytes ? std::string(buffer, total) : std::string();
   std::memset(buffer, 0, sizeof buffer);
+  if (!ok) return arc_error({"the key file '", shown, "' could not be read"});
+  if (total > kArcMaxKeyBytes) return arc_error({"the key file '", shown, "' is larger than 4096 bytes"});
+  return key;
+}
 #endif
-  if (!ok) {
-    key.clear();
-    error = arc_error({"the key file '", shown, "' could not be read"});
-    return false;
-  }
+
+// Checks the realm path against the token directory, then reads the key file (docs/protocol.md
+// §3 step 2). Never puts the contents in a message.
+Result<std::string> arc_read_key(const std::string& path) {
+  Result<std::string> dir = arc_token_dir();
+  if (!dir) return dir.error();
+  // The realm comes from the endpoint: quote at most 200 bytes of it in messages.
+  const std::string shown = path.size() > 200 ? cat({std::string_view(path).substr(0, 200), "..."}) : path;
+  if (has_control_char(path)) return arc_error("the key file path in the realm contains a control character");
+  if (path.find("..") != std::string::npos) return arc_error({"the key file path '", shown, "' contains '..'"});
+#if MI_DETAIL_WINDOWS
+  size_t sep = path.find_last_of("\\/");
+#else
+  size_t sep = path.rfind('/');
+#endif
+  std::string name = sep == std::string::npos ? path : path.substr(sep + 1);
+  if (name.size() <= 4 || !ends_with(name, ".key"))
+    return arc_error({"the key file '", shown, "' does not have the .key extension"});
+  if (sep == std::string::npos || path.substr(0, sep) != *dir)
+    return arc_error({"the key file '", shown, "' is not in the agent's token directory ", *dir});
+  Result<std::string> key = arc_read_key_file(path, shown);
+  if (!key) return key;
   // The contents go into a header value as they are: an empty key would send a bare
   // "Basic ", and a control byte (a trailing newline from an editor, say) or a non-ASCII
   // one cannot be sent at all. Neither is a key the agent wrote.
-  const char* problem = key.empty() ? "' is empty" : nullptr;
-  for (char ch : key)
+  const char* problem = key->empty() ? "' is empty" : nullptr;
+  for (char ch : *key)
     if (ch < 0x20 || ch > 0x7e) problem = "' holds a byte outside printable ASCII (a trailing newline, for instance)";
   if (problem != nullptr) {
-    std::fill(key.begin(), key.end(), '\0');
-    key.clear();
-    error = arc_error({"the key file '", shown, problem});
-    return false;
+    std::fill(key->begin(), key->end(), '\0');
+    return arc_error({"the key file '", shown, problem});
   }
+  return key;
+}
+
+// Leg 1's answer must be the 401 challenge: its key file's contents go into leg 2's
+// Authorization header. A success means the agent did not challenge; any other status is
+// final (an ordinary http_status error).
+Result<bool> arc_answer_challenge(const HttpResponse& leg1, BuiltRequest& built) {
+  if (leg1.status == 200 || leg1.status == 202)
+    return arc_error({"the agent answered the first request with HTTP ", num(leg1.status),
+                      " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"});
+  if (leg1.status != 401) return false;
+  Result<std::string> path = arc_realm_path(leg1);
+  if (!path) return path.error();
+  Result<std::string> key = arc_read_key(*path);
+  if (!key) return key.error();
+  add_pair(built.request.headers, "Authorization", cat({"Basic ", *key}));
+  built.secrets.push_back(std::move(*key));
   return true;
 }
 
 // docs/protocol.md §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
-MI_DETAIL_COLD bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
+bool arc_echoes_identity(const ID& id, const TokenResponse& token) {
   switch (id.kind()) {
     case IDKind::SystemAssigned: return true;
     case IDKind::ClientID: return !token.client_id.empty() && iequals(token.client_id, id.value());
@@ -4602,6 +4786,13 @@ MI_DETAIL_COLD bool arc_confirms_identity(const ID& id, const TokenResponse& tok
              (!token.mi_res_id.empty() && iequals(token.mi_res_id, id.value()));
   }
   return false;
+}
+
+Result<bool> arc_confirm_identity(const ID& id, const TokenResponse& token) {
+  if (arc_echoes_identity(id, token)) return true;
+  return arc_error({"the agent did not confirm the requested ", id_kind_label(id.kind()),
+                    " in its token response; the agent is likely too old for user-assigned identities and "
+                    "returned the system-assigned one (update the Azure Connected Machine agent)"});
 }
 
 }  // namespace detail
@@ -5004,9 +5195,8 @@ struct ClientState {
   Source source = Source::DefaultToIMDS;
   ID id;
   ClientConfig config;
-  std::shared_ptr<HttpClient> transport;  // null only for Service Fabric built without libcurl
-  PinnedEndpoint fixed_endpoint;          // Service Fabric: IDENTITY_ENDPOINT and its pin as read at New
-  bool has_fixed_endpoint = false;
+  std::shared_ptr<HttpClient> transport;  // null only for an https source built without libcurl
+  std::unique_ptr<const PinnedEndpoint> pinned;  // TlsMode::pinned: the endpoint and pin as read at New
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
 
@@ -5039,11 +5229,13 @@ struct ClientState {
 
 // ---- retry policy (docs/protocol.md §8) -----------------------------------------------------------
 
+// The source's retry class (SourceSpec::retry) decides the next three.
 bool retryable_status(Source source, int status) {
-  if (source == Source::DefaultToIMDS)
-    return status == 404 || status == 408 || status == 410 || status == 429 || (status >= 500 && status <= 599);
-  return status == 404 || status == 408 || status == 429 || status == 500 || status == 502 || status == 503 ||
-         status == 504;
+  const RetryClass& rc = source_spec(source).retry;
+  if (status == 404 || status == 408 || status == 429) return true;
+  if (status == 410) return rc.imds_updating;
+  if (rc.every_5xx) return status >= 500 && status <= 599;
+  return status == 500 || status == 502 || status == 503 || status == 504;
 }
 
 // The one rule for what may succeed later: Error::retryable() and the retry loop both use it.
@@ -5056,14 +5248,15 @@ bool retryable_outcome(Source source, Errc code, int status) noexcept {
 int retry_limit(const ClientState& st, int status) {
   if (!st.config.retry) return 0;
   if (st.config.max_retries >= 0) return st.config.max_retries;
-  if (st.source == Source::DefaultToIMDS && status == 410) return 7;  // IMDS is being updated
+  if (status == 410 && source_spec(st.source).retry.imds_updating) return 7;  // IMDS is being updated
   return 3;
 }
 
 // The wait before retry number `retry` (0-based), before Retry-After and jitter.
 Millis backoff(Source source, int retry, int status) {
-  if (source != Source::DefaultToIMDS) return Millis(1000);
-  if (status == 410) return Millis(10000);
+  const RetryClass& rc = source_spec(source).retry;
+  if (status == 410 && rc.imds_updating) return Millis(10000);
+  if (!rc.exponential) return Millis(1000);
   return Millis(1000LL << std::min(retry, 6));  // 1 s, 2 s, 4 s, ...
 }
 
@@ -5172,25 +5365,20 @@ MI_DETAIL_COLD std::string body_excerpt(std::string text, size_t limit) {
   return text;
 }
 
-MI_DETAIL_COLD std::string status_hint(Source source, int status, bool json_body) {
+// The source's own hints (SourceSpec::hint_*) come first, then the generic ones.
+std::string status_hint(Source source, int status, bool json_body) {
+  const SourceSpec& spec = source_spec(source);
   if (status >= 300 && status < 400)
     return "the endpoint answered with a redirect, which is never followed; a managed identity endpoint does not "
            "redirect, so a proxy may be intercepting the request";
   if (!json_body && (status == 403 || status == 502 || status == 503 || status == 504) &&
-      source == Source::DefaultToIMDS)
-    return "something other than IMDS may have answered (a proxy, or a container runtime such as Docker Desktop); "
-           "managed identity works only on the Azure resource itself";
+      spec.hint_not_json != nullptr)
+    return spec.hint_not_json;
   switch (status) {
-    case 400:
-      return source == Source::DefaultToIMDS
-                 ? "check that the identity is assigned to this VM (for a user-assigned identity, that its ID is "
-                   "right) and that the resource is a valid application ID URI"
-                 : "check the resource and the identity's ID";
+    case 400: return spec.hint_400 != nullptr ? spec.hint_400 : "check the resource and the identity's ID";
     case 401:
     case 403:
-      if (source == Source::AppService || source == Source::ServiceFabric)
-        return "the endpoint refused IDENTITY_HEADER; restart the app so it gets a fresh one";
-      if (source == Source::AzureML) return "the endpoint refused MSI_SECRET; check the compute's identity setup";
+      if (spec.hint_401_403 != nullptr) return spec.hint_401_403;
       return "the endpoint refused the request; check that this process may use the resource's managed identity";
     case 404:
       return "the identity was not found or is still being assigned; check the identity's ID and that it is "
@@ -5361,65 +5549,49 @@ MI_DETAIL_COLD Result<AuthResult> finish_error(const ClientState& st, const Erro
   return e;
 }
 
-// Fetches a token from the endpoint (no cache read). `cached` is the token cached for this
-// key, if any (Service Fabric's revocation hash with claims). Log lines go to `logs`.
+Error no_transport_error(const SourceSpec& spec) {
+  return make_error(Errc::tls, cat({spec.label,
+                                    "'s endpoint is HTTPS, and this program was built without HTTPS support: define "
+                                    "MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl and OpenSSL "
+                                    "headers installed (libcurl is loaded when first needed; CMake: -DMI_USE_CURL=ON)"}));
+}
+
+// Fetches a token from the endpoint (no cache read). `cached_token` is the token cached for
+// this key, if any (Service Fabric's revocation hash with claims). Log lines go to `logs`.
 Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::string_view resource,
                                const AcquireConfig& options, const std::string* cached_token, bool one_attempt,
                                LogLines& logs) {
-  RequestExtras extras;
-  if (st.source == Source::DefaultToIMDS) extras.request_id = uuid4();
-  if (st.source == Source::ServiceFabric) {
-    if (!options.claims.empty() && cached_token != nullptr) extras.token_sha256 = sha256_hex(*cached_token);
-    extras.capabilities = &st.config.capabilities;
-  }
-  BuiltRequest built;
-  Error error(Errc::invalid_argument, "");
-  if (!build_request(st.source, st.id, resource, extras, st.has_fixed_endpoint ? &st.fixed_endpoint : nullptr, built,
-                     error))
-    return finish_error(st, error, extras.request_id);
+  const SourceSpec& spec = source_spec(st.source);
+  // Sent by the sources that take one; the same on this acquisition's retries.
+  const std::string request_id = spec.request_id_header != nullptr ? uuid4() : std::string();
+  Result<BuiltRequest> built = build_request(spec, st.id, resource,
+                                             RequestExtras{request_id, options.claims, cached_token,
+                                                           &st.config.capabilities},
+                                             st.pinned.get());
+  if (!built) return finish_error(st, built.error(), request_id);
   // An endpoint that echoes the token we hold (claims, refresh) must not get it into a message.
-  if (cached_token != nullptr) built.secrets.push_back(std::string(*cached_token));
-  if (!st.transport) {
-    return finish_error(st,
-                        make_error(Errc::tls,
-                                   "Service Fabric's endpoint is HTTPS, and this program was built without HTTPS "
-                                   "support: define MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl "
-                                   "and OpenSSL headers installed (libcurl is loaded when first needed; CMake: "
-                                   "-DMI_USE_CURL=ON)"),
-                        extras.request_id);
-  }
+  if (cached_token != nullptr) built->secrets.push_back(*cached_token);
+  if (!st.transport) return finish_error(st, no_transport_error(spec), request_id);
 
   int attempts = 0;
-  Result<HttpResponse> response = send_with_retries(st, ctx, built.request, built.secrets, one_attempt, attempts, logs);
-  if (response && st.source == Source::AzureArc) {
-    // Leg 1 answered; it must be the 401 challenge (docs/protocol.md §3).
-    if (response->status == 401) {
-      std::string path, key;
-      if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
-        return finish_error(st, error, extras.request_id);
-      built.secrets.push_back(std::string(key));
-      add_pair(built.request.headers, "Authorization", cat({"Basic ", key}));
-      response = send_with_retries(st, ctx, built.request, built.secrets, one_attempt, attempts, logs);
-    } else if (response->status == 200 || response->status == 202) {
-      return finish_error(st,
-                          arc_error({"the agent answered the first request with HTTP ", num(response->status),
-                                     " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"}),
-                          extras.request_id);
-    }
+  Result<HttpResponse> response =
+      send_with_retries(st, ctx, built->request, built->secrets, one_attempt, attempts, logs);
+  if (response && spec.answer_challenge != nullptr) {
+    // Azure Arc: leg 1 answered; a 401 challenge is answered by leg 2 (docs/protocol.md §3).
+    Result<bool> again = spec.answer_challenge(*response, *built);
+    if (!again) return finish_error(st, again.error(), request_id);
+    if (*again) response = send_with_retries(st, ctx, built->request, built->secrets, one_attempt, attempts, logs);
   }
-  if (!response) return finish_error(st, response.error(), extras.request_id);
+  if (!response) return finish_error(st, response.error(), request_id);
   if (response->status != 200 && response->status != 202)
-    return finish_error(st, http_status_error(st, *response, attempts, built.secrets), extras.request_id);
+    return finish_error(st, http_status_error(st, *response, attempts, built->secrets), request_id);
 
   SysClock::time_point now = st.now();
   Result<TokenResponse> parsed = parse_token_response(response->body, now);
-  if (!parsed) return finish_error(st, parsed.error(), extras.request_id, true);
-  if (st.source == Source::AzureArc && !arc_confirms_identity(st.id, *parsed)) {
-    return finish_error(st,
-                        arc_error({"the agent did not confirm the requested ", id_kind_label(st.id.kind()),
-                                   " in its token response; the agent is likely too old for user-assigned identities "
-                                   "and returned the system-assigned one (update the Azure Connected Machine agent)"}),
-                        extras.request_id);
+  if (!parsed) return finish_error(st, parsed.error(), request_id, true);
+  if (spec.confirm_token != nullptr) {
+    Result<bool> confirmed = spec.confirm_token(st.id, *parsed);
+    if (!confirmed) return finish_error(st, confirmed.error(), request_id);
   }
   AuthResult result;
   result.access_token = std::move(parsed->access_token);
@@ -5587,6 +5759,51 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
 
 namespace detail {
 
+// A pinned source (docs/protocol.md §4): the endpoint and the thumbprint are fixed now, and
+// the Secret header may only go through a transport that checks the pin during the
+// handshake (fail closed, as MSAL Go refuses an HTTP client it cannot pin).
+Result<bool> choose_pinned_transport(const SourceSpec& spec, ClientState& st) {
+  Result<PinnedEndpoint> pinned = pinned_endpoint(spec);
+  if (!pinned) return pinned.error();
+  if (st.config.http && !st.config.http->PinsServerCertificate())
+    return ErrorAccess::make(
+        Errc::invalid_argument,
+        cat({"mi::WithHTTPClient: on ", spec.label, " the transport must check the endpoint's certificate against ",
+             spec.pin_variable,
+             " (HttpRequest::pinned_sha1) during the TLS handshake, and this one does not say so (its "
+             "PinsServerCertificate() is false); implement the check and return true from PinsServerCertificate(), "
+             "or leave out WithHTTPClient to use the built-in libcurl transport"}),
+        spec.source);
+  if (st.config.http) {
+    st.transport = st.config.http;
+  } else {
+#if MI_DETAIL_CURL
+    st.transport = std::make_shared<CurlTransport>(pinned->sha1_bytes, st.config.connect_timeout);
+#endif
+  }
+  st.pinned.reset(new PinnedEndpoint(std::move(*pinned)));
+  return true;
+}
+
+// The transport the source's TLS mode asks for: the user's HttpClient if given (a pinned
+// source checks it can pin), else the built-in one. Without libcurl an https source gets
+// none, and its requests fail with tls (no_transport_error).
+Result<bool> choose_transport(const SourceSpec& spec, ClientState& st) {
+  switch (spec.tls) {
+    case TlsMode::plain:
+      st.transport = st.config.http ? st.config.http : std::make_shared<SocketTransport>(st.config.connect_timeout);
+      return true;
+    case TlsMode::pinned: return choose_pinned_transport(spec, st);
+    case TlsMode::chain_validated:
+      st.transport = st.config.http;
+#if MI_DETAIL_CURL
+      if (!st.transport) st.transport = std::make_shared<CurlTransport>(std::string(), st.config.connect_timeout);
+#endif
+      return true;
+  }
+  return true;
+}
+
 // How an option changes the configuration: `apply` takes its fields from the option's `patch`.
 using ConfigApply = void (*)(ClientConfig& config, const ClientConfig& patch);
 
@@ -5658,48 +5875,16 @@ MI_DETAIL_COLD ClientOption WithSleep(std::function<void(std::chrono::millisecon
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.sleep = p.sleep; });
 }
 
-MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& options) {
+Result<Client> New(ID id, const std::vector<ClientOption>& options) {
   auto state = std::make_shared<detail::ClientState>();
   state->source = detail::detect_source();
-  Error error(Errc::invalid_argument, "");
-  if (!detail::check_identity(state->source, id, error)) return error;
+  const detail::SourceSpec& spec = detail::source_spec(state->source);
+  Result<bool> supported = detail::check_identity(spec, id);
+  if (!supported) return supported.error();
   state->id = std::move(id);
   for (const ClientOption& option : options) option.apply(state->config);
-
-  if (state->source == Source::ServiceFabric) {
-    // docs/protocol.md §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
-    if (!detail::endpoint_from(detail::env("IDENTITY_ENDPOINT"), "IDENTITY_ENDPOINT", "https", state->source,
-                               state->fixed_endpoint.url, error))
-      return error;
-    state->has_fixed_endpoint = true;
-    std::string pin;
-    if (!detail::parse_thumbprint(detail::env("IDENTITY_SERVER_THUMBPRINT"), pin))
-      return detail::ErrorAccess::make(Errc::invalid_argument,
-                                       "IDENTITY_SERVER_THUMBPRINT must be a SHA-1 certificate thumbprint (40 "
-                                       "hexadecimal digits, ':' and spaces allowed)",
-                                       state->source);
-    state->fixed_endpoint.pinned_sha1 = detail::pin_hex(pin);
-    if (state->config.http) {
-      // Fail closed: the Secret header may only go through a transport that checks the pin
-      // (as MSAL Go refuses an HTTP client it cannot pin).
-      if (!state->config.http->PinsServerCertificate())
-        return detail::ErrorAccess::make(
-            Errc::invalid_argument,
-            "mi::WithHTTPClient: on Service Fabric the transport must check the endpoint's certificate against "
-            "IDENTITY_SERVER_THUMBPRINT (HttpRequest::pinned_sha1) during the TLS handshake, and this one does not "
-            "say so (its PinsServerCertificate() is false); implement the check and return true from "
-            "PinsServerCertificate(), or leave out WithHTTPClient to use the built-in libcurl transport",
-            state->source);
-      state->transport = state->config.http;
-    } else {
-#if defined(MI_USE_CURL)
-      state->transport = std::make_shared<detail::CurlTransport>(pin, state->config.connect_timeout);
-#endif
-    }
-  } else {
-    state->transport = state->config.http ? state->config.http
-                                          : std::make_shared<detail::SocketTransport>(state->config.connect_timeout);
-  }
+  Result<bool> transport = detail::choose_transport(spec, *state);
+  if (!transport) return transport.error();
   return detail::ClientState::make_client(std::move(state));
 }
 

@@ -35,9 +35,8 @@ struct ClientState {
   Source source = Source::DefaultToIMDS;
   ID id;
   ClientConfig config;
-  std::shared_ptr<HttpClient> transport;  // null only for Service Fabric built without libcurl
-  PinnedEndpoint fixed_endpoint;          // Service Fabric: IDENTITY_ENDPOINT and its pin as read at New
-  bool has_fixed_endpoint = false;
+  std::shared_ptr<HttpClient> transport;  // null only for an https source built without libcurl
+  std::unique_ptr<const PinnedEndpoint> pinned;  // TlsMode::pinned: the endpoint and pin as read at New
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
 
@@ -70,11 +69,13 @@ struct ClientState {
 
 // ---- retry policy (docs/protocol.md §8) -----------------------------------------------------------
 
+// The source's retry class (SourceSpec::retry) decides the next three.
 bool retryable_status(Source source, int status) {
-  if (source == Source::DefaultToIMDS)
-    return status == 404 || status == 408 || status == 410 || status == 429 || (status >= 500 && status <= 599);
-  return status == 404 || status == 408 || status == 429 || status == 500 || status == 502 || status == 503 ||
-         status == 504;
+  const RetryClass& rc = source_spec(source).retry;
+  if (status == 404 || status == 408 || status == 429) return true;
+  if (status == 410) return rc.imds_updating;
+  if (rc.every_5xx) return status >= 500 && status <= 599;
+  return status == 500 || status == 502 || status == 503 || status == 504;
 }
 
 // The one rule for what may succeed later: Error::retryable() and the retry loop both use it.
@@ -87,14 +88,15 @@ bool retryable_outcome(Source source, Errc code, int status) noexcept {
 int retry_limit(const ClientState& st, int status) {
   if (!st.config.retry) return 0;
   if (st.config.max_retries >= 0) return st.config.max_retries;
-  if (st.source == Source::DefaultToIMDS && status == 410) return 7;  // IMDS is being updated
+  if (status == 410 && source_spec(st.source).retry.imds_updating) return 7;  // IMDS is being updated
   return 3;
 }
 
 // The wait before retry number `retry` (0-based), before Retry-After and jitter.
 Millis backoff(Source source, int retry, int status) {
-  if (source != Source::DefaultToIMDS) return Millis(1000);
-  if (status == 410) return Millis(10000);
+  const RetryClass& rc = source_spec(source).retry;
+  if (status == 410 && rc.imds_updating) return Millis(10000);
+  if (!rc.exponential) return Millis(1000);
   return Millis(1000LL << std::min(retry, 6));  // 1 s, 2 s, 4 s, ...
 }
 
@@ -203,25 +205,20 @@ MI_DETAIL_COLD std::string body_excerpt(std::string text, size_t limit) {
   return text;
 }
 
-MI_DETAIL_COLD std::string status_hint(Source source, int status, bool json_body) {
+// The source's own hints (SourceSpec::hint_*) come first, then the generic ones.
+std::string status_hint(Source source, int status, bool json_body) {
+  const SourceSpec& spec = source_spec(source);
   if (status >= 300 && status < 400)
     return "the endpoint answered with a redirect, which is never followed; a managed identity endpoint does not "
            "redirect, so a proxy may be intercepting the request";
   if (!json_body && (status == 403 || status == 502 || status == 503 || status == 504) &&
-      source == Source::DefaultToIMDS)
-    return "something other than IMDS may have answered (a proxy, or a container runtime such as Docker Desktop); "
-           "managed identity works only on the Azure resource itself";
+      spec.hint_not_json != nullptr)
+    return spec.hint_not_json;
   switch (status) {
-    case 400:
-      return source == Source::DefaultToIMDS
-                 ? "check that the identity is assigned to this VM (for a user-assigned identity, that its ID is "
-                   "right) and that the resource is a valid application ID URI"
-                 : "check the resource and the identity's ID";
+    case 400: return spec.hint_400 != nullptr ? spec.hint_400 : "check the resource and the identity's ID";
     case 401:
     case 403:
-      if (source == Source::AppService || source == Source::ServiceFabric)
-        return "the endpoint refused IDENTITY_HEADER; restart the app so it gets a fresh one";
-      if (source == Source::AzureML) return "the endpoint refused MSI_SECRET; check the compute's identity setup";
+      if (spec.hint_401_403 != nullptr) return spec.hint_401_403;
       return "the endpoint refused the request; check that this process may use the resource's managed identity";
     case 404:
       return "the identity was not found or is still being assigned; check the identity's ID and that it is "
@@ -392,65 +389,49 @@ MI_DETAIL_COLD Result<AuthResult> finish_error(const ClientState& st, const Erro
   return e;
 }
 
-// Fetches a token from the endpoint (no cache read). `cached` is the token cached for this
-// key, if any (Service Fabric's revocation hash with claims). Log lines go to `logs`.
+Error no_transport_error(const SourceSpec& spec) {
+  return make_error(Errc::tls, cat({spec.label,
+                                    "'s endpoint is HTTPS, and this program was built without HTTPS support: define "
+                                    "MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl and OpenSSL "
+                                    "headers installed (libcurl is loaded when first needed; CMake: -DMI_USE_CURL=ON)"}));
+}
+
+// Fetches a token from the endpoint (no cache read). `cached_token` is the token cached for
+// this key, if any (Service Fabric's revocation hash with claims). Log lines go to `logs`.
 Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::string_view resource,
                                const AcquireConfig& options, const std::string* cached_token, bool one_attempt,
                                LogLines& logs) {
-  RequestExtras extras;
-  if (st.source == Source::DefaultToIMDS) extras.request_id = uuid4();
-  if (st.source == Source::ServiceFabric) {
-    if (!options.claims.empty() && cached_token != nullptr) extras.token_sha256 = sha256_hex(*cached_token);
-    extras.capabilities = &st.config.capabilities;
-  }
-  BuiltRequest built;
-  Error error(Errc::invalid_argument, "");
-  if (!build_request(st.source, st.id, resource, extras, st.has_fixed_endpoint ? &st.fixed_endpoint : nullptr, built,
-                     error))
-    return finish_error(st, error, extras.request_id);
+  const SourceSpec& spec = source_spec(st.source);
+  // Sent by the sources that take one; the same on this acquisition's retries.
+  const std::string request_id = spec.request_id_header != nullptr ? uuid4() : std::string();
+  Result<BuiltRequest> built = build_request(spec, st.id, resource,
+                                             RequestExtras{request_id, options.claims, cached_token,
+                                                           &st.config.capabilities},
+                                             st.pinned.get());
+  if (!built) return finish_error(st, built.error(), request_id);
   // An endpoint that echoes the token we hold (claims, refresh) must not get it into a message.
-  if (cached_token != nullptr) built.secrets.push_back(std::string(*cached_token));
-  if (!st.transport) {
-    return finish_error(st,
-                        make_error(Errc::tls,
-                                   "Service Fabric's endpoint is HTTPS, and this program was built without HTTPS "
-                                   "support: define MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl "
-                                   "and OpenSSL headers installed (libcurl is loaded when first needed; CMake: "
-                                   "-DMI_USE_CURL=ON)"),
-                        extras.request_id);
-  }
+  if (cached_token != nullptr) built->secrets.push_back(*cached_token);
+  if (!st.transport) return finish_error(st, no_transport_error(spec), request_id);
 
   int attempts = 0;
-  Result<HttpResponse> response = send_with_retries(st, ctx, built.request, built.secrets, one_attempt, attempts, logs);
-  if (response && st.source == Source::AzureArc) {
-    // Leg 1 answered; it must be the 401 challenge (docs/protocol.md §3).
-    if (response->status == 401) {
-      std::string path, key;
-      if (!arc_realm_path(*response, path, error) || !arc_read_key(path, key, error))
-        return finish_error(st, error, extras.request_id);
-      built.secrets.push_back(std::string(key));
-      add_pair(built.request.headers, "Authorization", cat({"Basic ", key}));
-      response = send_with_retries(st, ctx, built.request, built.secrets, one_attempt, attempts, logs);
-    } else if (response->status == 200 || response->status == 202) {
-      return finish_error(st,
-                          arc_error({"the agent answered the first request with HTTP ", num(response->status),
-                                     " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"}),
-                          extras.request_id);
-    }
+  Result<HttpResponse> response =
+      send_with_retries(st, ctx, built->request, built->secrets, one_attempt, attempts, logs);
+  if (response && spec.answer_challenge != nullptr) {
+    // Azure Arc: leg 1 answered; a 401 challenge is answered by leg 2 (docs/protocol.md §3).
+    Result<bool> again = spec.answer_challenge(*response, *built);
+    if (!again) return finish_error(st, again.error(), request_id);
+    if (*again) response = send_with_retries(st, ctx, built->request, built->secrets, one_attempt, attempts, logs);
   }
-  if (!response) return finish_error(st, response.error(), extras.request_id);
+  if (!response) return finish_error(st, response.error(), request_id);
   if (response->status != 200 && response->status != 202)
-    return finish_error(st, http_status_error(st, *response, attempts, built.secrets), extras.request_id);
+    return finish_error(st, http_status_error(st, *response, attempts, built->secrets), request_id);
 
   SysClock::time_point now = st.now();
   Result<TokenResponse> parsed = parse_token_response(response->body, now);
-  if (!parsed) return finish_error(st, parsed.error(), extras.request_id, true);
-  if (st.source == Source::AzureArc && !arc_confirms_identity(st.id, *parsed)) {
-    return finish_error(st,
-                        arc_error({"the agent did not confirm the requested ", id_kind_label(st.id.kind()),
-                                   " in its token response; the agent is likely too old for user-assigned identities "
-                                   "and returned the system-assigned one (update the Azure Connected Machine agent)"}),
-                        extras.request_id);
+  if (!parsed) return finish_error(st, parsed.error(), request_id, true);
+  if (spec.confirm_token != nullptr) {
+    Result<bool> confirmed = spec.confirm_token(st.id, *parsed);
+    if (!confirmed) return finish_error(st, confirmed.error(), request_id);
   }
   AuthResult result;
   result.access_token = std::move(parsed->access_token);
@@ -618,6 +599,51 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
 
 namespace detail {
 
+// A pinned source (docs/protocol.md §4): the endpoint and the thumbprint are fixed now, and
+// the Secret header may only go through a transport that checks the pin during the
+// handshake (fail closed, as MSAL Go refuses an HTTP client it cannot pin).
+Result<bool> choose_pinned_transport(const SourceSpec& spec, ClientState& st) {
+  Result<PinnedEndpoint> pinned = pinned_endpoint(spec);
+  if (!pinned) return pinned.error();
+  if (st.config.http && !st.config.http->PinsServerCertificate())
+    return ErrorAccess::make(
+        Errc::invalid_argument,
+        cat({"mi::WithHTTPClient: on ", spec.label, " the transport must check the endpoint's certificate against ",
+             spec.pin_variable,
+             " (HttpRequest::pinned_sha1) during the TLS handshake, and this one does not say so (its "
+             "PinsServerCertificate() is false); implement the check and return true from PinsServerCertificate(), "
+             "or leave out WithHTTPClient to use the built-in libcurl transport"}),
+        spec.source);
+  if (st.config.http) {
+    st.transport = st.config.http;
+  } else {
+#if MI_DETAIL_CURL
+    st.transport = std::make_shared<CurlTransport>(pinned->sha1_bytes, st.config.connect_timeout);
+#endif
+  }
+  st.pinned.reset(new PinnedEndpoint(std::move(*pinned)));
+  return true;
+}
+
+// The transport the source's TLS mode asks for: the user's HttpClient if given (a pinned
+// source checks it can pin), else the built-in one. Without libcurl an https source gets
+// none, and its requests fail with tls (no_transport_error).
+Result<bool> choose_transport(const SourceSpec& spec, ClientState& st) {
+  switch (spec.tls) {
+    case TlsMode::plain:
+      st.transport = st.config.http ? st.config.http : std::make_shared<SocketTransport>(st.config.connect_timeout);
+      return true;
+    case TlsMode::pinned: return choose_pinned_transport(spec, st);
+    case TlsMode::chain_validated:
+      st.transport = st.config.http;
+#if MI_DETAIL_CURL
+      if (!st.transport) st.transport = std::make_shared<CurlTransport>(std::string(), st.config.connect_timeout);
+#endif
+      return true;
+  }
+  return true;
+}
+
 // How an option changes the configuration: `apply` takes its fields from the option's `patch`.
 using ConfigApply = void (*)(ClientConfig& config, const ClientConfig& patch);
 
@@ -689,48 +715,16 @@ MI_DETAIL_COLD ClientOption WithSleep(std::function<void(std::chrono::millisecon
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.sleep = p.sleep; });
 }
 
-MI_DETAIL_COLD Result<Client> New(ID id, const std::vector<ClientOption>& options) {
+Result<Client> New(ID id, const std::vector<ClientOption>& options) {
   auto state = std::make_shared<detail::ClientState>();
   state->source = detail::detect_source();
-  Error error(Errc::invalid_argument, "");
-  if (!detail::check_identity(state->source, id, error)) return error;
+  const detail::SourceSpec& spec = detail::source_spec(state->source);
+  Result<bool> supported = detail::check_identity(spec, id);
+  if (!supported) return supported.error();
   state->id = std::move(id);
   for (const ClientOption& option : options) option.apply(state->config);
-
-  if (state->source == Source::ServiceFabric) {
-    // docs/protocol.md §4: endpoint fixed now, HTTPS only; the thumbprint must be a SHA-1.
-    if (!detail::endpoint_from(detail::env("IDENTITY_ENDPOINT"), "IDENTITY_ENDPOINT", "https", state->source,
-                               state->fixed_endpoint.url, error))
-      return error;
-    state->has_fixed_endpoint = true;
-    std::string pin;
-    if (!detail::parse_thumbprint(detail::env("IDENTITY_SERVER_THUMBPRINT"), pin))
-      return detail::ErrorAccess::make(Errc::invalid_argument,
-                                       "IDENTITY_SERVER_THUMBPRINT must be a SHA-1 certificate thumbprint (40 "
-                                       "hexadecimal digits, ':' and spaces allowed)",
-                                       state->source);
-    state->fixed_endpoint.pinned_sha1 = detail::pin_hex(pin);
-    if (state->config.http) {
-      // Fail closed: the Secret header may only go through a transport that checks the pin
-      // (as MSAL Go refuses an HTTP client it cannot pin).
-      if (!state->config.http->PinsServerCertificate())
-        return detail::ErrorAccess::make(
-            Errc::invalid_argument,
-            "mi::WithHTTPClient: on Service Fabric the transport must check the endpoint's certificate against "
-            "IDENTITY_SERVER_THUMBPRINT (HttpRequest::pinned_sha1) during the TLS handshake, and this one does not "
-            "say so (its PinsServerCertificate() is false); implement the check and return true from "
-            "PinsServerCertificate(), or leave out WithHTTPClient to use the built-in libcurl transport",
-            state->source);
-      state->transport = state->config.http;
-    } else {
-#if defined(MI_USE_CURL)
-      state->transport = std::make_shared<detail::CurlTransport>(pin, state->config.connect_timeout);
-#endif
-    }
-  } else {
-    state->transport = state->config.http ? state->config.http
-                                          : std::make_shared<detail::SocketTransport>(state->config.connect_timeout);
-  }
+  Result<bool> transport = detail::choose_transport(spec, *state);
+  if (!transport) return transport.error();
   return detail::ClientState::make_client(std::move(state));
 }
 

@@ -52,54 +52,6 @@ bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
   return diff == 0;
 }
 
-// Invisible code points a thumbprint picks up when copied from a certificate viewer
-// (Windows' dialog prepends U+200E): the direction marks U+200E and U+200F, the
-// byte-order mark U+FEFF and the no-break space U+00A0, in UTF-8. Returns how many
-// bytes to skip at `at`, 0 for none.
-size_t invisible_mark_length(std::string_view text, size_t at) noexcept {
-  static constexpr std::string_view kMarks[] = {"\xE2\x80\x8E", "\xE2\x80\x8F", "\xEF\xBB\xBF", "\xC2\xA0"};
-  for (std::string_view mark : kMarks)
-    if (text.compare(at, mark.size(), mark) == 0) return mark.size();
-  return 0;
-}
-
-// IDENTITY_SERVER_THUMBPRINT: drop ':', white space and invisible marks, then exactly
-// 40 hex digits (either case) -> 20 raw bytes. `sha1_bytes` is only written on success.
-bool parse_thumbprint(std::string_view text, std::string& sha1_bytes) {
-  std::string digits;
-  digits.reserve(text.size());
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (c == ':' || c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f') continue;
-    if (size_t skip = invisible_mark_length(text, i)) {
-      i += skip - 1;
-      continue;
-    }
-    if (hex_value(c) < 0) return false;
-    if (digits.size() == 40) return false;
-    digits.push_back(c);
-  }
-  if (digits.size() != 40) return false;
-  std::string out(20, '\0');
-  for (size_t i = 0; i < 20; ++i)
-    out[i] = static_cast<char>(hex_value(digits[2 * i]) * 16 + hex_value(digits[2 * i + 1]));
-  sha1_bytes = std::move(out);
-  return true;
-}
-
-// 20 raw bytes of a SHA-1 -> the 40 upper-case hex digits HttpRequest::pinned_sha1 carries.
-std::string pin_hex(std::string_view sha1_bytes) {
-  static const char digits[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(2 * sha1_bytes.size());
-  for (char ch : sha1_bytes) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    out.push_back(digits[c >> 4]);
-    out.push_back(digits[c & 15]);
-  }
-  return out;
-}
-
 #if defined(MI_USE_CURL)
 
 // HttpRequest::pinned_sha1 -> 20 raw bytes: exactly 40 hex digits (either case), nothing
