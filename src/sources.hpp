@@ -499,14 +499,14 @@ MI_DETAIL_COLD bool arc_read_key(const std::string& path, std::string& key, Erro
 }
 
 // docs/protocol.md §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
-MI_DETAIL_COLD bool arc_confirms_identity(const ID& id, const TokenResponse& token) {
+MI_DETAIL_COLD bool arc_confirms_identity(const ID& id, const TokenEcho& echo) {
   switch (id.kind()) {
     case IDKind::SystemAssigned: return true;
-    case IDKind::ClientID: return !token.client_id.empty() && iequals(token.client_id, id.value());
-    case IDKind::ObjectID: return !token.object_id.empty() && iequals(token.object_id, id.value());
+    case IDKind::ClientID: return !echo.client_id.empty() && iequals(echo.client_id, id.value());
+    case IDKind::ObjectID: return !echo.object_id.empty() && iequals(echo.object_id, id.value());
     case IDKind::ResourceID:
-      return (!token.msi_res_id.empty() && iequals(token.msi_res_id, id.value())) ||
-             (!token.mi_res_id.empty() && iequals(token.mi_res_id, id.value()));
+      return (!echo.msi_res_id.empty() && iequals(echo.msi_res_id, id.value())) ||
+             (!echo.mi_res_id.empty() && iequals(echo.mi_res_id, id.value()));
   }
   return false;
 }
