@@ -998,8 +998,12 @@ inline int64_t days_from_civil(int64_t y, unsigned m, unsigned d) noexcept {
 //
 // A tree of every value costs about 90 bytes per value, so a 1 MiB body of tiny values
 // ("[0,0,...]") would cost some 45 MB. Bodies from the network are therefore parsed with
-// a filter (parse_json_kept): the whole grammar is still checked, but only the members
-// the caller reads are built; everything else is validated and dropped on the fly.
+// a filter: the whole grammar is still checked, but only the members the caller reads are
+// built; everything else is validated and dropped on the fly.
+//
+// Failure is reported as the parser's own small status (what and at which byte), not as an
+// mi::Error: the parser knows neither the source nor which body it reads, so each caller
+// words the Error once, for its body.
 
 namespace mi {
 inline namespace v1 {
@@ -1025,11 +1029,8 @@ struct JsonValue {
 
   // The first member with that key (objects only), else nullptr.
   const JsonValue* find(std::string_view key) const noexcept;
-  bool is_null() const noexcept { return type == Type::Null; }
-  bool is_bool() const noexcept { return type == Type::Bool; }
   bool is_number() const noexcept { return type == Type::Number; }
   bool is_string() const noexcept { return type == Type::String; }
-  bool is_array() const noexcept { return type == Type::Array; }
   bool is_object() const noexcept { return type == Type::Object; }
 };
 
@@ -1054,15 +1055,21 @@ constexpr int kMaxJsonDepth = 64;
 // member's decoded name. Array elements are never built under a filter.
 using JsonKeep = bool (*)(int depth, std::string_view name) noexcept;
 
+// The outcome of a parse: `error` is nullptr on success, else what was wrong (no input
+// quoted), found at byte `offset`.
+struct JsonStatus {
+  const char* error = nullptr;
+  size_t offset = 0;
+  explicit operator bool() const noexcept { return error == nullptr; }
+};
+
 class JsonParser {
  public:
-  explicit JsonParser(std::string_view text, JsonKeep keep = nullptr) noexcept
+  JsonParser(std::string_view text, JsonKeep keep) noexcept
       : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()), keep_(keep) {}
 
-  // Parses the whole input as one document; on failure error() and offset() say why and where.
-  bool parse_document(JsonValue& out);
-  const char* error() const noexcept { return error_; }
-  size_t offset() const noexcept { return offset_; }
+  // Parses the whole input as one document.
+  JsonStatus parse_document(JsonValue& out);
 
  private:
   bool fail(const char* what, const char* at) noexcept {
@@ -1093,13 +1100,14 @@ class JsonParser {
   std::string scratch_;  // names under a filter and escaped strings that are dropped, reused
 };
 
-bool JsonParser::parse_document(JsonValue& out) {
+JsonStatus JsonParser::parse_document(JsonValue& out) {
   out = JsonValue();
   skip_whitespace();
-  if (!parse_value(&out, 0)) return false;
-  skip_whitespace();
-  if (p_ != end_) return fail("unexpected data after the JSON document", p_);
-  return true;
+  if (parse_value(&out, 0)) {
+    skip_whitespace();
+    if (p_ != end_) fail("unexpected data after the JSON document", p_);
+  }
+  return JsonStatus{error_, offset_};
 }
 
 bool JsonParser::parse_value(JsonValue* out, int depth) {
@@ -1397,36 +1405,13 @@ bool JsonParser::parse_object(JsonValue* out, int depth) {
   }
 }
 
-// Parses one whole document (whitespace around it allowed, nothing else). On
-// failure returns false with `message` saying what was wrong (no input quoted)
-// and `offset` the byte where it was found.
-bool parse_json(std::string_view text, JsonValue& out, std::string& message, size_t& offset) {
-  JsonParser parser(text);
-  if (parser.parse_document(out)) return true;
-  message = parser.error();
-  offset = parser.offset();
-  return false;
-}
-
-// As above for a body from the network: the grammar is checked in full, but only the
-// object members `keep` selects are built (under the root, and under a kept object), the
-// first of each name, and arrays stay empty. Memory beyond the input is then the kept text
-// and at most the longest string, whatever the body's shape.
-bool parse_json_kept(std::string_view text, JsonKeep keep, JsonValue& out, std::string& message, size_t& offset) {
-  JsonParser parser(text, keep);
-  if (parser.parse_document(out)) return true;
-  message = parser.error();
-  offset = parser.offset();
-  return false;
-}
-
-// As above, with the offset folded into `error` ("... at byte N").
-bool parse_json(std::string_view text, JsonValue& out, std::string& error) {
-  size_t offset = 0;
-  if (parse_json(text, out, error, offset)) return true;
-  error += " at byte ";
-  error += num(static_cast<long long>(offset));
-  return false;
+// Parses one whole document (whitespace around it allowed, nothing else), checking the
+// grammar in full. A body from the network passes the `keep` filter of the members its
+// caller reads: only those are built (under the root, and under a kept object), the first
+// of each name, and arrays stay empty, so memory beyond the input is the kept text and at
+// most the longest string, whatever the body's shape. A null `keep` builds the whole tree.
+JsonStatus parse_json(std::string_view text, JsonKeep keep, JsonValue& out) {
+  return JsonParser(text, keep).parse_document(out);
 }
 
 }  // namespace detail
@@ -3715,13 +3700,34 @@ namespace mi {
 inline namespace v1 {
 namespace detail {
 
-struct TokenResponse {
+// A token as the endpoint issued it: what the cache keeps (entries and per-thread copies)
+// and what AuthResult's token fields are filled from (set_token).
+struct Token {
   std::string access_token;
   std::string token_type;  // "Bearer" when absent or empty
-  std::string resource;    // as the endpoint sent it, "" if absent
   SysClock::time_point expires_on;
   SysClock::time_point refresh_on;  // SysClock::time_point() (epoch) when none
-  std::string client_id, object_id, msi_res_id, mi_res_id;  // echoed identity fields, "" if absent/not a string
+};
+
+// AuthResult's token fields, from a Token copied or moved: the one place the two meet.
+template <class T>
+void set_token(AuthResult& out, T&& token) {
+  out.access_token = std::forward<T>(token).access_token;
+  out.token_type = std::forward<T>(token).token_type;
+  out.expires_on = token.expires_on;
+  out.refresh_on = token.refresh_on;
+}
+
+// What the endpoint echoes about the request, each "" if absent or not a string. Only
+// Azure Arc's identity fields are checked (arc_confirms_identity); none is cached.
+struct TokenEcho {
+  std::string resource;
+  std::string client_id, object_id, msi_res_id, mi_res_id;
+};
+
+struct TokenResponse {
+  Token token;
+  TokenEcho echo;
 };
 
 struct ErrorBody {
@@ -3933,14 +3939,13 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   if (trim(body).empty())
     return make_error(Errc::invalid_response, "the token response is empty (a success status with no body)");
   JsonValue root;
-  std::string why;
-  size_t at = 0;
-  if (!parse_json_kept(body, &token_member, root, why, at))
+  if (JsonStatus status = parse_json(body, &token_member, root); !status)
     return make_error(Errc::invalid_response, cat({"the token response is not valid JSON (at byte ",
-                                                   num(static_cast<long long>(at)), "): ", why}));
+                                                   num(static_cast<long long>(status.offset)), "): ", status.error}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
 
-  TokenResponse out;
+  TokenResponse response;
+  Token& out = response.token;
   const JsonValue* token = root.find("access_token");
   if (token == nullptr) return make_error(Errc::invalid_response, "the token response has no access_token");
   if (!token->is_string())
@@ -3993,12 +3998,13 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
     return make_error(Errc::invalid_response,
                       "the token response's token_type contains a control character or a space, so it cannot go "
                       "into an Authorization header");
-  out.resource = string_field("resource");
-  out.client_id = string_field("client_id");
-  out.object_id = string_field("object_id");
-  out.msi_res_id = string_field("msi_res_id");
-  out.mi_res_id = string_field("mi_res_id");
-  return out;
+  TokenEcho& echo = response.echo;
+  echo.resource = string_field("resource");
+  echo.client_id = string_field("client_id");
+  echo.object_id = string_field("object_id");
+  echo.msi_res_id = string_field("msi_res_id");
+  echo.mi_res_id = string_field("mi_res_id");
+  return response;
 }
 
 // Best effort on any body: flat {"error", "error_description", "correlation_id"}, nested
@@ -4007,8 +4013,6 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
 MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   ErrorBody out;
   JsonValue root;
-  std::string why;
-  size_t at = 0;
   // Only the members read below are built: the root's, and those of a nested "error" object.
   JsonKeep keep = [](int depth, std::string_view name) noexcept {
     if (depth == 0)
@@ -4016,7 +4020,7 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
              name == "correlationId";
     return depth == 1 && (name == "code" || name == "message" || name == "correlationId");
   };
-  if (!parse_json_kept(body, keep, root, why, at)) return out;
+  if (!parse_json(body, keep, root)) return out;
   out.json = true;
   if (!root.is_object()) return out;
   auto text = [](const JsonValue* v) -> std::string { return v != nullptr && v->is_string() ? v->text : std::string(); };
@@ -4117,7 +4121,7 @@ bool arc_agent_installed();
 void azure_ml_parameters(const ID& id, const RequestExtras& extras, StringPairs& params);
 void service_fabric_parameters(const ID& id, const RequestExtras& extras, StringPairs& params);
 Result<bool> arc_answer_challenge(const HttpResponse& leg1, BuiltRequest& built);
-Result<bool> arc_confirm_identity(const ID& id, const TokenResponse& token);
+Result<bool> arc_confirm_identity(const ID& id, const TokenEcho& echo);
 
 struct SourceSpec {
   Source source = Source::DefaultToIMDS;
@@ -4156,7 +4160,7 @@ struct SourceSpec {
   // After the first answer: true to send the request again (Azure Arc's second leg), false
   // when that answer is final. After a token: an error if it is not the one asked for.
   Result<bool> (*answer_challenge)(const HttpResponse&, BuiltRequest&) = nullptr;
-  Result<bool> (*confirm_token)(const ID&, const TokenResponse&) = nullptr;
+  Result<bool> (*confirm_token)(const ID&, const TokenEcho&) = nullptr;
 
   // Hints in http_status messages; null: the generic hint.
   const char* hint_400 = nullptr;
@@ -4776,20 +4780,20 @@ Result<bool> arc_answer_challenge(const HttpResponse& leg1, BuiltRequest& built)
 }
 
 // docs/protocol.md §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
-bool arc_echoes_identity(const ID& id, const TokenResponse& token) {
+bool arc_echoes_identity(const ID& id, const TokenEcho& echo) {
   switch (id.kind()) {
     case IDKind::SystemAssigned: return true;
-    case IDKind::ClientID: return !token.client_id.empty() && iequals(token.client_id, id.value());
-    case IDKind::ObjectID: return !token.object_id.empty() && iequals(token.object_id, id.value());
+    case IDKind::ClientID: return !echo.client_id.empty() && iequals(echo.client_id, id.value());
+    case IDKind::ObjectID: return !echo.object_id.empty() && iequals(echo.object_id, id.value());
     case IDKind::ResourceID:
-      return (!token.msi_res_id.empty() && iequals(token.msi_res_id, id.value())) ||
-             (!token.mi_res_id.empty() && iequals(token.mi_res_id, id.value()));
+      return (!echo.msi_res_id.empty() && iequals(echo.msi_res_id, id.value())) ||
+             (!echo.mi_res_id.empty() && iequals(echo.mi_res_id, id.value()));
   }
   return false;
 }
 
-Result<bool> arc_confirm_identity(const ID& id, const TokenResponse& token) {
-  if (arc_echoes_identity(id, token)) return true;
+Result<bool> arc_confirm_identity(const ID& id, const TokenEcho& echo) {
+  if (arc_echoes_identity(id, echo)) return true;
   return arc_error({"the agent did not confirm the requested ", id_kind_label(id.kind()),
                     " in its token response; the agent is likely too old for user-assigned identities and "
                     "returned the system-assigned one (update the Azure Connected Machine agent)"});
@@ -4822,33 +4826,57 @@ constexpr std::chrono::minutes kExpiryMargin{5};  // a token is usable only whil
 constexpr std::chrono::seconds kRefreshCoolDown{30};      // after a first failed proactive refresh,
 constexpr std::chrono::seconds kMaxRefreshCoolDown{300};  // doubling on each further one up to this
 
-struct CachedToken {
-  std::string access_token;
-  std::string token_type;
-  SysClock::time_point expires_on;
-  SysClock::time_point refresh_on;  // epoch: no proactive refresh
+// What a token is cached under: source, ID kind, ID value and resource (after the
+// /.default trim), the two strings compared case-insensitively. Entries, per-thread copies
+// and flights own a CacheKey; look-ups borrow the caller's strings in a CacheKeyView, so
+// that a hit allocates nothing.
+struct CacheKeyView {
+  Source source;
+  IDKind kind;
+  std::string_view id;
+  std::string_view resource;
 };
 
 struct CacheKey {
-  Source source;
-  IDKind kind;
-  std::string_view id;        // compared case-insensitively
-  std::string_view resource;  // after the /.default trim; compared case-insensitively
+  Source source = Source::DefaultToIMDS;
+  IDKind kind = IDKind::SystemAssigned;
+  std::string id;
+  std::string resource;
+
+  static CacheKey from(const CacheKeyView& key) {
+    return CacheKey{key.source, key.kind, std::string(key.id), std::string(key.resource)};
+  }
+  operator CacheKeyView() const noexcept { return CacheKeyView{source, kind, id, resource}; }
 };
+
+inline bool same_key(const CacheKeyView& a, const CacheKeyView& b) noexcept {
+  return a.source == b.source && a.kind == b.kind && iequals(a.id, b.id) && iequals(a.resource, b.resource);
+}
+
+// FNV-1a over the key with ASCII case folded, so look-ups need no lowered copy.
+inline uint64_t key_hash(const CacheKeyView& key) noexcept {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](unsigned char c) {
+    h ^= c;
+    h *= 1099511628211ull;
+  };
+  mix(static_cast<unsigned char>(key.source));
+  mix(static_cast<unsigned char>(key.kind));
+  for (char c : key.id) mix(static_cast<unsigned char>(ascii_lower(c)));
+  mix(0);
+  for (char c : key.resource) mix(static_cast<unsigned char>(ascii_lower(c)));
+  return h;
+}
 
 // One request in flight for a key; concurrent misses wait on it (docs/protocol.md §6, coalescing).
 struct Flight {
+  explicit Flight(CacheKey k) : key(std::move(k)) {}
+  const CacheKey key;
   std::mutex mutex;
   std::condition_variable done_cv;
   bool done = false;
   bool leader_stopped = false;  // the leader's own context ended: waiters must try themselves
   std::unique_ptr<Result<AuthResult>> outcome;
-  // The key, and the next flight in the cache's list: set and read under its flights mutex.
-  Source source = Source::DefaultToIMDS;
-  IDKind kind = IDKind::SystemAssigned;
-  std::string id, resource;
-  uint64_t hash = 0;
-  std::shared_ptr<Flight> next;
 };
 
 class TokenCache {
@@ -4859,10 +4887,11 @@ class TokenCache {
     return *cache;
   }
 
-  TokenCache() = default;
+  // Moves the generation, so that no thread's copy of a cache that lived at this address
+  // before matches this one.
+  TokenCache() noexcept { generation_.fetch_add(1, std::memory_order_release); }
   TokenCache(const TokenCache&) = delete;
   TokenCache& operator=(const TokenCache&) = delete;
-  ~TokenCache() { clear(); }  // the entry list is owned through raw pointers
 
   enum class Hit { miss, fresh, refresh };
 
@@ -4870,28 +4899,25 @@ class TokenCache {
   // (access_token, token_type, expires_on, refresh_on). `refresh` means it is past
   // its refresh time (and any cool-down) and this caller won the right to refresh it;
   // it must call end_refresh(key, ...) afterwards.
-  Hit find(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
+  Hit find(const CacheKeyView& key, SysClock::time_point now, AuthResult& out) {
     const uint64_t generation = generation_.load(std::memory_order_acquire);
     if constexpr (kLocalCopiesEnabled) {
       LocalCopies& copies = local_copies();
       for (size_t i = 0; i < copies.used; ++i) {
         const LocalCopy& local = copies.slots[i];
-        if (local.generation != generation || local.cache != this ||
-            !same(local.source, local.kind, local.id, local.resource, key))
-          continue;
-        const CachedToken& t = local.token;
-        if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
-        if (due_for_refresh(t, local.cool_down_until, now)) break;  // claim under the lock
-        copy_to(t, out);
+        if (local.generation != generation || local.cache != this || !same_key(local.key, key)) continue;
+        if (local.token.expires_on <= now + kExpiryMargin) return Hit::miss;
+        if (due_for_refresh(local.token, local.cool_down_until, now)) break;  // claim under the lock
+        set_token(out, local.token);
         return Hit::fresh;
       }
     }
     std::shared_lock<std::shared_mutex> lock(mutex_);
-    Entry* entry = lookup(key, hash(key));
+    Entry* entry = lookup(key);
     if (entry == nullptr) return Hit::miss;
     if constexpr (kLocalCopiesEnabled) remember(generation, *entry);
     if (entry->token.expires_on <= now + kExpiryMargin) return Hit::miss;
-    copy_to(entry->token, out);
+    set_token(out, entry->token);
     if (due_for_refresh(entry->token, entry->cool_down_until, now)) {
       bool expected = false;
       if (entry->refreshing.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) return Hit::refresh;
@@ -4900,9 +4926,9 @@ class TokenCache {
   }
 
   // Any cached token for the key, usable or not (Service Fabric's revocation hash).
-  bool peek(const CacheKey& key, CachedToken& out) {
+  bool peek(const CacheKeyView& key, Token& out) {
     std::shared_lock<std::shared_mutex> lock(mutex_);
-    Entry* entry = lookup(key, hash(key));
+    Entry* entry = lookup(key);
     if (entry == nullptr) return false;
     out = entry->token;
     return true;
@@ -4912,14 +4938,14 @@ class TokenCache {
   // before its next proactive refresh: 30 s, doubling on each further failure up to 5 min,
   // and never past the time the token stops being usable (misses ignore the cool-down).
   // Returns the cool-down started (zero if none).
-  std::chrono::seconds end_refresh(const CacheKey& key, bool failed, SysClock::time_point now) noexcept {
+  std::chrono::seconds end_refresh(const CacheKeyView& key, bool failed, SysClock::time_point now) noexcept {
     if (!failed) {
       std::shared_lock<std::shared_mutex> lock(mutex_);
-      if (Entry* entry = lookup(key, hash(key))) entry->refreshing.store(false, std::memory_order_release);
+      if (Entry* entry = lookup(key)) entry->refreshing.store(false, std::memory_order_release);
       return std::chrono::seconds(0);
     }
     std::unique_lock<std::shared_mutex> lock(mutex_);
-    Entry* entry = lookup(key, hash(key));
+    Entry* entry = lookup(key);
     if (entry == nullptr) return std::chrono::seconds(0);
     std::chrono::seconds cool_down(0);
     // A token stored meanwhile (not due for refresh) has already ended any cool-down.
@@ -4935,20 +4961,13 @@ class TokenCache {
   }
 
   // Stores the token if it lives more than 5 minutes past `now`; returns whether it did.
-  bool store(const CacheKey& key, const CachedToken& token, SysClock::time_point now) {
+  bool store(const CacheKeyView& key, const Token& token, SysClock::time_point now) {
     if (token.expires_on <= now + kExpiryMargin) return false;
-    uint64_t h = hash(key);
     std::unique_lock<std::shared_mutex> lock(mutex_);
-    Entry* entry = lookup(key, h);
+    Entry* entry = lookup(key);
     if (entry == nullptr) {
-      entry = new Entry();  // owned by the list; deleted by clear()
-      entry->next = entries_;
-      entries_ = entry;
-      entry->source = key.source;
-      entry->kind = key.kind;
-      entry->id.assign(key.id);
-      entry->resource.assign(key.resource);
-      entry->hash = h;
+      entries_.push_back(std::unique_ptr<Entry>(new Entry(CacheKey::from(key))));
+      entry = entries_.back().get();
     }
     entry->token = token;
     entry->refresh_failures = 0;  // a new token ends any cool-down
@@ -4960,26 +4979,19 @@ class TokenCache {
   // Joins the flight for `key` or, when there is none and no usable token was
   // stored meanwhile, starts one (leader = true). With a usable token, returns
   // nullptr and fills `out`.
-  std::shared_ptr<Flight> join_or_lead(const CacheKey& key, SysClock::time_point now, bool& leader, AuthResult& out) {
+  std::shared_ptr<Flight> join_or_lead(const CacheKeyView& key, SysClock::time_point now, bool& leader,
+                                       AuthResult& out) {
     std::lock_guard<std::mutex> lock(flights_mutex_);
     // Leaders store before they land, so this re-check closes the miss/land race.
     if (find_usable(key, now, out)) return nullptr;
-    uint64_t h = hash(key);
-    for (const std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
-      if ((*f)->hash == h && same((*f)->source, (*f)->kind, (*f)->id, (*f)->resource, key)) {
+    for (const std::shared_ptr<Flight>& flight : flights_)
+      if (same_key(flight->key, key)) {
         leader = false;
-        return *f;
+        return flight;
       }
-    std::shared_ptr<Flight> flight(new Flight());
-    flight->source = key.source;
-    flight->kind = key.kind;
-    flight->id.assign(key.id);
-    flight->resource.assign(key.resource);
-    flight->hash = h;
-    flight->next = std::move(flights_);
-    flights_ = flight;
+    flights_.push_back(std::make_shared<Flight>(CacheKey::from(key)));
     leader = true;
-    return flight;
+    return flights_.back();
   }
 
   // The leader publishes its outcome (after storing a success) and removes the flight.
@@ -5003,45 +5015,23 @@ class TokenCache {
     flight->done_cv.notify_all();
   }
 
-  // Forgets every token (for tests and for programs that must drop tokens).
-  void clear() {
-    std::unique_lock<std::shared_mutex> lock(mutex_);
-    while (entries_ != nullptr) {
-      Entry* next = entries_->next;
-      delete entries_;
-      entries_ = next;
-    }
-    generation_.fetch_add(1, std::memory_order_release);
-  }
-
-  size_t size() const {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
-    size_t n = 0;
-    for (const Entry* e = entries_; e != nullptr; e = e->next) ++n;
-    return n;
-  }
-
  private:
   struct Entry {
-    Source source = Source::DefaultToIMDS;
-    IDKind kind = IDKind::SystemAssigned;
-    std::string id, resource;
-    uint64_t hash = 0;
-    CachedToken token;
+    explicit Entry(CacheKey k) : key(std::move(k)), hash(key_hash(key)) {}
+    const CacheKey key;
+    const uint64_t hash;
+    Token token;
     std::atomic<bool> refreshing{false};
-    int refresh_failures = 0;                // proactive refreshes failed in a row
-    SysClock::time_point cool_down_until;    // no proactive refresh before this
-    Entry* next = nullptr;  // the list (newest first)
+    int refresh_failures = 0;              // proactive refreshes failed in a row
+    SysClock::time_point cool_down_until;  // no proactive refresh before this
   };
   // A thread's copy of an entry of `cache`, valid only while generation_ has not moved.
   struct LocalCopy {
     uint64_t generation = 0;
     const TokenCache* cache = nullptr;
     SysClock::time_point cool_down_until;
-    Source source = Source::DefaultToIMDS;
-    IDKind kind = IDKind::SystemAssigned;
-    std::string id, resource;
-    CachedToken token;
+    CacheKey key;
+    Token token;
   };
   static constexpr size_t kLocalCopies = 8;
   // MinGW's GCC emulates TLS and frees a thread_local's storage before its destructor runs
@@ -5072,9 +5062,7 @@ class TokenCache {
     LocalCopy* slot = nullptr;
     for (size_t i = 0; i < copies.used; ++i) {
       LocalCopy& c = copies.slots[i];
-      if (c.cache == this && c.source == entry.source && c.kind == entry.kind && c.id == entry.id &&
-          c.resource == entry.resource)
-        slot = &c;
+      if (c.cache == this && same_key(c.key, entry.key)) slot = &c;
     }
     if (slot == nullptr) {
       if (copies.used < kLocalCopies) {
@@ -5084,80 +5072,50 @@ class TokenCache {
         copies.oldest = (copies.oldest + 1) % kLocalCopies;
       }
       slot->cache = this;
-      slot->source = entry.source;
-      slot->kind = entry.kind;
-      slot->id = entry.id;
-      slot->resource = entry.resource;
+      slot->key = entry.key;
     }
     slot->generation = generation;
     slot->token = entry.token;
     slot->cool_down_until = entry.cool_down_until;
   }
 
-  static bool due_for_refresh(const CachedToken& token, SysClock::time_point cool_down_until,
+  static bool due_for_refresh(const Token& token, SysClock::time_point cool_down_until,
                               SysClock::time_point now) noexcept {
     return token.refresh_on != SysClock::time_point() && now >= token.refresh_on && now >= cool_down_until;
   }
 
-  static void copy_to(const CachedToken& token, AuthResult& out) {
-    out.access_token = token.access_token;
-    out.token_type = token.token_type;
-    out.expires_on = token.expires_on;
-    out.refresh_on = token.refresh_on;
-  }
-
-  // FNV-1a over the key with ASCII case folded, so look-ups need no lowered copy.
-  static uint64_t hash(const CacheKey& key) noexcept {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&h](unsigned char c) {
-      h ^= c;
-      h *= 1099511628211ull;
-    };
-    mix(static_cast<unsigned char>(key.source));
-    mix(static_cast<unsigned char>(key.kind));
-    for (char c : key.id) mix(static_cast<unsigned char>(ascii_lower(c)));
-    mix(0);
-    for (char c : key.resource) mix(static_cast<unsigned char>(ascii_lower(c)));
-    return h;
-  }
-
-  static bool same(Source source, IDKind kind, const std::string& id, const std::string& resource,
-                   const CacheKey& key) noexcept {
-    return source == key.source && kind == key.kind && iequals(id, key.id) && iequals(resource, key.resource);
-  }
-
-  Entry* lookup(const CacheKey& key, uint64_t h) const noexcept {
-    for (Entry* e = entries_; e != nullptr; e = e->next)
-      if (e->hash == h && same(e->source, e->kind, e->id, e->resource, key)) return e;
+  Entry* lookup(const CacheKeyView& key) const noexcept {
+    const uint64_t h = key_hash(key);
+    for (const std::unique_ptr<Entry>& e : entries_)
+      if (e->hash == h && same_key(e->key, key)) return e.get();
     return nullptr;
   }
 
   // Removes a flight from the list; the caller's reference keeps it alive.
   void unlink(const std::shared_ptr<Flight>& flight) noexcept {
     std::lock_guard<std::mutex> lock(flights_mutex_);
-    for (std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
+    for (auto f = flights_.begin(); f != flights_.end(); ++f)
       if (*f == flight) {
-        std::shared_ptr<Flight> rest = std::move(flight->next);
-        *f = std::move(rest);
+        flights_.erase(f);
         return;
       }
   }
 
-  bool find_usable(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
+  bool find_usable(const CacheKeyView& key, SysClock::time_point now, AuthResult& out) {
     std::shared_lock<std::shared_mutex> lock(mutex_);
-    Entry* entry = lookup(key, hash(key));
+    Entry* entry = lookup(key);
     if (entry == nullptr || entry->token.expires_on <= now + kExpiryMargin) return false;
-    copy_to(entry->token, out);
+    set_token(out, entry->token);
     return true;
   }
 
   mutable std::shared_mutex mutex_;
-  Entry* entries_ = nullptr;  // a list, newest first; owned, deleted by clear()
-  // Moves on every store, cool-down and clear of any cache. One counter for the process,
-  // so that a cache built where another was destroyed never matches that one's copies.
+  std::vector<std::unique_ptr<Entry>> entries_;  // under mutex_ (behind pointers: an Entry holds an atomic)
+  // Moves on every store, cool-down and new cache. One counter for the process, so that a
+  // cache built where another was destroyed never matches that one's copies.
   static inline std::atomic<uint64_t> generation_{1};
   std::mutex flights_mutex_;
-  std::shared_ptr<Flight> flights_;  // a list through Flight::next
+  std::vector<std::shared_ptr<Flight>> flights_;  // under flights_mutex_
 };
 
 }  // namespace detail
@@ -5590,15 +5548,12 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   Result<TokenResponse> parsed = parse_token_response(response->body, now);
   if (!parsed) return finish_error(st, parsed.error(), request_id, true);
   if (spec.confirm_token != nullptr) {
-    Result<bool> confirmed = spec.confirm_token(st.id, *parsed);
+    Result<bool> confirmed = spec.confirm_token(st.id, parsed->echo);
     if (!confirmed) return finish_error(st, confirmed.error(), request_id);
   }
   AuthResult result;
-  result.access_token = std::move(parsed->access_token);
-  result.token_type = std::move(parsed->token_type);
+  set_token(result, std::move(parsed->token));
   result.resource.assign(resource);
-  result.expires_on = parsed->expires_on;
-  result.refresh_on = parsed->refresh_on;
   result.token_source = TokenSource::IdentityProvider;
   st.defer(logs, LogLevel::Info,
            cat({"acquired a token for '", resource, "' from ", source_label(st.source), ", expiring in ",
@@ -5606,12 +5561,9 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   return result;
 }
 
-void store_token(const ClientState& st, const CacheKey& key, const AuthResult& result, LogLines& logs) {
-  CachedToken token;
-  token.access_token = result.access_token;
-  token.token_type = result.token_type;
-  token.expires_on = result.expires_on;
-  token.refresh_on = result.refresh_on;
+// Caches a fetched token; a result that is not cached only costs a log line.
+void store_token(const ClientState& st, const CacheKeyView& key, const AuthResult& result, LogLines& logs) {
+  Token token{result.access_token, result.token_type, result.expires_on, result.refresh_on};
   if (!TokenCache::instance().store(key, token, st.now()))
     st.defer(logs, LogLevel::Warning, "the token expires within 5 minutes, so it is not cached");
 }
@@ -5647,7 +5599,7 @@ class FlightLanding {
 // cools down and is refreshed again later).
 class RefreshClaim {
  public:
-  RefreshClaim(TokenCache& cache, const CacheKey& key, SysClock::time_point now)
+  RefreshClaim(TokenCache& cache, const CacheKeyView& key, SysClock::time_point now)
       : cache_(cache), key_(key), now_(now) {}
   RefreshClaim(const RefreshClaim&) = delete;
   RefreshClaim& operator=(const RefreshClaim&) = delete;
@@ -5661,7 +5613,7 @@ class RefreshClaim {
 
  private:
   TokenCache& cache_;
-  const CacheKey& key_;
+  const CacheKeyView& key_;
   SysClock::time_point now_;
   bool ended_ = false;
 };
@@ -5669,7 +5621,7 @@ class RefreshClaim {
 // A hit past its refresh time whose caller won the refresh (docs/protocol.md §6). A valid token is in
 // hand, so one attempt without retry waits; if it fails, the cached token is returned and
 // the key cools down before its next proactive attempt.
-Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, const CacheKey& key,
+Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, const CacheKeyView& key,
                                  const AcquireConfig& options, AuthResult cached, SysClock::time_point now) {
   TokenCache& cache = TokenCache::instance();
   RefreshClaim claim(cache, key, now);
@@ -5689,12 +5641,12 @@ Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, cons
 Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::string_view requested,
                            const AcquireConfig& options) {
   std::string_view resource = trim_default_scope(requested);
-  CacheKey key{st.source, st.id.kind(), st.id.value(), resource};
+  const CacheKeyView key{st.source, st.id.kind(), st.id.value(), resource};
   TokenCache& cache = TokenCache::instance();
 
   // Claims: always fetch (docs/protocol.md §7), never coalesce; the new token is cached.
   if (!options.claims.empty()) {
-    CachedToken cached;
+    Token cached;
     bool have = cache.peek(key, cached);
     LogLines logs;
     Result<AuthResult> result =

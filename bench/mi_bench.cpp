@@ -24,6 +24,7 @@
 
 #define MI_IMPLEMENTATION
 #include "managed_identity.hpp"
+#include "../tests/cache_support.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -192,9 +193,8 @@ BENCHMARK(BM_FloorResultCopies)->ComputeStatistics("min", min_of);
 
 void BM_ColdAcquire(benchmark::State& state) {
   World& w = world();
-  mi::detail::TokenCache& cache = mi::detail::TokenCache::instance();
   for (auto _ : state) {
-    cache.clear();
+    support::fresh_cache();
     auto token = w.client.AcquireToken(mi::Context::Background(), kResource);
     if (!token || token->token_source != mi::TokenSource::IdentityProvider) {
       state.SkipWithError("cold acquisition failed");
@@ -232,7 +232,6 @@ double median(std::vector<double> v) {
 // Interleaved so both see the same machine state; medians resist scheduler outliers.
 void BM_ColdOverhead(benchmark::State& state) {
   World& w = world();
-  mi::detail::TokenCache& cache = mi::detail::TokenCache::instance();
   const std::string request = w.endpoint.first_request();
   std::vector<double> raw, cold, diff;
   using clock = std::chrono::steady_clock;
@@ -240,7 +239,7 @@ void BM_ColdOverhead(benchmark::State& state) {
     auto t0 = clock::now();
     size_t n = bench::raw_round_trip(w.endpoint.port(), request);
     auto t1 = clock::now();
-    cache.clear();
+    support::fresh_cache();
     auto token = w.client.AcquireToken(mi::Context::Background(), kResource);
     auto t2 = clock::now();
     if (n == 0 || !token) {
@@ -292,11 +291,10 @@ void BM_ConcurrentColdCallers(benchmark::State& state) {
     endpoint = slow;
   }
   World::point_at(*endpoint);  // the client reads the variable at each request
-  mi::detail::TokenCache& cache = mi::detail::TokenCache::instance();
   using clock = std::chrono::steady_clock;
   double requests_total = 0, failures_total = 0, waited_total = 0;
   for (auto _ : state) {
-    cache.clear();
+    support::fresh_cache();
     endpoint->reset_requests();
     std::mutex gate_mutex;
     std::condition_variable gate_cv;

@@ -19,33 +19,57 @@ constexpr std::chrono::minutes kExpiryMargin{5};  // a token is usable only whil
 constexpr std::chrono::seconds kRefreshCoolDown{30};      // after a first failed proactive refresh,
 constexpr std::chrono::seconds kMaxRefreshCoolDown{300};  // doubling on each further one up to this
 
-struct CachedToken {
-  std::string access_token;
-  std::string token_type;
-  SysClock::time_point expires_on;
-  SysClock::time_point refresh_on;  // epoch: no proactive refresh
+// What a token is cached under: source, ID kind, ID value and resource (after the
+// /.default trim), the two strings compared case-insensitively. Entries, per-thread copies
+// and flights own a CacheKey; look-ups borrow the caller's strings in a CacheKeyView, so
+// that a hit allocates nothing.
+struct CacheKeyView {
+  Source source;
+  IDKind kind;
+  std::string_view id;
+  std::string_view resource;
 };
 
 struct CacheKey {
-  Source source;
-  IDKind kind;
-  std::string_view id;        // compared case-insensitively
-  std::string_view resource;  // after the /.default trim; compared case-insensitively
+  Source source = Source::DefaultToIMDS;
+  IDKind kind = IDKind::SystemAssigned;
+  std::string id;
+  std::string resource;
+
+  static CacheKey from(const CacheKeyView& key) {
+    return CacheKey{key.source, key.kind, std::string(key.id), std::string(key.resource)};
+  }
+  operator CacheKeyView() const noexcept { return CacheKeyView{source, kind, id, resource}; }
 };
+
+inline bool same_key(const CacheKeyView& a, const CacheKeyView& b) noexcept {
+  return a.source == b.source && a.kind == b.kind && iequals(a.id, b.id) && iequals(a.resource, b.resource);
+}
+
+// FNV-1a over the key with ASCII case folded, so look-ups need no lowered copy.
+inline uint64_t key_hash(const CacheKeyView& key) noexcept {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](unsigned char c) {
+    h ^= c;
+    h *= 1099511628211ull;
+  };
+  mix(static_cast<unsigned char>(key.source));
+  mix(static_cast<unsigned char>(key.kind));
+  for (char c : key.id) mix(static_cast<unsigned char>(ascii_lower(c)));
+  mix(0);
+  for (char c : key.resource) mix(static_cast<unsigned char>(ascii_lower(c)));
+  return h;
+}
 
 // One request in flight for a key; concurrent misses wait on it (docs/protocol.md §6, coalescing).
 struct Flight {
+  explicit Flight(CacheKey k) : key(std::move(k)) {}
+  const CacheKey key;
   std::mutex mutex;
   std::condition_variable done_cv;
   bool done = false;
   bool leader_stopped = false;  // the leader's own context ended: waiters must try themselves
   std::unique_ptr<Result<AuthResult>> outcome;
-  // The key, and the next flight in the cache's list: set and read under its flights mutex.
-  Source source = Source::DefaultToIMDS;
-  IDKind kind = IDKind::SystemAssigned;
-  std::string id, resource;
-  uint64_t hash = 0;
-  std::shared_ptr<Flight> next;
 };
 
 class TokenCache {
@@ -56,10 +80,11 @@ class TokenCache {
     return *cache;
   }
 
-  TokenCache() = default;
+  // Moves the generation, so that no thread's copy of a cache that lived at this address
+  // before matches this one.
+  TokenCache() noexcept { generation_.fetch_add(1, std::memory_order_release); }
   TokenCache(const TokenCache&) = delete;
   TokenCache& operator=(const TokenCache&) = delete;
-  ~TokenCache() { clear(); }  // the entry list is owned through raw pointers
 
   enum class Hit { miss, fresh, refresh };
 
@@ -67,28 +92,25 @@ class TokenCache {
   // (access_token, token_type, expires_on, refresh_on). `refresh` means it is past
   // its refresh time (and any cool-down) and this caller won the right to refresh it;
   // it must call end_refresh(key, ...) afterwards.
-  Hit find(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
+  Hit find(const CacheKeyView& key, SysClock::time_point now, AuthResult& out) {
     const uint64_t generation = generation_.load(std::memory_order_acquire);
     if constexpr (kLocalCopiesEnabled) {
       LocalCopies& copies = local_copies();
       for (size_t i = 0; i < copies.used; ++i) {
         const LocalCopy& local = copies.slots[i];
-        if (local.generation != generation || local.cache != this ||
-            !same(local.source, local.kind, local.id, local.resource, key))
-          continue;
-        const CachedToken& t = local.token;
-        if (t.expires_on <= now + kExpiryMargin) return Hit::miss;
-        if (due_for_refresh(t, local.cool_down_until, now)) break;  // claim under the lock
-        copy_to(t, out);
+        if (local.generation != generation || local.cache != this || !same_key(local.key, key)) continue;
+        if (local.token.expires_on <= now + kExpiryMargin) return Hit::miss;
+        if (due_for_refresh(local.token, local.cool_down_until, now)) break;  // claim under the lock
+        set_token(out, local.token);
         return Hit::fresh;
       }
     }
     std::shared_lock<std::shared_mutex> lock(mutex_);
-    Entry* entry = lookup(key, hash(key));
+    Entry* entry = lookup(key);
     if (entry == nullptr) return Hit::miss;
     if constexpr (kLocalCopiesEnabled) remember(generation, *entry);
     if (entry->token.expires_on <= now + kExpiryMargin) return Hit::miss;
-    copy_to(entry->token, out);
+    set_token(out, entry->token);
     if (due_for_refresh(entry->token, entry->cool_down_until, now)) {
       bool expected = false;
       if (entry->refreshing.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) return Hit::refresh;
@@ -97,9 +119,9 @@ class TokenCache {
   }
 
   // Any cached token for the key, usable or not (Service Fabric's revocation hash).
-  bool peek(const CacheKey& key, CachedToken& out) {
+  bool peek(const CacheKeyView& key, Token& out) {
     std::shared_lock<std::shared_mutex> lock(mutex_);
-    Entry* entry = lookup(key, hash(key));
+    Entry* entry = lookup(key);
     if (entry == nullptr) return false;
     out = entry->token;
     return true;
@@ -109,14 +131,14 @@ class TokenCache {
   // before its next proactive refresh: 30 s, doubling on each further failure up to 5 min,
   // and never past the time the token stops being usable (misses ignore the cool-down).
   // Returns the cool-down started (zero if none).
-  std::chrono::seconds end_refresh(const CacheKey& key, bool failed, SysClock::time_point now) noexcept {
+  std::chrono::seconds end_refresh(const CacheKeyView& key, bool failed, SysClock::time_point now) noexcept {
     if (!failed) {
       std::shared_lock<std::shared_mutex> lock(mutex_);
-      if (Entry* entry = lookup(key, hash(key))) entry->refreshing.store(false, std::memory_order_release);
+      if (Entry* entry = lookup(key)) entry->refreshing.store(false, std::memory_order_release);
       return std::chrono::seconds(0);
     }
     std::unique_lock<std::shared_mutex> lock(mutex_);
-    Entry* entry = lookup(key, hash(key));
+    Entry* entry = lookup(key);
     if (entry == nullptr) return std::chrono::seconds(0);
     std::chrono::seconds cool_down(0);
     // A token stored meanwhile (not due for refresh) has already ended any cool-down.
@@ -132,20 +154,13 @@ class TokenCache {
   }
 
   // Stores the token if it lives more than 5 minutes past `now`; returns whether it did.
-  bool store(const CacheKey& key, const CachedToken& token, SysClock::time_point now) {
+  bool store(const CacheKeyView& key, const Token& token, SysClock::time_point now) {
     if (token.expires_on <= now + kExpiryMargin) return false;
-    uint64_t h = hash(key);
     std::unique_lock<std::shared_mutex> lock(mutex_);
-    Entry* entry = lookup(key, h);
+    Entry* entry = lookup(key);
     if (entry == nullptr) {
-      entry = new Entry();  // owned by the list; deleted by clear()
-      entry->next = entries_;
-      entries_ = entry;
-      entry->source = key.source;
-      entry->kind = key.kind;
-      entry->id.assign(key.id);
-      entry->resource.assign(key.resource);
-      entry->hash = h;
+      entries_.push_back(std::unique_ptr<Entry>(new Entry(CacheKey::from(key))));
+      entry = entries_.back().get();
     }
     entry->token = token;
     entry->refresh_failures = 0;  // a new token ends any cool-down
@@ -157,26 +172,19 @@ class TokenCache {
   // Joins the flight for `key` or, when there is none and no usable token was
   // stored meanwhile, starts one (leader = true). With a usable token, returns
   // nullptr and fills `out`.
-  std::shared_ptr<Flight> join_or_lead(const CacheKey& key, SysClock::time_point now, bool& leader, AuthResult& out) {
+  std::shared_ptr<Flight> join_or_lead(const CacheKeyView& key, SysClock::time_point now, bool& leader,
+                                       AuthResult& out) {
     std::lock_guard<std::mutex> lock(flights_mutex_);
     // Leaders store before they land, so this re-check closes the miss/land race.
     if (find_usable(key, now, out)) return nullptr;
-    uint64_t h = hash(key);
-    for (const std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
-      if ((*f)->hash == h && same((*f)->source, (*f)->kind, (*f)->id, (*f)->resource, key)) {
+    for (const std::shared_ptr<Flight>& flight : flights_)
+      if (same_key(flight->key, key)) {
         leader = false;
-        return *f;
+        return flight;
       }
-    std::shared_ptr<Flight> flight(new Flight());
-    flight->source = key.source;
-    flight->kind = key.kind;
-    flight->id.assign(key.id);
-    flight->resource.assign(key.resource);
-    flight->hash = h;
-    flight->next = std::move(flights_);
-    flights_ = flight;
+    flights_.push_back(std::make_shared<Flight>(CacheKey::from(key)));
     leader = true;
-    return flight;
+    return flights_.back();
   }
 
   // The leader publishes its outcome (after storing a success) and removes the flight.
@@ -200,45 +208,23 @@ class TokenCache {
     flight->done_cv.notify_all();
   }
 
-  // Forgets every token (for tests and for programs that must drop tokens).
-  void clear() {
-    std::unique_lock<std::shared_mutex> lock(mutex_);
-    while (entries_ != nullptr) {
-      Entry* next = entries_->next;
-      delete entries_;
-      entries_ = next;
-    }
-    generation_.fetch_add(1, std::memory_order_release);
-  }
-
-  size_t size() const {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
-    size_t n = 0;
-    for (const Entry* e = entries_; e != nullptr; e = e->next) ++n;
-    return n;
-  }
-
  private:
   struct Entry {
-    Source source = Source::DefaultToIMDS;
-    IDKind kind = IDKind::SystemAssigned;
-    std::string id, resource;
-    uint64_t hash = 0;
-    CachedToken token;
+    explicit Entry(CacheKey k) : key(std::move(k)), hash(key_hash(key)) {}
+    const CacheKey key;
+    const uint64_t hash;
+    Token token;
     std::atomic<bool> refreshing{false};
-    int refresh_failures = 0;                // proactive refreshes failed in a row
-    SysClock::time_point cool_down_until;    // no proactive refresh before this
-    Entry* next = nullptr;  // the list (newest first)
+    int refresh_failures = 0;              // proactive refreshes failed in a row
+    SysClock::time_point cool_down_until;  // no proactive refresh before this
   };
   // A thread's copy of an entry of `cache`, valid only while generation_ has not moved.
   struct LocalCopy {
     uint64_t generation = 0;
     const TokenCache* cache = nullptr;
     SysClock::time_point cool_down_until;
-    Source source = Source::DefaultToIMDS;
-    IDKind kind = IDKind::SystemAssigned;
-    std::string id, resource;
-    CachedToken token;
+    CacheKey key;
+    Token token;
   };
   static constexpr size_t kLocalCopies = 8;
   // MinGW's GCC emulates TLS and frees a thread_local's storage before its destructor runs
@@ -269,9 +255,7 @@ class TokenCache {
     LocalCopy* slot = nullptr;
     for (size_t i = 0; i < copies.used; ++i) {
       LocalCopy& c = copies.slots[i];
-      if (c.cache == this && c.source == entry.source && c.kind == entry.kind && c.id == entry.id &&
-          c.resource == entry.resource)
-        slot = &c;
+      if (c.cache == this && same_key(c.key, entry.key)) slot = &c;
     }
     if (slot == nullptr) {
       if (copies.used < kLocalCopies) {
@@ -281,80 +265,50 @@ class TokenCache {
         copies.oldest = (copies.oldest + 1) % kLocalCopies;
       }
       slot->cache = this;
-      slot->source = entry.source;
-      slot->kind = entry.kind;
-      slot->id = entry.id;
-      slot->resource = entry.resource;
+      slot->key = entry.key;
     }
     slot->generation = generation;
     slot->token = entry.token;
     slot->cool_down_until = entry.cool_down_until;
   }
 
-  static bool due_for_refresh(const CachedToken& token, SysClock::time_point cool_down_until,
+  static bool due_for_refresh(const Token& token, SysClock::time_point cool_down_until,
                               SysClock::time_point now) noexcept {
     return token.refresh_on != SysClock::time_point() && now >= token.refresh_on && now >= cool_down_until;
   }
 
-  static void copy_to(const CachedToken& token, AuthResult& out) {
-    out.access_token = token.access_token;
-    out.token_type = token.token_type;
-    out.expires_on = token.expires_on;
-    out.refresh_on = token.refresh_on;
-  }
-
-  // FNV-1a over the key with ASCII case folded, so look-ups need no lowered copy.
-  static uint64_t hash(const CacheKey& key) noexcept {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&h](unsigned char c) {
-      h ^= c;
-      h *= 1099511628211ull;
-    };
-    mix(static_cast<unsigned char>(key.source));
-    mix(static_cast<unsigned char>(key.kind));
-    for (char c : key.id) mix(static_cast<unsigned char>(ascii_lower(c)));
-    mix(0);
-    for (char c : key.resource) mix(static_cast<unsigned char>(ascii_lower(c)));
-    return h;
-  }
-
-  static bool same(Source source, IDKind kind, const std::string& id, const std::string& resource,
-                   const CacheKey& key) noexcept {
-    return source == key.source && kind == key.kind && iequals(id, key.id) && iequals(resource, key.resource);
-  }
-
-  Entry* lookup(const CacheKey& key, uint64_t h) const noexcept {
-    for (Entry* e = entries_; e != nullptr; e = e->next)
-      if (e->hash == h && same(e->source, e->kind, e->id, e->resource, key)) return e;
+  Entry* lookup(const CacheKeyView& key) const noexcept {
+    const uint64_t h = key_hash(key);
+    for (const std::unique_ptr<Entry>& e : entries_)
+      if (e->hash == h && same_key(e->key, key)) return e.get();
     return nullptr;
   }
 
   // Removes a flight from the list; the caller's reference keeps it alive.
   void unlink(const std::shared_ptr<Flight>& flight) noexcept {
     std::lock_guard<std::mutex> lock(flights_mutex_);
-    for (std::shared_ptr<Flight>* f = &flights_; *f; f = &(*f)->next)
+    for (auto f = flights_.begin(); f != flights_.end(); ++f)
       if (*f == flight) {
-        std::shared_ptr<Flight> rest = std::move(flight->next);
-        *f = std::move(rest);
+        flights_.erase(f);
         return;
       }
   }
 
-  bool find_usable(const CacheKey& key, SysClock::time_point now, AuthResult& out) {
+  bool find_usable(const CacheKeyView& key, SysClock::time_point now, AuthResult& out) {
     std::shared_lock<std::shared_mutex> lock(mutex_);
-    Entry* entry = lookup(key, hash(key));
+    Entry* entry = lookup(key);
     if (entry == nullptr || entry->token.expires_on <= now + kExpiryMargin) return false;
-    copy_to(entry->token, out);
+    set_token(out, entry->token);
     return true;
   }
 
   mutable std::shared_mutex mutex_;
-  Entry* entries_ = nullptr;  // a list, newest first; owned, deleted by clear()
-  // Moves on every store, cool-down and clear of any cache. One counter for the process,
-  // so that a cache built where another was destroyed never matches that one's copies.
+  std::vector<std::unique_ptr<Entry>> entries_;  // under mutex_ (behind pointers: an Entry holds an atomic)
+  // Moves on every store, cool-down and new cache. One counter for the process, so that a
+  // cache built where another was destroyed never matches that one's copies.
   static inline std::atomic<uint64_t> generation_{1};
   std::mutex flights_mutex_;
-  std::shared_ptr<Flight> flights_;  // a list through Flight::next
+  std::vector<std::shared_ptr<Flight>> flights_;  // under flights_mutex_
 };
 
 }  // namespace detail

@@ -430,15 +430,12 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   Result<TokenResponse> parsed = parse_token_response(response->body, now);
   if (!parsed) return finish_error(st, parsed.error(), request_id, true);
   if (spec.confirm_token != nullptr) {
-    Result<bool> confirmed = spec.confirm_token(st.id, *parsed);
+    Result<bool> confirmed = spec.confirm_token(st.id, parsed->echo);
     if (!confirmed) return finish_error(st, confirmed.error(), request_id);
   }
   AuthResult result;
-  result.access_token = std::move(parsed->access_token);
-  result.token_type = std::move(parsed->token_type);
+  set_token(result, std::move(parsed->token));
   result.resource.assign(resource);
-  result.expires_on = parsed->expires_on;
-  result.refresh_on = parsed->refresh_on;
   result.token_source = TokenSource::IdentityProvider;
   st.defer(logs, LogLevel::Info,
            cat({"acquired a token for '", resource, "' from ", source_label(st.source), ", expiring in ",
@@ -446,12 +443,9 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   return result;
 }
 
-void store_token(const ClientState& st, const CacheKey& key, const AuthResult& result, LogLines& logs) {
-  CachedToken token;
-  token.access_token = result.access_token;
-  token.token_type = result.token_type;
-  token.expires_on = result.expires_on;
-  token.refresh_on = result.refresh_on;
+// Caches a fetched token; a result that is not cached only costs a log line.
+void store_token(const ClientState& st, const CacheKeyView& key, const AuthResult& result, LogLines& logs) {
+  Token token{result.access_token, result.token_type, result.expires_on, result.refresh_on};
   if (!TokenCache::instance().store(key, token, st.now()))
     st.defer(logs, LogLevel::Warning, "the token expires within 5 minutes, so it is not cached");
 }
@@ -487,7 +481,7 @@ class FlightLanding {
 // cools down and is refreshed again later).
 class RefreshClaim {
  public:
-  RefreshClaim(TokenCache& cache, const CacheKey& key, SysClock::time_point now)
+  RefreshClaim(TokenCache& cache, const CacheKeyView& key, SysClock::time_point now)
       : cache_(cache), key_(key), now_(now) {}
   RefreshClaim(const RefreshClaim&) = delete;
   RefreshClaim& operator=(const RefreshClaim&) = delete;
@@ -501,7 +495,7 @@ class RefreshClaim {
 
  private:
   TokenCache& cache_;
-  const CacheKey& key_;
+  const CacheKeyView& key_;
   SysClock::time_point now_;
   bool ended_ = false;
 };
@@ -509,7 +503,7 @@ class RefreshClaim {
 // A hit past its refresh time whose caller won the refresh (docs/protocol.md §6). A valid token is in
 // hand, so one attempt without retry waits; if it fails, the cached token is returned and
 // the key cools down before its next proactive attempt.
-Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, const CacheKey& key,
+Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, const CacheKeyView& key,
                                  const AcquireConfig& options, AuthResult cached, SysClock::time_point now) {
   TokenCache& cache = TokenCache::instance();
   RefreshClaim claim(cache, key, now);
@@ -529,12 +523,12 @@ Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, cons
 Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::string_view requested,
                            const AcquireConfig& options) {
   std::string_view resource = trim_default_scope(requested);
-  CacheKey key{st.source, st.id.kind(), st.id.value(), resource};
+  const CacheKeyView key{st.source, st.id.kind(), st.id.value(), resource};
   TokenCache& cache = TokenCache::instance();
 
   // Claims: always fetch (docs/protocol.md §7), never coalesce; the new token is cached.
   if (!options.claims.empty()) {
-    CachedToken cached;
+    Token cached;
     bool have = cache.peek(key, cached);
     LogLines logs;
     Result<AuthResult> result =

@@ -7,8 +7,12 @@
 //
 // A tree of every value costs about 90 bytes per value, so a 1 MiB body of tiny values
 // ("[0,0,...]") would cost some 45 MB. Bodies from the network are therefore parsed with
-// a filter (parse_json_kept): the whole grammar is still checked, but only the members
-// the caller reads are built; everything else is validated and dropped on the fly.
+// a filter: the whole grammar is still checked, but only the members the caller reads are
+// built; everything else is validated and dropped on the fly.
+//
+// Failure is reported as the parser's own small status (what and at which byte), not as an
+// mi::Error: the parser knows neither the source nor which body it reads, so each caller
+// words the Error once, for its body.
 #pragma once
 #include "util.hpp"
 
@@ -36,11 +40,8 @@ struct JsonValue {
 
   // The first member with that key (objects only), else nullptr.
   const JsonValue* find(std::string_view key) const noexcept;
-  bool is_null() const noexcept { return type == Type::Null; }
-  bool is_bool() const noexcept { return type == Type::Bool; }
   bool is_number() const noexcept { return type == Type::Number; }
   bool is_string() const noexcept { return type == Type::String; }
-  bool is_array() const noexcept { return type == Type::Array; }
   bool is_object() const noexcept { return type == Type::Object; }
 };
 
@@ -65,15 +66,21 @@ constexpr int kMaxJsonDepth = 64;
 // member's decoded name. Array elements are never built under a filter.
 using JsonKeep = bool (*)(int depth, std::string_view name) noexcept;
 
+// The outcome of a parse: `error` is nullptr on success, else what was wrong (no input
+// quoted), found at byte `offset`.
+struct JsonStatus {
+  const char* error = nullptr;
+  size_t offset = 0;
+  explicit operator bool() const noexcept { return error == nullptr; }
+};
+
 class JsonParser {
  public:
-  explicit JsonParser(std::string_view text, JsonKeep keep = nullptr) noexcept
+  JsonParser(std::string_view text, JsonKeep keep) noexcept
       : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()), keep_(keep) {}
 
-  // Parses the whole input as one document; on failure error() and offset() say why and where.
-  bool parse_document(JsonValue& out);
-  const char* error() const noexcept { return error_; }
-  size_t offset() const noexcept { return offset_; }
+  // Parses the whole input as one document.
+  JsonStatus parse_document(JsonValue& out);
 
  private:
   bool fail(const char* what, const char* at) noexcept {
@@ -104,13 +111,14 @@ class JsonParser {
   std::string scratch_;  // names under a filter and escaped strings that are dropped, reused
 };
 
-bool JsonParser::parse_document(JsonValue& out) {
+JsonStatus JsonParser::parse_document(JsonValue& out) {
   out = JsonValue();
   skip_whitespace();
-  if (!parse_value(&out, 0)) return false;
-  skip_whitespace();
-  if (p_ != end_) return fail("unexpected data after the JSON document", p_);
-  return true;
+  if (parse_value(&out, 0)) {
+    skip_whitespace();
+    if (p_ != end_) fail("unexpected data after the JSON document", p_);
+  }
+  return JsonStatus{error_, offset_};
 }
 
 bool JsonParser::parse_value(JsonValue* out, int depth) {
@@ -408,36 +416,13 @@ bool JsonParser::parse_object(JsonValue* out, int depth) {
   }
 }
 
-// Parses one whole document (whitespace around it allowed, nothing else). On
-// failure returns false with `message` saying what was wrong (no input quoted)
-// and `offset` the byte where it was found.
-bool parse_json(std::string_view text, JsonValue& out, std::string& message, size_t& offset) {
-  JsonParser parser(text);
-  if (parser.parse_document(out)) return true;
-  message = parser.error();
-  offset = parser.offset();
-  return false;
-}
-
-// As above for a body from the network: the grammar is checked in full, but only the
-// object members `keep` selects are built (under the root, and under a kept object), the
-// first of each name, and arrays stay empty. Memory beyond the input is then the kept text
-// and at most the longest string, whatever the body's shape.
-bool parse_json_kept(std::string_view text, JsonKeep keep, JsonValue& out, std::string& message, size_t& offset) {
-  JsonParser parser(text, keep);
-  if (parser.parse_document(out)) return true;
-  message = parser.error();
-  offset = parser.offset();
-  return false;
-}
-
-// As above, with the offset folded into `error` ("... at byte N").
-bool parse_json(std::string_view text, JsonValue& out, std::string& error) {
-  size_t offset = 0;
-  if (parse_json(text, out, error, offset)) return true;
-  error += " at byte ";
-  error += num(static_cast<long long>(offset));
-  return false;
+// Parses one whole document (whitespace around it allowed, nothing else), checking the
+// grammar in full. A body from the network passes the `keep` filter of the members its
+// caller reads: only those are built (under the root, and under a kept object), the first
+// of each name, and arrays stay empty, so memory beyond the input is the kept text and at
+// most the longest string, whatever the body's shape. A null `keep` builds the whole tree.
+JsonStatus parse_json(std::string_view text, JsonKeep keep, JsonValue& out) {
+  return JsonParser(text, keep).parse_document(out);
 }
 
 }  // namespace detail

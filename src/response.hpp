@@ -8,13 +8,34 @@ namespace mi {
 inline namespace v1 {
 namespace detail {
 
-struct TokenResponse {
+// A token as the endpoint issued it: what the cache keeps (entries and per-thread copies)
+// and what AuthResult's token fields are filled from (set_token).
+struct Token {
   std::string access_token;
   std::string token_type;  // "Bearer" when absent or empty
-  std::string resource;    // as the endpoint sent it, "" if absent
   SysClock::time_point expires_on;
   SysClock::time_point refresh_on;  // SysClock::time_point() (epoch) when none
-  std::string client_id, object_id, msi_res_id, mi_res_id;  // echoed identity fields, "" if absent/not a string
+};
+
+// AuthResult's token fields, from a Token copied or moved: the one place the two meet.
+template <class T>
+void set_token(AuthResult& out, T&& token) {
+  out.access_token = std::forward<T>(token).access_token;
+  out.token_type = std::forward<T>(token).token_type;
+  out.expires_on = token.expires_on;
+  out.refresh_on = token.refresh_on;
+}
+
+// What the endpoint echoes about the request, each "" if absent or not a string. Only
+// Azure Arc's identity fields are checked (arc_confirms_identity); none is cached.
+struct TokenEcho {
+  std::string resource;
+  std::string client_id, object_id, msi_res_id, mi_res_id;
+};
+
+struct TokenResponse {
+  Token token;
+  TokenEcho echo;
 };
 
 struct ErrorBody {
@@ -226,14 +247,13 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
   if (trim(body).empty())
     return make_error(Errc::invalid_response, "the token response is empty (a success status with no body)");
   JsonValue root;
-  std::string why;
-  size_t at = 0;
-  if (!parse_json_kept(body, &token_member, root, why, at))
+  if (JsonStatus status = parse_json(body, &token_member, root); !status)
     return make_error(Errc::invalid_response, cat({"the token response is not valid JSON (at byte ",
-                                                   num(static_cast<long long>(at)), "): ", why}));
+                                                   num(static_cast<long long>(status.offset)), "): ", status.error}));
   if (!root.is_object()) return make_error(Errc::invalid_response, "the token response is not a JSON object");
 
-  TokenResponse out;
+  TokenResponse response;
+  Token& out = response.token;
   const JsonValue* token = root.find("access_token");
   if (token == nullptr) return make_error(Errc::invalid_response, "the token response has no access_token");
   if (!token->is_string())
@@ -286,12 +306,13 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
     return make_error(Errc::invalid_response,
                       "the token response's token_type contains a control character or a space, so it cannot go "
                       "into an Authorization header");
-  out.resource = string_field("resource");
-  out.client_id = string_field("client_id");
-  out.object_id = string_field("object_id");
-  out.msi_res_id = string_field("msi_res_id");
-  out.mi_res_id = string_field("mi_res_id");
-  return out;
+  TokenEcho& echo = response.echo;
+  echo.resource = string_field("resource");
+  echo.client_id = string_field("client_id");
+  echo.object_id = string_field("object_id");
+  echo.msi_res_id = string_field("msi_res_id");
+  echo.mi_res_id = string_field("mi_res_id");
+  return response;
 }
 
 // Best effort on any body: flat {"error", "error_description", "correlation_id"}, nested
@@ -300,8 +321,6 @@ Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time
 MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   ErrorBody out;
   JsonValue root;
-  std::string why;
-  size_t at = 0;
   // Only the members read below are built: the root's, and those of a nested "error" object.
   JsonKeep keep = [](int depth, std::string_view name) noexcept {
     if (depth == 0)
@@ -309,7 +328,7 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
              name == "correlationId";
     return depth == 1 && (name == "code" || name == "message" || name == "correlationId");
   };
-  if (!parse_json_kept(body, keep, root, why, at)) return out;
+  if (!parse_json(body, keep, root)) return out;
   out.json = true;
   if (!root.is_object()) return out;
   auto text = [](const JsonValue* v) -> std::string { return v != nullptr && v->is_string() ? v->text : std::string(); };

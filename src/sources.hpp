@@ -76,7 +76,7 @@ bool arc_agent_installed();
 void azure_ml_parameters(const ID& id, const RequestExtras& extras, StringPairs& params);
 void service_fabric_parameters(const ID& id, const RequestExtras& extras, StringPairs& params);
 Result<bool> arc_answer_challenge(const HttpResponse& leg1, BuiltRequest& built);
-Result<bool> arc_confirm_identity(const ID& id, const TokenResponse& token);
+Result<bool> arc_confirm_identity(const ID& id, const TokenEcho& echo);
 
 struct SourceSpec {
   Source source = Source::DefaultToIMDS;
@@ -115,7 +115,7 @@ struct SourceSpec {
   // After the first answer: true to send the request again (Azure Arc's second leg), false
   // when that answer is final. After a token: an error if it is not the one asked for.
   Result<bool> (*answer_challenge)(const HttpResponse&, BuiltRequest&) = nullptr;
-  Result<bool> (*confirm_token)(const ID&, const TokenResponse&) = nullptr;
+  Result<bool> (*confirm_token)(const ID&, const TokenEcho&) = nullptr;
 
   // Hints in http_status messages; null: the generic hint.
   const char* hint_400 = nullptr;
@@ -735,20 +735,20 @@ Result<bool> arc_answer_challenge(const HttpResponse& leg1, BuiltRequest& built)
 }
 
 // docs/protocol.md §3 step 4: a user-assigned request must be echoed back, or the agent ignored it.
-bool arc_echoes_identity(const ID& id, const TokenResponse& token) {
+bool arc_echoes_identity(const ID& id, const TokenEcho& echo) {
   switch (id.kind()) {
     case IDKind::SystemAssigned: return true;
-    case IDKind::ClientID: return !token.client_id.empty() && iequals(token.client_id, id.value());
-    case IDKind::ObjectID: return !token.object_id.empty() && iequals(token.object_id, id.value());
+    case IDKind::ClientID: return !echo.client_id.empty() && iequals(echo.client_id, id.value());
+    case IDKind::ObjectID: return !echo.object_id.empty() && iequals(echo.object_id, id.value());
     case IDKind::ResourceID:
-      return (!token.msi_res_id.empty() && iequals(token.msi_res_id, id.value())) ||
-             (!token.mi_res_id.empty() && iequals(token.mi_res_id, id.value()));
+      return (!echo.msi_res_id.empty() && iequals(echo.msi_res_id, id.value())) ||
+             (!echo.mi_res_id.empty() && iequals(echo.mi_res_id, id.value()));
   }
   return false;
 }
 
-Result<bool> arc_confirm_identity(const ID& id, const TokenResponse& token) {
-  if (arc_echoes_identity(id, token)) return true;
+Result<bool> arc_confirm_identity(const ID& id, const TokenEcho& echo) {
+  if (arc_echoes_identity(id, echo)) return true;
   return arc_error({"the agent did not confirm the requested ", id_kind_label(id.kind()),
                     " in its token response; the agent is likely too old for user-assigned identities and "
                     "returned the system-assigned one (update the Azure Connected Machine agent)"});

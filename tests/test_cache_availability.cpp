@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "test_support.hpp"
+#include "cache_support.hpp"
 
 using namespace std::chrono_literals;
 using support::CleanEnv;
@@ -25,7 +26,7 @@ using testsrv::Server;
 
 namespace {
 
-void fresh_cache() { mi::detail::TokenCache::instance().clear(); }
+using support::fresh_cache;
 
 // What a call returned, in a form doctest prints: "ok", the Errc's name, or
 // "exception: <what>" when an exception escaped AcquireToken.
@@ -580,8 +581,8 @@ TEST_CASE("retryable() for statuses follows the retry policy of the source") {
 TEST_CASE("a second TokenCache never returns the first one's token") {
   auto now = std::chrono::system_clock::now();
   const mi::detail::CacheKey key{mi::Source::DefaultToIMDS, mi::IDKind::SystemAssigned, "", "https://two-caches"};
-  mi::detail::CachedToken a_token{"token-of-a", "Bearer", now + std::chrono::hours(2), {}};
-  mi::detail::CachedToken b_token{"token-of-b", "Bearer", now + std::chrono::hours(2), {}};
+  mi::detail::Token a_token{"token-of-a", "Bearer", now + std::chrono::hours(2), {}};
+  mi::detail::Token b_token{"token-of-b", "Bearer", now + std::chrono::hours(2), {}};
   mi::detail::TokenCache a, b;
   REQUIRE(a.store(key, a_token, now));
   mi::AuthResult out;

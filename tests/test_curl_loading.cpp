@@ -12,6 +12,7 @@
 #include "managed_identity.hpp"
 
 #include "test_support.hpp"
+#include "cache_support.hpp"
 
 #if !defined(MI_USE_CURL) || MI_DETAIL_CURL_LINKED
 
@@ -60,7 +61,7 @@ bool libcurl_in_process() {
 
 TEST_CASE("libcurl is loaded by the first HTTPS request, not at start-up, by New or by plain HTTP") {
   CleanEnv env;
-  mi::detail::TokenCache::instance().clear();
+  support::fresh_cache();
   CHECK_FALSE(libcurl_in_process());
 
   // IMDS over plain HTTP.
@@ -99,7 +100,7 @@ TEST_CASE("libcurl is loaded by the first HTTPS request, not at start-up, by New
 
 TEST_CASE("an unusable libcurl: Service Fabric fails with tls, says what and how to fix, sends nothing") {
   CleanEnv env;
-  mi::detail::TokenCache::instance().clear();
+  support::fresh_cache();
   tlssrv::Identity identity = tlssrv::make_identity("sf-cluster");
   tlssrv::Server server(identity, [](const Request&) { return Reply::json(sf_body("never")); });
   service_fabric_env(server.url(), identity.sha1_hex());

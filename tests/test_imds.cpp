@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "test_support.hpp"
+#include "cache_support.hpp"
 
 using namespace std::chrono_literals;
 using support::CleanEnv;
@@ -23,7 +24,7 @@ using testsrv::Server;
 
 namespace {
 
-void fresh_cache() { mi::detail::TokenCache::instance().clear(); }
+using support::fresh_cache;
 
 // A server that mints IMDS tokens and points IMDS at itself.
 struct ImdsFixture {
@@ -714,7 +715,7 @@ TEST_CASE("unusable success bodies are invalid_response, not retried, not cached
     CHECK_FALSE(token.error().retryable());
     CHECK(token.error().message().find(secret_token) == std::string::npos);
     CHECK(fx.server.request_count() == 1);
-    CHECK(mi::detail::TokenCache::instance().size() == 0);
+    CHECK_FALSE(support::cached(mi::SystemAssigned(), "https://bad-body"));
   }
 }
 
@@ -814,14 +815,17 @@ TEST_CASE("IMDS ignores client capabilities and sends no revocation hash with cl
 TEST_CASE("TokenCache: a cache other than the process-wide one finds its entries and frees them") {
   // Under ASan (CI), LeakSanitizer reports the entries if the destructor does not free them.
   auto now = std::chrono::system_clock::now();
-  mi::detail::CachedToken token{std::string(2000, 't'), "Bearer", now + std::chrono::hours(2),
+  mi::detail::Token token{std::string(2000, 't'), "Bearer", now + std::chrono::hours(2),
                                 std::chrono::system_clock::time_point{}};
   {
     mi::detail::TokenCache local;
     for (const char* resource : {"https://vault.azure.net", "https://storage.azure.com", "https://graph.microsoft.com"})
       CHECK(local.store(mi::detail::CacheKey{mi::Source::DefaultToIMDS, mi::IDKind::SystemAssigned, "", resource},
                         token, now));
-    CHECK(local.size() == 3);
+    for (const char* resource : {"https://vault.azure.net", "https://storage.azure.com", "https://graph.microsoft.com"}) {
+      mi::detail::Token stored;
+      CHECK(local.peek(mi::detail::CacheKey{mi::Source::DefaultToIMDS, mi::IDKind::SystemAssigned, "", resource}, stored));
+    }
     mi::AuthResult out;
     CHECK(local.find(mi::detail::CacheKey{mi::Source::DefaultToIMDS, mi::IDKind::SystemAssigned, "", "HTTPS://VAULT.azure.net"},
                      now, out) == mi::detail::TokenCache::Hit::fresh);

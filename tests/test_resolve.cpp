@@ -108,6 +108,7 @@ void release_and_drain() {
 
 #include "loopback_server.hpp"
 #include "test_support.hpp"
+#include "cache_support.hpp"
 
 #include <thread>
 
@@ -275,7 +276,7 @@ TEST_CASE("resolve: an abandoned lookup finishes alone, and a failed one is a ne
 TEST_CASE("resolve: a client aimed at a host name honours Cancel() through AcquireToken") {
   support::CleanEnv env;
   fake_dns::reset();
-  mi::detail::TokenCache::instance().clear();
+  support::fresh_cache();
   support::set_env("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://pod.blocked.test:1");  // IMDS, at a name that blocks
   auto client = mi::New(mi::SystemAssigned());
   REQUIRE(client);

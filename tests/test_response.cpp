@@ -48,7 +48,7 @@ std::string body_with(const std::string& members) {
 }
 
 int64_t expires_on_of(const std::string& expires_on_json) {
-  return to_unix_seconds(parse_ok(body_with("\"expires_on\":" + expires_on_json)).expires_on);
+  return to_unix_seconds(parse_ok(body_with("\"expires_on\":" + expires_on_json)).token.expires_on);
 }
 
 int64_t parsed_epoch(std::string_view text) {
@@ -71,51 +71,51 @@ TEST_CASE("every SAMPLES.md success body parses with the right expiry") {
       R"({"access_token":"eyJ0eXAiOiJKV1QiLCJhbGciOi...","client_id":"9d3f2d6c-3c41-4d2f-9a66-4c3e5e1c9f10",
  "expires_in":"86399","expires_on":"1796241097","ext_expires_in":"86399","not_before":"1796154397",
  "resource":"https://management.azure.com/","token_type":"Bearer"})");
-  CHECK(imds.access_token == "eyJ0eXAiOiJKV1QiLCJhbGciOi...");
-  CHECK(to_unix_seconds(imds.expires_on) == kSampleExpiry);
-  CHECK(imds.resource == "https://management.azure.com/");
-  CHECK(imds.token_type == "Bearer");
-  CHECK(imds.client_id == "9d3f2d6c-3c41-4d2f-9a66-4c3e5e1c9f10");
-  CHECK(imds.refresh_on == kNow + seconds(86400) / 2);  // lifetime 86400 s > 2 h: half
+  CHECK(imds.token.access_token == "eyJ0eXAiOiJKV1QiLCJhbGciOi...");
+  CHECK(to_unix_seconds(imds.token.expires_on) == kSampleExpiry);
+  CHECK(imds.echo.resource == "https://management.azure.com/");
+  CHECK(imds.token.token_type == "Bearer");
+  CHECK(imds.echo.client_id == "9d3f2d6c-3c41-4d2f-9a66-4c3e5e1c9f10");
+  CHECK(imds.token.refresh_on == kNow + seconds(86400) / 2);  // lifetime 86400 s > 2 h: half
 
   // App Service 2019-08-01 (Linux).
   TokenResponse app = parse_ok(R"({"access_token":"eyJ0eXAi...","expires_on":"1796241097","resource":"https://vault.azure.net",
  "token_type":"Bearer","client_id":"5E29463D-71DA-4FE0-8E69-999B57DB23B0"})");
-  CHECK(to_unix_seconds(app.expires_on) == kSampleExpiry);
-  CHECK(app.resource == "https://vault.azure.net");
-  CHECK(app.client_id == "5E29463D-71DA-4FE0-8E69-999B57DB23B0");
+  CHECK(to_unix_seconds(app.token.expires_on) == kSampleExpiry);
+  CHECK(app.echo.resource == "https://vault.azure.net");
+  CHECK(app.echo.client_id == "5E29463D-71DA-4FE0-8E69-999B57DB23B0");
 
   // App Service in Windows containers: ISO with 7 fractional digits.
   TokenResponse win = parse_ok(R"({"access_token":"eyJ0eXAi...","expires_on":"2026-12-02T19:51:37.0000000+00:00",
  "resource":"https://vault.azure.net","token_type":"Bearer","client_id":"5E29463D-..."})");
-  CHECK(to_unix_seconds(win.expires_on) == kSampleExpiry);
-  CHECK(win.client_id == "5E29463D-...");
+  CHECK(to_unix_seconds(win.token.expires_on) == kSampleExpiry);
+  CHECK(win.echo.client_id == "5E29463D-...");
 
   // Azure ML / 2017-09-01: Windows with AM/PM, Linux without.
   TokenResponse ml_win = parse_ok(
       R"({"access_token":"eyJ0eXAi...","expires_on":"12/2/2026 7:51:37 PM +00:00","resource":"https://vault.azure.net","token_type":"Bearer"})");
-  CHECK(to_unix_seconds(ml_win.expires_on) == kSampleExpiry);
+  CHECK(to_unix_seconds(ml_win.token.expires_on) == kSampleExpiry);
   TokenResponse ml_linux = parse_ok(
       R"({"access_token":"eyJ0eXAi...","expires_on":"12/02/2026 19:51:37 +00:00","resource":"https://vault.azure.net","token_type":"Bearer"})");
-  CHECK(to_unix_seconds(ml_linux.expires_on) == kSampleExpiry);
+  CHECK(to_unix_seconds(ml_linux.token.expires_on) == kSampleExpiry);
 
   // Cloud Shell: strings and an empty refresh_token.
   TokenResponse shell = parse_ok(R"({"access_token":"eyJ0eXAi...","refresh_token":"","expires_in":"3599","expires_on":"1796241097",
  "not_before":"1796237197","resource":"https://management.azure.com/","token_type":"Bearer"})");
-  CHECK(to_unix_seconds(shell.expires_on) == kSampleExpiry);  // expires_on wins over expires_in
+  CHECK(to_unix_seconds(shell.token.expires_on) == kSampleExpiry);  // expires_on wins over expires_in
 
   // Service Fabric: expires_on a JSON number.
   TokenResponse sf = parse_ok(
       R"({"token_type":"Bearer","access_token":"eyJ0eXAi...","expires_on":1796241097,"resource":"https://vault.azure.net/"})");
-  CHECK(to_unix_seconds(sf.expires_on) == kSampleExpiry);
-  CHECK(sf.resource == "https://vault.azure.net/");
+  CHECK(to_unix_seconds(sf.token.expires_on) == kSampleExpiry);
+  CHECK(sf.echo.resource == "https://vault.azure.net/");
 
   // Server-chosen refresh time.
   TokenResponse refresh =
       parse_ok(R"({"access_token":"eyJ0eXAi...","expires_in":86399,"refresh_in":43199,"token_type":"Bearer"})");
-  CHECK(refresh.expires_on == kNow + seconds(86399));
-  CHECK(refresh.refresh_on == kNow + seconds(43199));
-  CHECK(refresh.resource.empty());
+  CHECK(refresh.token.expires_on == kNow + seconds(86399));
+  CHECK(refresh.token.refresh_on == kNow + seconds(43199));
+  CHECK(refresh.echo.resource.empty());
 }
 
 TEST_CASE("expires_on: epoch seconds as a number or a string") {
@@ -223,7 +223,7 @@ TEST_CASE("expires_on: malformed and out-of-range forms are rejected") {
     // In a body: unparseable expires_on falls back to expires_in when present...
     std::string json_string = std::string("\"") + b + "\"";
     TokenResponse r = parse_ok(body_with("\"expires_on\":" + json_string + ",\"expires_in\":3600"));
-    CHECK(r.expires_on == kNow + seconds(3600));
+    CHECK(r.token.expires_on == kNow + seconds(3600));
     // ...and is invalid_response without it.
     mi::Error e = parse_fail(body_with("\"expires_on\":" + json_string));
     CHECK(e.message().find("expires_on") != std::string::npos);
@@ -234,22 +234,22 @@ TEST_CASE("expires_on of other JSON types falls back to expires_in") {
   for (const char* v : {"null", "true", "false", "[]", "{}", "[1729281097]", "-5", "-1.5", "1e400"}) {
     INFO(v);
     TokenResponse r = parse_ok(body_with(std::string("\"expires_on\":") + v + ",\"expires_in\":\"60\""));
-    CHECK(r.expires_on == kNow + seconds(60));
+    CHECK(r.token.expires_on == kNow + seconds(60));
     parse_fail(body_with(std::string("\"expires_on\":") + v));
   }
 }
 
 TEST_CASE("expires_in: numbers, numeric strings, truncation, fallback") {
-  CHECK(parse_ok(body_with("\"expires_in\":3599")).expires_on == kNow + seconds(3599));
-  CHECK(parse_ok(body_with("\"expires_in\":\"3599\"")).expires_on == kNow + seconds(3599));
-  CHECK(parse_ok(body_with("\"expires_in\":3599.9")).expires_on == kNow + seconds(3599));
-  CHECK(parse_ok(body_with("\"expires_in\":\"3599.9\"")).expires_on == kNow + seconds(3599));
-  CHECK(parse_ok(body_with("\"expires_in\":3.6e3")).expires_on == kNow + seconds(3600));
-  CHECK(parse_ok(body_with("\"expires_in\":0")).expires_on == kNow);
-  CHECK(parse_ok(body_with("\"expires_in\":0.5")).expires_on == kNow);
+  CHECK(parse_ok(body_with("\"expires_in\":3599")).token.expires_on == kNow + seconds(3599));
+  CHECK(parse_ok(body_with("\"expires_in\":\"3599\"")).token.expires_on == kNow + seconds(3599));
+  CHECK(parse_ok(body_with("\"expires_in\":3599.9")).token.expires_on == kNow + seconds(3599));
+  CHECK(parse_ok(body_with("\"expires_in\":\"3599.9\"")).token.expires_on == kNow + seconds(3599));
+  CHECK(parse_ok(body_with("\"expires_in\":3.6e3")).token.expires_on == kNow + seconds(3600));
+  CHECK(parse_ok(body_with("\"expires_in\":0")).token.expires_on == kNow);
+  CHECK(parse_ok(body_with("\"expires_in\":0.5")).token.expires_on == kNow);
   // A sub-second `now` is kept: expires_in is added to it.
   SysClock::time_point fine_now = kNow + milliseconds(250);
-  CHECK(parse_ok(body_with("\"expires_in\":60"), fine_now).expires_on == fine_now + seconds(60));
+  CHECK(parse_ok(body_with("\"expires_in\":60"), fine_now).token.expires_on == fine_now + seconds(60));
   // Unusable expires_in values.
   for (const char* v : {"-1", "\"-1\"", "\"\"", "\"abc\"", "\"60s\"", "\" 60\"", "true", "null", "[60]", "{}",
                         "1e400", "\"99999999999999999999\""}) {
@@ -259,7 +259,7 @@ TEST_CASE("expires_in: numbers, numeric strings, truncation, fallback") {
   }
   // expires_on wins when both are usable.
   TokenResponse both = parse_ok(body_with("\"expires_in\":60,\"expires_on\":\"1796241097\""));
-  CHECK(to_unix_seconds(both.expires_on) == kSampleExpiry);
+  CHECK(to_unix_seconds(both.token.expires_on) == kSampleExpiry);
   // Neither at all.
   mi::Error e = parse_fail(body_with("\"token_type\":\"Bearer\""));
   CHECK(e.message() == "the token response has neither a usable expires_on nor expires_in");
@@ -267,39 +267,39 @@ TEST_CASE("expires_in: numbers, numeric strings, truncation, fallback") {
 
 TEST_CASE("refresh time") {
   // refresh_in honoured when 0 < refresh_in < lifetime, as a number or a string.
-  CHECK(parse_ok(body_with("\"expires_in\":3600,\"refresh_in\":1800")).refresh_on == kNow + seconds(1800));
-  CHECK(parse_ok(body_with("\"expires_in\":3600,\"refresh_in\":\"1800\"")).refresh_on == kNow + seconds(1800));
-  CHECK(parse_ok(body_with("\"expires_in\":3600,\"refresh_in\":3599")).refresh_on == kNow + seconds(3599));
-  CHECK(parse_ok(body_with("\"expires_in\":3600,\"refresh_in\":1")).refresh_on == kNow + seconds(1));
-  CHECK(parse_ok(body_with("\"expires_in\":3600,\"refresh_in\":1800.7")).refresh_on == kNow + seconds(1800));
+  CHECK(parse_ok(body_with("\"expires_in\":3600,\"refresh_in\":1800")).token.refresh_on == kNow + seconds(1800));
+  CHECK(parse_ok(body_with("\"expires_in\":3600,\"refresh_in\":\"1800\"")).token.refresh_on == kNow + seconds(1800));
+  CHECK(parse_ok(body_with("\"expires_in\":3600,\"refresh_in\":3599")).token.refresh_on == kNow + seconds(3599));
+  CHECK(parse_ok(body_with("\"expires_in\":3600,\"refresh_in\":1")).token.refresh_on == kNow + seconds(1));
+  CHECK(parse_ok(body_with("\"expires_in\":3600,\"refresh_in\":1800.7")).token.refresh_on == kNow + seconds(1800));
   CHECK(parse_ok(body_with("\"expires_on\":" + std::to_string(to_unix_seconds(kNow) + 600) + ",\"refresh_in\":300"))
-            .refresh_on == kNow + seconds(300));
+            .token.refresh_on == kNow + seconds(300));
   // Ignored when >= lifetime or <= 0 (or unusable); short lifetimes then get none.
   for (const char* v : {"3600", "3601", "999999", "0", "-5", "\"0\"", "\"x\"", "null", "0.5"}) {
     INFO(v);
-    CHECK(parse_ok(body_with(std::string("\"expires_in\":3600,\"refresh_in\":") + v)).refresh_on == kEpoch);
+    CHECK(parse_ok(body_with(std::string("\"expires_in\":3600,\"refresh_in\":") + v)).token.refresh_on == kEpoch);
   }
   // ...and long lifetimes get half.
-  CHECK(parse_ok(body_with("\"expires_in\":86400,\"refresh_in\":86400")).refresh_on == kNow + hours(12));
-  CHECK(parse_ok(body_with("\"expires_in\":86400,\"refresh_in\":-1")).refresh_on == kNow + hours(12));
-  CHECK(parse_ok(body_with("\"expires_in\":86400,\"refresh_in\":0")).refresh_on == kNow + hours(12));
+  CHECK(parse_ok(body_with("\"expires_in\":86400,\"refresh_in\":86400")).token.refresh_on == kNow + hours(12));
+  CHECK(parse_ok(body_with("\"expires_in\":86400,\"refresh_in\":-1")).token.refresh_on == kNow + hours(12));
+  CHECK(parse_ok(body_with("\"expires_in\":86400,\"refresh_in\":0")).token.refresh_on == kNow + hours(12));
 
   // The 2-hour rule: exactly 2 h -> none; more -> half the lifetime.
-  CHECK(parse_ok(body_with("\"expires_in\":7200")).refresh_on == kEpoch);
-  CHECK(parse_ok(body_with("\"expires_in\":7199")).refresh_on == kEpoch);
-  CHECK(parse_ok(body_with("\"expires_in\":60")).refresh_on == kEpoch);
-  CHECK(parse_ok(body_with("\"expires_in\":7202")).refresh_on == kNow + seconds(3601));
-  CHECK(parse_ok(body_with("\"expires_in\":7201")).refresh_on == kNow + milliseconds(3600500));
-  CHECK(parse_ok(body_with("\"expires_in\":86399")).refresh_on == kNow + milliseconds(43199500));
+  CHECK(parse_ok(body_with("\"expires_in\":7200")).token.refresh_on == kEpoch);
+  CHECK(parse_ok(body_with("\"expires_in\":7199")).token.refresh_on == kEpoch);
+  CHECK(parse_ok(body_with("\"expires_in\":60")).token.refresh_on == kEpoch);
+  CHECK(parse_ok(body_with("\"expires_in\":7202")).token.refresh_on == kNow + seconds(3601));
+  CHECK(parse_ok(body_with("\"expires_in\":7201")).token.refresh_on == kNow + milliseconds(3600500));
+  CHECK(parse_ok(body_with("\"expires_in\":86399")).token.refresh_on == kNow + milliseconds(43199500));
   // The same through expires_on: lifetime counts from `now`.
   std::string on_2h = std::to_string(to_unix_seconds(kNow) + 7200);
   std::string on_2h2s = std::to_string(to_unix_seconds(kNow) + 7202);
-  CHECK(parse_ok(body_with("\"expires_on\":" + on_2h)).refresh_on == kEpoch);
-  CHECK(parse_ok(body_with("\"expires_on\":\"" + on_2h2s + "\"")).refresh_on == kNow + seconds(3601));
+  CHECK(parse_ok(body_with("\"expires_on\":" + on_2h)).token.refresh_on == kEpoch);
+  CHECK(parse_ok(body_with("\"expires_on\":\"" + on_2h2s + "\"")).token.refresh_on == kNow + seconds(3601));
   // An expires_on in the past: no refresh time, still a parsed response (the cache decides).
   TokenResponse past = parse_ok(body_with("\"expires_on\":1000"));
-  CHECK(to_unix_seconds(past.expires_on) == 1000);
-  CHECK(past.refresh_on == kEpoch);
+  CHECK(to_unix_seconds(past.token.expires_on) == 1000);
+  CHECK(past.token.refresh_on == kEpoch);
 }
 
 TEST_CASE("access_token must be a non-empty string") {
@@ -324,7 +324,7 @@ TEST_CASE("access_token must be a non-empty string") {
   // The first of duplicate keys counts.
   CHECK(parse_fail(R"({"access_token":"","access_token":"x","expires_in":3600})").message() ==
         "the token response has an empty access_token");
-  CHECK(parse_ok(R"({"access_token":"x","access_token":"","expires_in":3600})").access_token == "x");
+  CHECK(parse_ok(R"({"access_token":"x","access_token":"","expires_in":3600})").token.access_token == "x");
 }
 
 TEST_CASE("bodies that are not a JSON object") {
@@ -342,45 +342,45 @@ TEST_CASE("bodies that are not a JSON object") {
 }
 
 TEST_CASE("token_type, resource and the echoed identity fields") {
-  CHECK(parse_ok(body_with("\"expires_in\":60")).token_type == "Bearer");
-  CHECK(parse_ok(body_with("\"expires_in\":60,\"token_type\":\"\"")).token_type == "Bearer");
-  CHECK(parse_ok(body_with("\"expires_in\":60,\"token_type\":null")).token_type == "Bearer");
-  CHECK(parse_ok(body_with("\"expires_in\":60,\"token_type\":5")).token_type == "Bearer");
-  CHECK(parse_ok(body_with("\"expires_in\":60,\"token_type\":\"pop\"")).token_type == "pop");
-  CHECK(parse_ok(body_with("\"expires_in\":60,\"token_type\":\"bearer\"")).token_type == "bearer");
+  CHECK(parse_ok(body_with("\"expires_in\":60")).token.token_type == "Bearer");
+  CHECK(parse_ok(body_with("\"expires_in\":60,\"token_type\":\"\"")).token.token_type == "Bearer");
+  CHECK(parse_ok(body_with("\"expires_in\":60,\"token_type\":null")).token.token_type == "Bearer");
+  CHECK(parse_ok(body_with("\"expires_in\":60,\"token_type\":5")).token.token_type == "Bearer");
+  CHECK(parse_ok(body_with("\"expires_in\":60,\"token_type\":\"pop\"")).token.token_type == "pop");
+  CHECK(parse_ok(body_with("\"expires_in\":60,\"token_type\":\"bearer\"")).token.token_type == "bearer");
 
   TokenResponse none = parse_ok(body_with("\"expires_in\":60"));
-  CHECK(none.access_token == kToken);
-  CHECK(none.resource.empty());
-  CHECK(none.client_id.empty());
-  CHECK(none.object_id.empty());
-  CHECK(none.msi_res_id.empty());
-  CHECK(none.mi_res_id.empty());
+  CHECK(none.token.access_token == kToken);
+  CHECK(none.echo.resource.empty());
+  CHECK(none.echo.client_id.empty());
+  CHECK(none.echo.object_id.empty());
+  CHECK(none.echo.msi_res_id.empty());
+  CHECK(none.echo.mi_res_id.empty());
 
   TokenResponse all = parse_ok(body_with(
       "\"expires_in\":60,\"resource\":\"https://vault.azure.net/\",\"client_id\":\"c-id\",\"object_id\":\"o-id\","
       "\"msi_res_id\":\"/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/"
       "userAssignedIdentities/u\",\"mi_res_id\":\"/subscriptions/s/mi\""));
-  CHECK(all.resource == "https://vault.azure.net/");
-  CHECK(all.client_id == "c-id");
-  CHECK(all.object_id == "o-id");
-  CHECK(all.msi_res_id ==
+  CHECK(all.echo.resource == "https://vault.azure.net/");
+  CHECK(all.echo.client_id == "c-id");
+  CHECK(all.echo.object_id == "o-id");
+  CHECK(all.echo.msi_res_id ==
         "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u");
-  CHECK(all.mi_res_id == "/subscriptions/s/mi");
+  CHECK(all.echo.mi_res_id == "/subscriptions/s/mi");
 
   TokenResponse wrong_types = parse_ok(body_with(
       "\"expires_in\":60,\"resource\":1,\"client_id\":123,\"object_id\":null,\"msi_res_id\":[\"x\"],\"mi_res_id\":{}"));
-  CHECK(wrong_types.resource.empty());
-  CHECK(wrong_types.client_id.empty());
-  CHECK(wrong_types.object_id.empty());
-  CHECK(wrong_types.msi_res_id.empty());
-  CHECK(wrong_types.mi_res_id.empty());
+  CHECK(wrong_types.echo.resource.empty());
+  CHECK(wrong_types.echo.client_id.empty());
+  CHECK(wrong_types.echo.object_id.empty());
+  CHECK(wrong_types.echo.msi_res_id.empty());
+  CHECK(wrong_types.echo.mi_res_id.empty());
 
   // Escapes in values are decoded; unknown members are ignored.
   TokenResponse escaped = parse_ok(
       R"({"access_token":"a\/b\u0041","expires_in":60,"resource":"https:\/\/vault.azure.net\/","extra":{"x":[1,2]}})");
-  CHECK(escaped.access_token == "a/bA");
-  CHECK(escaped.resource == "https://vault.azure.net/");
+  CHECK(escaped.token.access_token == "a/bA");
+  CHECK(escaped.echo.resource == "https://vault.azure.net/");
 }
 
 TEST_CASE("the token and the body never appear in an error message") {

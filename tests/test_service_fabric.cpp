@@ -9,6 +9,7 @@
 #include "managed_identity.hpp"
 
 #include "test_support.hpp"
+#include "cache_support.hpp"
 
 using namespace std::chrono_literals;
 using support::CleanEnv;
@@ -19,7 +20,7 @@ using testsrv::Request;
 namespace {
 using Params = std::vector<std::pair<std::string, std::string>>;
 
-void fresh_cache() { mi::detail::TokenCache::instance().clear(); }
+using support::fresh_cache;
 
 void service_fabric_env(const std::string& endpoint, const std::string& thumbprint) {
   set_env("IDENTITY_ENDPOINT", endpoint);

@@ -23,6 +23,7 @@ std::string test_arc_token_dir();
 #include <thread>
 
 #include "test_support.hpp"
+#include "cache_support.hpp"
 
 using namespace std::chrono_literals;
 using support::CleanEnv;
@@ -36,7 +37,7 @@ std::string test_arc_token_dir() { return g_arc_dir; }
 
 namespace {
 
-void fresh_cache() { mi::detail::TokenCache::instance().clear(); }
+using support::fresh_cache;
 
 std::string app_service_body(const std::string& token, const std::string& extra = "") {
   return "{\"access_token\":\"" + token + "\",\"expires_on\":\"" + std::to_string(support::now_unix() + 3600) +
@@ -375,12 +376,12 @@ TEST_CASE("Azure Arc: user-assigned identities are sent and must be echoed") {
     CHECK(reqs[1].query()[c.param] == c.id.value());
     if (c.ok) {
       REQUIRE(token);
-      CHECK(mi::detail::TokenCache::instance().size() == 1);
+      CHECK(support::cached(c.id, "https://arc-ua"));
     } else {
       REQUIRE_FALSE(token);
       CHECK(token.error().code() == mi::Errc::arc_challenge);
       CHECK(token.error().message().find("arc-ua") == std::string::npos);
-      CHECK(mi::detail::TokenCache::instance().size() == 0);  // nothing cached after a failed echo
+      CHECK_FALSE(support::cached(c.id, "https://arc-ua"));  // nothing cached after a failed echo
     }
   }
 }
@@ -551,7 +552,7 @@ TEST_CASE("Azure Arc: leg 1 is retried on 503; a 404 on leg 2 is http_status") {
   CHECK(token.error().error_code() == "identity_not_found");
   // leg 1 twice (503, then 401), leg 2 four times (404 is retried for Arc too)
   CHECK(flaky.request_count() == 6);
-  CHECK(mi::detail::TokenCache::instance().size() == 0);
+  CHECK_FALSE(support::cached(mi::UserAssignedClientID("00000000-0000-0000-0000-000000000000"), "https://arc-404"));
 }
 
 TEST_CASE("Azure Arc: the key contents never appear in errors or logs") {

@@ -17,13 +17,14 @@
 #include <vector>
 
 #include "test_support.hpp"
+#include "cache_support.hpp"
 
 using support::CleanEnv;
 using support::set_env;
 
 namespace {
 
-void fresh_cache() { mi::detail::TokenCache::instance().clear(); }
+using support::fresh_cache;
 
 const std::string kThumbprint = "0123456789abcdef0123456789ABCDEF01234567";
 
@@ -335,8 +336,8 @@ TEST_CASE("access_token or token_type with a control character or a space is inv
   // Printable ASCII other than the space is fine, and so is an omitted token_type.
   auto ok = parse_token_response("{\"access_token\":\"a.b-c_d~e+f/g=\",\"token_type\":\"pop\",\"expires_in\":3600}", now);
   REQUIRE(ok);
-  CHECK(ok->access_token == "a.b-c_d~e+f/g=");
-  CHECK(ok->token_type == "pop");
+  CHECK(ok->token.access_token == "a.b-c_d~e+f/g=");
+  CHECK(ok->token.token_type == "pop");
 }
 
 TEST_CASE("AcquireToken: a token with CR LF is not handed to the caller") {
