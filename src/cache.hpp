@@ -9,7 +9,7 @@
 // cools down before its next one, so an endpoint outage costs one attempt per
 // cool-down rather than one per hit.
 #pragma once
-#include "util.hpp"
+#include "response.hpp"
 
 namespace mi {
 inline namespace v1 {
