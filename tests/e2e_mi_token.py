@@ -1253,9 +1253,15 @@ def people():
             exp = mi_token(["--output", "env", RESOURCE], env)
             if not c.eq([r.rc for r in (js, tok, hdr, exp)], [0] * 4, "exit statuses (%s)" % exp.describe()):
                 return
-            token = js.lines[0]["accessToken"]
-            c.eq(tok.stdout, token + "\n", "--output token: the bare token and a newline")
-            c.eq(hdr.stdout, "Authorization: Bearer " + token + "\n", "--output header")
+            # Each run is a new process with its own token: check the form, and the audience.
+            jwt = r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
+            c.check(re.fullmatch(jwt + "\n", tok.stdout), "--output token: the bare token and a newline: %r"
+                    % tok.stdout[:40])
+            c.eq(token_payload(tok.stdout.strip()).get("aud"), RESOURCE, "--output token: audience")
+            c.check(re.fullmatch("Authorization: Bearer " + jwt + "\n", hdr.stdout), "--output header: %r"
+                    % hdr.stdout[:40])
+            c.eq(token_payload(hdr.stdout.split()[-1]).get("aud"), RESOURCE, "--output header: audience")
+            c.check(js.lines[0]["accessToken"] not in tok.stdout + hdr.stdout, "four runs, four tokens")
             lines = exp.stdout.splitlines()
             c.check(all(l.startswith("export ") for l in lines), "--output env: export lines: %r" % lines[:1])
             sh = subprocess.run(["sh", "-c", exp.stdout + 'printf "%s|%s|%s|%s" "$MI_ACCESS_TOKEN" '
