@@ -1165,6 +1165,26 @@ def cache():
             check_stats(c, emu, token_requests=1)
 
     @case
+    def cache_concurrent_failure_shared(c):
+        # The endpoint refuses (400, final): the processes that waited for the one request get
+        # its outcome instead of asking one after another; a later call asks again.
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds", "--fail", 1000, "--fail-status", 400, "--delay-ms", 500) as emu:
+            env = cache_env(emu, rt)
+            procs = [subprocess.Popen([MI_TOKEN, "--cache", RESOURCE], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for _ in range(20)]
+            outs = [p.communicate(timeout=120) for p in procs]
+            c.eq([p.returncode for p in procs], [EXIT_REFUSED] * 20, "exit statuses")
+            c.eq([o for o, _ in outs], [""] * 20, "stdout")
+            c.check(all("status: 400" in e and "code: http_status" in e for _, e in outs),
+                    "every process reports the endpoint's answer: %r" % [e for _, e in outs][:2])
+            check_stats(c, emu, token_requests=1)
+            later = mi_token(["--cache", RESOURCE], env)
+            c.eq(later.rc, EXIT_REFUSED, "exit status of a later call")
+            check_stats(c, emu, token_requests=2)
+
+    @case
     def cache_sequential_calls_one_request(c):
         if skip_unless_posix():
             return skip_unless_posix()
