@@ -1,5 +1,7 @@
 #include "file_cache.hpp"
 
+#include "output.hpp"
+
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -24,6 +26,11 @@ using SysClock = std::chrono::system_clock;
 constexpr long long kMinLifetimeSeconds = 300;  // the 5-minute rule
 constexpr std::size_t kMaxFileBytes = 64 * 1024;
 constexpr const char* kMagic = "mi-token-cache 1";
+
+long long now_millis() {
+  return static_cast<long long>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(SysClock::now().time_since_epoch()).count());
+}
 
 long long now_seconds() {
   return static_cast<long long>(
@@ -149,7 +156,13 @@ bool FileCache::open(std::string& why) {
 
 bool FileCache::read(const CacheKey&, Entry&) const { return false; }
 bool FileCache::write(const CacheKey&, const Entry&) const { return false; }
-int FileCache::lock(const CacheKey&, bool, long long) const { return -1; }
+void FileCache::remove(const CacheKey&) const {}
+int FileCache::lock(const CacheKey&, bool, long long, bool& waited) const {
+  waited = false;
+  return -1;
+}
+void FileCache::record_outcome(int, const mi::Error*) {}
+bool FileCache::recorded_failure(int, long long, SharedFailure&) { return false; }
 
 #else
 
@@ -299,7 +312,42 @@ bool FileCache::write(const CacheKey& key, const Entry& entry) const {
   return ok;
 }
 
-int FileCache::lock(const CacheKey& key, bool wait, long long timeout_ms) const {
+void FileCache::remove(const CacheKey& key) const {
+  const std::string name = key.stem + ".token";
+  ::unlinkat(dir_fd_, name.c_str(), 0);
+}
+
+void FileCache::record_outcome(int lock_fd, const mi::Error* error) {
+  if (::ftruncate(lock_fd, 0) != 0 || error == nullptr) return;
+  const std::string text = "failed " + std::to_string(now_millis()) + " " + std::to_string(exit_status(*error)) +
+                           "\n" + format_error(*error);
+  if (::pwrite(lock_fd, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) {
+    if (::ftruncate(lock_fd, 0) != 0) return;  // a partial record is ignored by its readers anyway
+  }
+}
+
+bool FileCache::recorded_failure(int lock_fd, long long since_ms, SharedFailure& shared) {
+  std::string text(16384, '\0');
+  const ssize_t n = ::pread(lock_fd, &text[0], text.size(), 0);
+  if (n <= 0) return false;
+  text.resize(static_cast<std::size_t>(n));
+  // "failed <epoch ms> <exit status>\n<error text>"
+  const std::size_t nl = text.find('\n');
+  if (text.rfind("failed ", 0) != 0 || nl == std::string::npos || text.back() != '\n') return false;
+  const std::string head = text.substr(7, nl - 7);
+  const std::size_t sp = head.find(' ');
+  long long when = 0, code = 0;
+  if (sp == std::string::npos || !parse_seconds(head.substr(0, sp), when) || !parse_seconds(head.substr(sp + 1), code) ||
+      when < since_ms || code < 1 || code > 5 || code == 2)
+    return false;
+  shared.set = true;
+  shared.exit = static_cast<int>(code);
+  shared.text = text.substr(nl + 1);
+  return true;
+}
+
+int FileCache::lock(const CacheKey& key, bool wait, long long timeout_ms, bool& waited) const {
+  waited = false;
   const std::string name = key.stem + ".lock";
   const int fd = ::openat(dir_fd_, name.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
                           0600);
@@ -314,6 +362,7 @@ int FileCache::lock(const CacheKey& key, bool wait, long long timeout_ms) const 
     ::close(fd);
     return -1;
   }
+  waited = true;
   // The holder is another mi-token making the request: wait for it, polling so that our own
   // deadline still holds (a blocking flock cannot be bounded). Past the deadline we go on
   // without the lock rather than fail.
@@ -333,14 +382,19 @@ int FileCache::lock(const CacheKey& key, bool wait, long long timeout_ms) const 
 
 mi::Result<mi::AuthResult> FileCache::acquire(const CacheKey& key, bool claims, long long timeout_ms,
                                               const std::function<mi::Result<mi::AuthResult>(bool)>& fetch,
-                                              const std::function<void(const std::string&)>& log) {
+                                              const std::function<void(const std::string&)>& log,
+                                              SharedFailure& shared) {
   auto store = [&](const mi::AuthResult& token) {
     Entry e;
     e.token = token;
     e.expires_on = to_seconds(token.expires_on);
     e.refresh_on = token.refresh_on == SysClock::time_point() ? 0 : to_seconds(token.refresh_on);
-    // A token with 5 minutes or less to live is returned but not kept (the library's rule).
-    if (e.expires_on - now_seconds() <= kMinLifetimeSeconds) return;
+    // A token with 5 minutes or less to live is returned but not kept (the library's rule); it
+    // still supersedes the file's (after a claims challenge, that one was rejected).
+    if (e.expires_on - now_seconds() <= kMinLifetimeSeconds) {
+      remove(key);
+      return;
+    }
     if (!write(key, e)) log("could not write the cache file in " + folder_ + "; the token was not cached");
   };
   struct FdCloser {
@@ -365,7 +419,8 @@ mi::Result<mi::AuthResult> FileCache::acquire(const CacheKey& key, bool claims, 
     const long long now = now_seconds();
     if (cached.refresh_on == 0 || now < cached.refresh_on) return cached.token;
     // Past the refresh time: the process that takes the lock refreshes, the others are served.
-    FdCloser held{lock(key, false, 0)};
+    bool waited = false;
+    FdCloser held{lock(key, false, 0, waited)};
     if (held.fd < 0) return cached.token;
     Entry again;
     if (read(key, again) && (again.refresh_on == 0 || now_seconds() < again.refresh_on)) return again.token;
@@ -387,12 +442,18 @@ mi::Result<mi::AuthResult> FileCache::acquire(const CacheKey& key, bool claims, 
     return cached.token;
   }
 
-  // A miss: one process asks, the others wait for its file.
-  FdCloser held{lock(key, true, timeout_ms)};
-  if (held.fd >= 0 && read(key, cached) && cached.expires_on - now_seconds() > kMinLifetimeSeconds)
-    return cached.token;
+  // A miss: one process asks, the others wait for its file, or for its failure.
+  const long long wait_start = now_millis();
+  bool waited = false;
+  FdCloser held{lock(key, true, timeout_ms, waited)};
+  if (held.fd >= 0) {
+    if (read(key, cached) && cached.expires_on - now_seconds() > kMinLifetimeSeconds) return cached.token;
+    if (waited && recorded_failure(held.fd, wait_start, shared))
+      return mi::Error(mi::Errc::network, "another mi-token's request for this token failed");
+  }
   auto token = fetch(false);
   if (token) store(*token);
+  if (held.fd >= 0) record_outcome(held.fd, token ? nullptr : &token.error());
   return token;
 }
 

@@ -26,6 +26,14 @@ struct CacheKey {
 };
 CacheKey make_cache_key(mi::Source source, mi::IDKind kind, std::string_view id, std::string_view resource);
 
+// The outcome of a request another mi-token made while this one waited for it: its error text
+// (as format_error() prints it) and exit status.
+struct SharedFailure {
+  bool set = false;
+  int exit = 0;
+  std::string text;
+};
+
 class FileCache {
  public:
   FileCache() = default;
@@ -42,11 +50,12 @@ class FileCache {
   // diagnostics that never hold a token. Follows the library's rules: a token is served while it
   // has more than 5 minutes to live; past its refresh time one process refreshes while the others
   // are served the cached token, and a failed refresh keeps the token and waits a cool-down;
-  // concurrent misses wait for one request (a file lock); claims never read the file (and the
-  // token they get replaces the file's).
+  // concurrent misses wait for one request (a file lock) and share its outcome: when it failed,
+  // `shared` is set and the result is to be ignored; claims never read the file (and the token
+  // they get replaces the file's).
   mi::Result<mi::AuthResult> acquire(const CacheKey& key, bool claims, long long timeout_ms,
                                      const std::function<mi::Result<mi::AuthResult>(bool one_attempt)>& fetch,
-                                     const std::function<void(const std::string&)>& log);
+                                     const std::function<void(const std::string&)>& log, SharedFailure& shared);
 
  private:
   struct Entry {
@@ -57,7 +66,13 @@ class FileCache {
   };
   bool read(const CacheKey& key, Entry& out) const;
   bool write(const CacheKey& key, const Entry& entry) const;
-  int lock(const CacheKey& key, bool wait, long long timeout_ms) const;  // fd or -1
+  void remove(const CacheKey& key) const;
+  // The key's lock file, locked: its descriptor, or -1. `waited`: another process held it.
+  int lock(const CacheKey& key, bool wait, long long timeout_ms, bool& waited) const;
+  // In the lock file, for the processes waiting on it: the request failed (`error` set), or not.
+  static void record_outcome(int lock_fd, const mi::Error* error);
+  // A failure recorded at or after `since_ms` (epoch milliseconds), into `shared`.
+  static bool recorded_failure(int lock_fd, long long since_ms, SharedFailure& shared);
 
   std::string folder_;
   int dir_fd_ = -1;

@@ -148,9 +148,16 @@ int main(int argc, char** argv) {
   };
 
   for (long long n = 0; n < opt.repeat; ++n) {
-    auto token = use_cache ? cache.acquire(key, opt.has_claims, opt.timeout_ms,
-                                           [&clients](bool one_attempt) { return clients.acquire(one_attempt); }, log)
+    SharedFailure shared;
+    auto token = use_cache ? cache.acquire(
+                                 key, opt.has_claims, opt.timeout_ms,
+                                 [&clients](bool one_attempt) { return clients.acquire(one_attempt); }, log, shared)
                            : clients.acquire(false);
+    if (shared.set) {
+      // The request this process waited for failed: its error, as that process printed it.
+      std::fwrite(shared.text.data(), 1, shared.text.size(), stderr);
+      return shared.exit;
+    }
     if (!token) return print_error(token.error());
     const int rc = emit(opt, *token, source);
     if (rc != kExitOk) return rc;

@@ -127,13 +127,16 @@ int exit_status(const mi::Error& error) {
   }
 }
 
+std::string format_error(const mi::Error& error) {
+  std::string out = "error: " + error.message() + "\ncode: " + std::string(mi::to_string(error.code())) + "\n";
+  if (error.status_code() != 0) out += "status: " + std::to_string(error.status_code()) + "\n";
+  if (!error.correlation_id().empty()) out += "correlation id: " + error.correlation_id() + "\n";
+  return out;
+}
+
 int print_error(const mi::Error& error) {
-  std::fprintf(stderr, "error: %s\n", error.message().c_str());
-  const std::string_view code = mi::to_string(error.code());
-  std::fprintf(stderr, "code: %.*s\n", static_cast<int>(code.size()), code.data());
-  if (error.status_code() != 0) std::fprintf(stderr, "status: %d\n", error.status_code());
-  if (!error.correlation_id().empty())
-    std::fprintf(stderr, "correlation id: %s\n", error.correlation_id().c_str());
+  const std::string text = format_error(error);
+  std::fwrite(text.data(), 1, text.size(), stderr);
   return exit_status(error);
 }
 
