@@ -181,13 +181,17 @@ bool FileCache::open(std::string& why) {
     while (base.size() > 1 && base.back() == '/') base.pop_back();
     folder_ = base + "/managed-identity-" + std::to_string(static_cast<unsigned long long>(uid));
   }
-  if (::mkdir(folder_.c_str(), 0700) != 0 && errno != EEXIST) {
-    why = "cannot create " + folder_ + " (" + std::strerror(errno) + ")";
-    return false;
-  }
   // Opened without following a link, then checked through the descriptor, and every file is
-  // opened relative to it: what was checked is what is used.
-  const int fd = ::open(folder_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  // opened relative to it: what was checked is what is used. Created first when missing.
+  constexpr int kFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  int fd = ::open(folder_.c_str(), kFlags);
+  if (fd < 0 && errno == ENOENT) {
+    if (::mkdir(folder_.c_str(), 0700) != 0 && errno != EEXIST) {
+      why = "cannot create " + folder_ + " (" + std::strerror(errno) + ")";
+      return false;
+    }
+    fd = ::open(folder_.c_str(), kFlags);
+  }
   if (fd < 0) {
     why = errno == ELOOP || errno == ENOTDIR ? folder_ + " is a symbolic link or not a folder"
                                              : "cannot open " + folder_ + " (" + std::strerror(errno) + ")";
@@ -227,7 +231,9 @@ bool FileCache::read(const CacheKey& key, Entry& out) const {
                      static_cast<unsigned long long>(st.st_size) <= kMaxFileBytes;
   std::string text;
   if (sound) {
-    text.resize(kMaxFileBytes + 1);
+    // Sized from fstat (plus one byte, to see a file that grew meanwhile), not the limit: a
+    // hit is a few hundred bytes, and zero-filling 64 KiB would cost more than reading them.
+    text.resize(static_cast<std::size_t>(st.st_size) + 1);
     std::size_t got = 0;
     for (;;) {
       const ssize_t n = ::read(fd, &text[got], text.size() - got);
@@ -239,7 +245,7 @@ bool FileCache::read(const CacheKey& key, Entry& out) const {
     text.resize(got);
   }
   ::close(fd);
-  if (!sound || text.size() > kMaxFileBytes) return false;
+  if (!sound || text.size() != static_cast<std::size_t>(st.st_size)) return false;
 
   // Line by line, each field in its place; anything else and the file is not used.
   std::vector<std::string_view> lines;
