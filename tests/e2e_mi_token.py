@@ -1059,7 +1059,6 @@ def cache():
                     c.eq(again.lines[0]["tokenSource"], "IdentityProvider", "%s: file ignored" % name)
                     c.eq(token_payload(again.lines[0]["accessToken"]).get("aud"), RESOURCE, "%s: audience" % name)
                     c.check(again.lines[0]["accessToken"] != first.lines[0]["accessToken"], "%s: new token" % name)
-                    c.check(again.stderr == "" or "error" not in again.stderr.lower() or True, "")
                     check_no_secrets(c, again, emu, [first.lines[0]["accessToken"], again.lines[0]["accessToken"]])
                 # Replaced: the next run is served from a sound file.
                 third = mi_token(["--cache", RESOURCE], env)
