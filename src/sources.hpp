@@ -124,13 +124,15 @@ const char* id_parameter(Source source, IDKind kind) {
 MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source,
                                   Url& url, Error& error) {
   std::string why;
+  Result<Url> parsed = parse_url(value);
   if (has_control_char(value)) {
     why = "it contains a control character";
-  } else if (!parse_url(value, url, why)) {
-    // why is set by parse_url
-  } else if (url.scheme != scheme) {
+  } else if (!parsed) {
+    why = parsed.error().message();
+  } else if (parsed->scheme != scheme) {
     why = cat({"its scheme must be ", scheme, "://"});
   } else {
+    url = std::move(*parsed);
     return true;
   }
   error = ErrorAccess::make(Errc::invalid_argument,
