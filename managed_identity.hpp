@@ -1537,119 +1537,85 @@ bool valid_ipv6(std::string_view s) {
 // Characters allowed in a host name: letters, digits, '-', '.', '_', '~'.
 inline bool host_char(char c) noexcept { return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~'; }
 
+Result<Url> bad_url(std::string_view why) { return failure<Url>(Errc::invalid_argument, {why}); }
+
+// The authority split into its host (IPv6 without brackets) and the text after ':'.
+struct HostPort {
+  std::string_view host;
+  std::string_view port;  // empty when absent or "host:" (both mean the default)
+};
+
+// "host[:port]" or "[IPv6][:port]"; the host is checked, the port only split off.
+Result<HostPort> split_authority(std::string_view authority) {
+  HostPort out;
+  if (!authority.empty() && authority[0] == '[') {
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos) return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal (missing ']')"});
+    out.host = authority.substr(1, close - 1);
+    if (!valid_ipv6(out.host)) return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal"});
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty() && after[0] != ':')
+      return failure<HostPort>(Errc::invalid_argument, {"unexpected characters after the IPv6 literal"});
+    if (!after.empty()) out.port = after.substr(1);
+  } else {
+    size_t colon = authority.find(':');
+    out.host = authority.substr(0, colon);
+    if (colon != std::string_view::npos) out.port = authority.substr(colon + 1);
+    for (char c : out.host)
+      if (!host_char(c))
+        return failure<HostPort>(Errc::invalid_argument, {"the host name contains a character that is not allowed"});
+  }
+  if (out.host.empty()) return failure<HostPort>(Errc::invalid_argument, {"the URL has no host"});
+  return out;
+}
+
+// Decimal 1-65535; empty text is the scheme's default (RFC 3986 allows "host:").
+Result<uint16_t> parse_port(std::string_view text, uint16_t default_port) {
+  if (text.empty()) return default_port;
+  if (text.size() > 5) return failure<uint16_t>(Errc::invalid_argument, {"the port is out of range (1-65535)"});
+  unsigned value = 0;
+  for (char c : text) {
+    if (!is_digit(c)) return failure<uint16_t>(Errc::invalid_argument, {"the port is not a number"});
+    value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (value == 0 || value > 65535) return failure<uint16_t>(Errc::invalid_argument, {"the port is out of range (1-65535)"});
+  return static_cast<uint16_t>(value);
+}
+
 }  // namespace url_impl
 
-bool parse_url(std::string_view text, Url& out, std::string& why) {
-  out.scheme.clear();  // reset (cheaper to compile than assigning a fresh Url)
-  out.host.clear();
-  out.port = 0;
-  out.path.clear();
-  out.query.clear();
+// Parses and validates an absolute http:// or https:// URL. The error (invalid_argument)
+// says what is wrong in words and never quotes the URL, which may carry a secret.
+Result<Url> parse_url(std::string_view text) {
   for (char ch : text) {
     unsigned char c = static_cast<unsigned char>(ch);
-    if (c <= 0x20 || c >= 0x7f) {
-      why = "the URL contains a control character, a space or a non-ASCII byte";
-      return false;
-    }
+    if (c <= 0x20 || c >= 0x7f) return url_impl::bad_url("the URL contains a control character, a space or a non-ASCII byte");
   }
   size_t sep = text.find("://");
-  if (sep == std::string_view::npos || sep == 0) {
-    why = "not an absolute http:// or https:// URL";
-    return false;
-  }
-  std::string scheme = ascii_lowercase(text.substr(0, sep));
-  if (scheme != "http" && scheme != "https") {
-    why = "the scheme must be http or https";
-    return false;
-  }
+  if (sep == std::string_view::npos || sep == 0) return url_impl::bad_url("not an absolute http:// or https:// URL");
+  Url url;
+  url.scheme = ascii_lowercase(text.substr(0, sep));
+  if (url.scheme != "http" && url.scheme != "https") return url_impl::bad_url("the scheme must be http or https");
   std::string_view rest = text.substr(sep + 3);
-  size_t hash = rest.find('#');
-  if (hash != std::string_view::npos) rest = rest.substr(0, hash);  // a fragment is never sent
+  rest = rest.substr(0, rest.find('#'));  // a fragment is never sent
 
   size_t authority_end = rest.find_first_of("/?");
   std::string_view authority = rest.substr(0, authority_end);
+  if (authority.find('@') != std::string_view::npos)
+    return url_impl::bad_url("the URL must not contain user information (user@host)");
+  Result<url_impl::HostPort> host_port = url_impl::split_authority(authority);
+  if (!host_port) return host_port.error();
+  Result<uint16_t> port = url_impl::parse_port(host_port->port, static_cast<uint16_t>(url.scheme == "https" ? 443 : 80));
+  if (!port) return port.error();
+  url.host = ascii_lowercase(host_port->host);
+  url.port = *port;
+
   std::string_view path_and_query = authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
-  if (authority.find('@') != std::string_view::npos) {
-    why = "the URL must not contain user information (user@host)";
-    return false;
-  }
-
-  std::string_view host, port_text;
-  bool has_port = false;
-  if (!authority.empty() && authority[0] == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) {
-      why = "bad IPv6 literal (missing ']')";
-      return false;
-    }
-    host = authority.substr(1, close - 1);
-    if (!url_impl::valid_ipv6(host)) {
-      why = "bad IPv6 literal";
-      return false;
-    }
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after[0] != ':') {
-        why = "unexpected characters after the IPv6 literal";
-        return false;
-      }
-      has_port = true;
-      port_text = after.substr(1);
-    }
-  } else {
-    size_t colon = authority.find(':');
-    host = authority.substr(0, colon);
-    if (colon != std::string_view::npos) {
-      has_port = true;
-      port_text = authority.substr(colon + 1);
-    }
-    for (char c : host) {
-      if (!url_impl::host_char(c)) {
-        why = "the host name contains a character that is not allowed";
-        return false;
-      }
-    }
-  }
-  if (host.empty()) {
-    why = "the URL has no host";
-    return false;
-  }
-
-  uint16_t port = scheme == "https" ? 443 : 80;
-  if (has_port && !port_text.empty()) {  // "host:" with an empty port means the default (RFC 3986)
-    unsigned value = 0;
-    if (port_text.size() > 5) {
-      why = "the port is out of range (1-65535)";
-      return false;
-    }
-    for (char c : port_text) {
-      if (!url_impl::is_digit(c)) {
-        why = "the port is not a number";
-        return false;
-      }
-      value = value * 10 + static_cast<unsigned>(c - '0');
-    }
-    if (value == 0 || value > 65535) {
-      why = "the port is out of range (1-65535)";
-      return false;
-    }
-    port = static_cast<uint16_t>(value);
-  }
-
-  std::string_view path = path_and_query, query;
   size_t qmark = path_and_query.find('?');
-  if (qmark != std::string_view::npos) {
-    path = path_and_query.substr(0, qmark);
-    query = path_and_query.substr(qmark + 1);
-  }
-
-  out.scheme = std::move(scheme);
-  out.host = ascii_lowercase(host);
-  out.port = port;
-  out.path = path.empty() ? std::string("/") : std::string(path);
-  out.query = std::string(query);
-  why.clear();
-  return true;
+  std::string_view path = path_and_query.substr(0, qmark);
+  url.path = path.empty() ? std::string("/") : std::string(path);
+  if (qmark != std::string_view::npos) url.query = std::string(path_and_query.substr(qmark + 1));
+  return url;
 }
 
 std::string merge_query(std::string_view existing_raw,
@@ -1673,9 +1639,11 @@ std::string merge_query(std::string_view existing_raw,
     pos = amp + 1;
   }
   for (const auto& p : params) add_pair(pairs, p.first, p.second);
-  // Stable insertion sort by name: a handful of parameters, and far less code than std::stable_sort.
-  for (size_t i = 1; i < pairs.size(); ++i)
-    for (size_t j = i; j > 0 && pairs[j].first < pairs[j - 1].first; --j) pairs[j].swap(pairs[j - 1]);
+  // By name; stable, so repeated names keep their order (endpoint's first, then ours).
+  std::stable_sort(pairs.begin(), pairs.end(),
+                   [](const std::pair<std::string, std::string>& a, const std::pair<std::string, std::string>& b) {
+                     return a.first < b.first;
+                   });
   std::string out;
   for (const auto& p : pairs) {
     if (!out.empty()) out.push_back('&');
@@ -1776,40 +1744,54 @@ void append_bounded(std::string& s, const char* data, size_t n, size_t cap) {
 
 }  // namespace http_impl
 
-bool serialize_request(const HttpRequest& request, const Url& url, std::string& out, std::string& why) {
-  out.clear();
-  if (!http_impl::is_token(request.method)) {
-    why = "the HTTP method is empty or not a valid token";
-    return false;
+// A request ready for the socket: where to connect, and the bytes to send.
+struct WireRequest {
+  Url url;
+  std::string bytes;
+};
+
+namespace http_impl {
+
+// Every header name a token, no value with a control character. The error never
+// quotes a value: it may be a secret.
+Result<bool> check_headers(const StringPairs& headers) {
+  for (const auto& header : headers) {
+    if (!is_token(header.first))
+      return failure<bool>(Errc::invalid_argument,
+                           {"the request cannot be sent: the header name \"", printable_name(header.first),
+                            "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
+    if (has_control_char(header.second))
+      return failure<bool>(Errc::invalid_argument, {"the request cannot be sent: the value of the header \"",
+                                                    header.first, "\" contains a control character (such as CR or LF)"});
   }
-  std::string target = url.target(), host = url.host_header();
-  for (std::string_view part : {std::string_view(target), std::string_view(host)}) {
-    for (char ch : part) {
-      unsigned char c = static_cast<unsigned char>(ch);
-      if (c <= 0x20 || c >= 0x7f) {
-        why = "the URL contains a control character, a space or a non-ASCII byte";
-        return false;
-      }
-    }
-  }
-  std::string text;
+  return true;
+}
+
+}  // namespace http_impl
+
+// Parses request.url and writes the request line, the headers, Content-Length and
+// "Connection: close". This is the built-in transport's one parse of the URL: parse_url
+// refuses any control character, space or non-ASCII byte, so the request-target and the
+// Host header built from it cannot split the request, and the Url is only ever made here.
+Result<WireRequest> serialize_request(const HttpRequest& request) {
+  Result<Url> url = parse_url(request.url);
+  if (!url)
+    return failure<WireRequest>(Errc::invalid_argument, {"the endpoint URL is invalid: ", url.error().message()});
+  if (!http_impl::is_token(request.method))
+    return failure<WireRequest>(Errc::invalid_argument,
+                                {"the request cannot be sent: the HTTP method is empty or not a valid token"});
+  Result<bool> headers = http_impl::check_headers(request.headers);
+  if (!headers) return headers.error();
+  WireRequest out;
+  std::string& text = out.bytes;
   text.reserve(256 + request.body.size());
   text += request.method;
   text += ' ';
-  text += target;
+  text += url->target();
   text += " HTTP/1.1\r\nHost: ";
-  text += host;
+  text += url->host_header();
   text += "\r\n";
   for (const auto& header : request.headers) {
-    if (!http_impl::is_token(header.first)) {
-      why = cat({"the header name \"", http_impl::printable_name(header.first),
-                 "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
-      return false;
-    }
-    if (has_control_char(header.second)) {  // never quote the value: it may be a secret
-      why = cat({"the value of the header \"", header.first, "\" contains a control character (such as CR or LF)"});
-      return false;
-    }
     // The transport owns the framing headers; the request's own copies are dropped.
     if (iequals(header.first, "Host") || iequals(header.first, "Content-Length") ||
         iequals(header.first, "Transfer-Encoding") || iequals(header.first, "Connection"))
@@ -1826,9 +1808,8 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   }
   text += "Connection: close\r\n\r\n";
   text += request.body;
-  out = std::move(text);
-  why.clear();
-  return true;
+  out.url = std::move(*url);
+  return out;
 }
 
 // Incremental HTTP/1.x response parser. Feed it what the socket delivers; it
@@ -1836,6 +1817,9 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
 // (bounded by max_body_bytes), whatever the peer sends.
 class ResponseParser {
  public:
+  // A small status, not Result<T>: the parser runs once per chunk of bytes, most calls
+  // end in need_more (neither a value nor an error), and it has no Source or endpoint to
+  // put in an Error; its caller turns error() into the request's Error once.
   enum class Status { need_more, done, error };
 
   explicit ResponseParser(size_t max_header_bytes = static_cast<size_t>(MI_MAX_HEADER_BYTES),
@@ -1852,8 +1836,6 @@ class ResponseParser {
   }
   HttpResponse& response() noexcept { return response_; }  // valid after done
   const Error& error() const noexcept { return error_; }   // valid after error
-  // Memory held for the pending line and the body (capacities), for tests.
-  size_t buffered_bytes() const noexcept { return line_.capacity() + response_.body.capacity(); }
 
  private:
   enum class State { status_line, header_line, length_body, close_body, chunk_size, chunk_data, chunk_data_end, trailer_line, done, failed };
@@ -2257,6 +2239,15 @@ using socket_handle = SOCKET;
 using socket_handle = int;
 #endif
 
+// How the transport turns a host name into addresses: getaddrinfo's contract, and the
+// list it returns is freed with freeaddrinfo. A parameter of SocketTransport rather than a
+// direct call, so that tests can pass a resolver that blocks until they release it.
+using Resolver = int (*)(const char* host, const char* port, const addrinfo* hints, addrinfo** out);
+
+inline int system_resolver(const char* host, const char* port, const addrinfo* hints, addrinfo** out) {
+  return ::getaddrinfo(host, port, hints, out);
+}
+
 namespace sock_impl {
 
 #if MI_DETAIL_WINDOWS
@@ -2392,15 +2383,10 @@ class SocketGuard {
 };
 
 // Owns a getaddrinfo result.
-struct AddrInfoGuard {
-  addrinfo* list = nullptr;
-  AddrInfoGuard() = default;
-  AddrInfoGuard(const AddrInfoGuard&) = delete;
-  AddrInfoGuard& operator=(const AddrInfoGuard&) = delete;
-  ~AddrInfoGuard() {
-    if (list) ::freeaddrinfo(list);
-  }
+struct AddrInfoDeleter {
+  void operator()(addrinfo* list) const noexcept { ::freeaddrinfo(list); }
 };
+using AddrList = std::unique_ptr<addrinfo, AddrInfoDeleter>;
 
 // getaddrinfo cannot be interrupted, so a host name is looked up on a detached
 // thread while the caller waits in context slices: Cancel(), the context's deadline
@@ -2408,35 +2394,25 @@ struct AddrInfoGuard {
 // finishes alone; whoever drops the last reference frees the result. At most
 // kMaxHostLookups such threads run at once: with a stalled resolver, callers that
 // give up would otherwise leave one more thread behind each time.
-#if !defined(MI_DETAIL_GETADDRINFO)
-#define MI_DETAIL_GETADDRINFO ::getaddrinfo  // the tests substitute a resolver that blocks
-#endif
-
 struct HostLookup {
   std::string host, port;
   addrinfo hints{};
+  Resolver resolve = &system_resolver;
   std::mutex mutex;
   std::condition_variable finished;
   bool done = false;
   int rc = 0;
   int sys_error = 0;  // errno when rc is EAI_SYSTEM
-  addrinfo* list = nullptr;
-
-  HostLookup() = default;
-  HostLookup(const HostLookup&) = delete;
-  HostLookup& operator=(const HostLookup&) = delete;
-  ~HostLookup() {
-    if (list) ::freeaddrinfo(list);
-  }
+  AddrList list;
 
   void run() noexcept {
     addrinfo* out = nullptr;
-    int code = MI_DETAIL_GETADDRINFO(host.c_str(), port.c_str(), &hints, &out);
+    int code = resolve(host.c_str(), port.c_str(), &hints, &out);
     int sys = errno;
     std::lock_guard<std::mutex> lock(mutex);
     rc = code;
     sys_error = sys;
-    list = out;
+    list.reset(out);
     done = true;
     finished.notify_all();
   }
@@ -2622,13 +2598,93 @@ Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context
   }
 }
 
-// Resolves url.host (numeric hosts without any DNS look-up) and connects to each
-// address in turn, all within connect_timeout and the context. Returns the socket.
-Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
-  int err = 0;
-  if (!network_ready(err))
-    return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
+// What bounds one connect: the context, and the connect timeout (`until`, time_point::max()
+// for none) counted from the start of the connect.
+struct ConnectBudget {
+  const Context& ctx;
+  Millis timeout;
+  SteadyClock::time_point until;
+};
 
+inline SteadyClock::time_point connect_deadline(Millis connect_timeout) {
+  SteadyClock::time_point start = SteadyClock::now();
+  if (connect_timeout.count() > 0 &&
+      connect_timeout < std::chrono::duration_cast<Millis>(SteadyClock::time_point::max() - start))
+    return start + connect_timeout;
+  return SteadyClock::time_point::max();
+}
+
+// One slice of a wait on `cv`, or false when the context or the connect timeout ends it
+// (`status` then says whether the context did).
+bool wait_slice(const ConnectBudget& budget, std::unique_lock<std::mutex>& lock, std::condition_variable& cv,
+                ContextStatus& status) {
+  status = context_status(budget.ctx);
+  if (status != ContextStatus::ok) return false;
+  SteadyClock::time_point now = SteadyClock::now();
+  if (now >= budget.until) return false;
+  Millis slice = time_left(budget.ctx, kContextSlice);
+  if (budget.until != SteadyClock::time_point::max())
+    slice = std::min(slice, std::chrono::duration_cast<Millis>(budget.until - now) + Millis(1));
+  cv.wait_for(lock, slice);
+  return true;
+}
+
+// The wait for a lookup (or for a free lookup slot, `busy`) ended before its answer.
+Result<AddrList> lookup_wait_ended(const ConnectBudget& budget, ContextStatus status, const std::string& host,
+                                   const char* busy) {
+  if (status != ContextStatus::ok) return stopped<AddrList>(status, {"resolving the host name ", host});
+  return failure<AddrList>(Errc::timeout, {"resolving the host name ", host, " timed out after ",
+                                           num(budget.timeout.count()), " ms", busy,
+                                           ": check the endpoint URL and this machine's DNS settings"});
+}
+
+Result<AddrList> lookup_failed(const std::string& host, int rc, int sys_error) {
+#if MI_DETAIL_WINDOWS
+  (void)sys_error;
+  std::string reason = describe_error(rc != 0 ? rc : WSAHOST_NOT_FOUND);
+#else
+  std::string reason = rc != 0 ? ascii_lowercase(::gai_strerror(rc)) : std::string("no address");
+#if defined(EAI_SYSTEM)
+  if (rc == EAI_SYSTEM) reason = describe_error(sys_error);
+#endif
+#endif
+  return failure<AddrList>(Errc::network, {"could not resolve the host name ", host, " (", reason,
+                                           "): check the endpoint URL and this machine's DNS settings"});
+}
+
+// Looks a host name up on a helper thread, once one of the kMaxHostLookups slots is free,
+// and waits for the answer in context slices.
+Result<AddrList> lookup_host_name(const ConnectBudget& budget, const std::string& host, const std::string& port,
+                                  const addrinfo& hints, Resolver resolve) {
+  auto lookup = std::make_shared<HostLookup>();
+  lookup->host = host;
+  lookup->port = port;
+  lookup->hints = hints;
+  lookup->hints.ai_flags &= ~AI_NUMERICHOST;
+  lookup->resolve = resolve;
+  ContextStatus status = ContextStatus::ok;
+  {
+    HostLookupSlots& slots = host_lookup_slots();
+    std::unique_lock<std::mutex> lock(slots.mutex);
+    while (slots.busy >= kMaxHostLookups)
+      if (!wait_slice(budget, lock, slots.freed, status))
+        return lookup_wait_ended(budget, status, host, " (all lookup threads were busy)");
+    ++slots.busy;
+  }
+  if (!start_host_lookup(lookup)) {  // no thread to spare: look up inline
+    lookup->run();
+    release_host_lookup_slot();
+  }
+  std::unique_lock<std::mutex> lock(lookup->mutex);
+  while (!lookup->done)
+    if (!wait_slice(budget, lock, lookup->finished, status)) return lookup_wait_ended(budget, status, host, "");
+  if (lookup->rc != 0 || !lookup->list) return lookup_failed(host, lookup->rc, lookup->sys_error);
+  return std::move(lookup->list);
+}
+
+// The addresses of url.host: an IP literal converted at once, without any DNS look-up; a
+// host name looked up on a helper thread.
+Result<AddrList> resolve_host(const ConnectBudget& budget, const Url& url, Resolver resolve) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -2637,119 +2693,73 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #if defined(AI_NUMERICSERV)
   hints.ai_flags |= AI_NUMERICSERV;
 #endif
-  const std::string port_text = num(url.port);
-  SteadyClock::time_point start = SteadyClock::now();
-  SteadyClock::time_point until = SteadyClock::time_point::max();
-  if (connect_timeout.count() > 0 &&
-      connect_timeout < std::chrono::duration_cast<Millis>(SteadyClock::time_point::max() - start))
-    until = start + connect_timeout;
+  const std::string port = num(url.port);
+  addrinfo* numeric = nullptr;
+  int rc = resolve(url.host.c_str(), port.c_str(), &hints, &numeric);
+  if (rc != 0) return lookup_host_name(budget, url.host, port, hints, resolve);  // not an IP literal
+  if (numeric == nullptr) return lookup_failed(url.host, 0, 0);
+  return AddrList(numeric);
+}
 
-  AddrInfoGuard addresses;
-  int rc = MI_DETAIL_GETADDRINFO(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
-  int sys_error = 0;
-  ContextStatus status = ContextStatus::ok;
-  if (rc != 0) {  // not an IP literal: a host name
-    addresses.list = nullptr;
-    auto lookup = std::make_shared<HostLookup>();
-    lookup->host = url.host;
-    lookup->port = port_text;
-    lookup->hints = hints;
-    lookup->hints.ai_flags &= ~AI_NUMERICHOST;
-    // One slice of a wait on `cv`, or false when the context or the connect timeout ends it.
-    auto wait_slice = [&](std::unique_lock<std::mutex>& lock, std::condition_variable& cv) {
-      status = context_status(ctx);
-      if (status != ContextStatus::ok) return false;
-      SteadyClock::time_point now = SteadyClock::now();
-      if (now >= until) return false;
-      Millis slice = time_left(ctx, kContextSlice);
-      if (until != SteadyClock::time_point::max())
-        slice = std::min(slice, std::chrono::duration_cast<Millis>(until - now) + Millis(1));
-      cv.wait_for(lock, slice);
-      return true;
-    };
-    auto wait_ended = [&](const char* busy) {
-      if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"resolving the host name ", url.host});
-      return failure<socket_handle>(Errc::timeout, {"resolving the host name ", url.host, " timed out after ",
-                                                    num(connect_timeout.count()), " ms", busy,
-                                                    ": check the endpoint URL and this machine's DNS settings"});
-    };
-    {
-      HostLookupSlots& slots = host_lookup_slots();
-      std::unique_lock<std::mutex> lock(slots.mutex);
-      while (slots.busy >= kMaxHostLookups)
-        if (!wait_slice(lock, slots.freed))
-          return wait_ended(" (all lookup threads were busy)");
-      ++slots.busy;
-    }
-    if (!start_host_lookup(lookup)) {  // no thread to spare: look up inline
-      lookup->run();
-      release_host_lookup_slot();
-    }
-    std::unique_lock<std::mutex> lock(lookup->mutex);
-    while (!lookup->done)
-      if (!wait_slice(lock, lookup->finished)) return wait_ended("");
-    rc = lookup->rc;
-    sys_error = lookup->sys_error;
-    addresses.list = lookup->list;
-    lookup->list = nullptr;
-  }
-  if (rc != 0 || addresses.list == nullptr) {
+// One address tried: `sock` connected, or kNoSocket and `err` saying why this address
+// failed (the next one may still work).
+struct Attempt {
+  socket_handle sock = kNoSocket;
+  int err = 0;
+};
+
+// Connects to one address within the budget; an error (context, connect timeout) ends
+// the whole connect.
+Result<Attempt> connect_one(const ConnectBudget& budget, const addrinfo& ai, const std::string& where) {
+  int err = 0;
+  SocketGuard sock(open_socket(ai.ai_family, ai.ai_socktype, ai.ai_protocol, err));
+  if (sock.get() == kNoSocket) return Attempt{kNoSocket, err};
 #if MI_DETAIL_WINDOWS
-    (void)sys_error;
-    std::string reason = describe_error(rc != 0 ? rc : WSAHOST_NOT_FOUND);
+  int r = ::connect(sock.get(), ai.ai_addr, static_cast<int>(ai.ai_addrlen));
+  bool pending = r != 0 && WSAGetLastError() == WSAEWOULDBLOCK;
 #else
-    std::string reason = rc != 0 ? ascii_lowercase(::gai_strerror(rc)) : std::string("no address");
-#if defined(EAI_SYSTEM)
-    if (rc == EAI_SYSTEM) reason = describe_error(sys_error);
+  int r = ::connect(sock.get(), ai.ai_addr, ai.ai_addrlen);
+  // EINTR: the connection goes on asynchronously, exactly as with EINPROGRESS.
+  bool pending = r != 0 && (errno == EINPROGRESS || errno == EINTR);
 #endif
-#endif
-    return failure<socket_handle>(Errc::network, {"could not resolve the host name ", url.host, " (", reason,
-                                                  "): check the endpoint URL and this machine's DNS settings"});
+  if (r != 0 && !pending) return Attempt{kNoSocket, last_error()};
+  if (pending) {
+    ContextStatus status = ContextStatus::ok;
+    Wait w = wait_socket(sock.get(), true, true, budget.ctx, budget.until, status, err);
+    if (w == Wait::stopped) return stopped<Attempt>(status, {"connecting to ", where});
+    if (w == Wait::deadline)
+      return failure<Attempt>(Errc::timeout, {"connecting to ", where, " timed out after ", num(budget.timeout.count()),
+                                              " ms: check that the endpoint address is right and reachable from "
+                                              "this machine (a firewall may be dropping the packets)"});
+    if (w == Wait::failed) return Attempt{kNoSocket, err};
+    int so_error = 0;
+    socklen_t len = static_cast<socklen_t>(sizeof so_error);
+    if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&so_error), &len) != 0)
+      so_error = last_error();
+    if (so_error != 0) return Attempt{kNoSocket, so_error};
   }
-  status = context_status(ctx);
+  return Attempt{sock.release(), 0};
+}
+
+// Resolves url.host and connects to each address in turn, all within connect_timeout and
+// the context. Returns the socket.
+Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout,
+                                 Resolver resolve) {
+  int err = 0;
+  if (!network_ready(err))
+    return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
+  const ConnectBudget budget{ctx, connect_timeout, connect_deadline(connect_timeout)};
+  Result<AddrList> addresses = resolve_host(budget, url, resolve);
+  if (!addresses) return addresses.error();
+  ContextStatus status = context_status(ctx);
   if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"connecting to ", where});
 
   int connect_err = 0;
-  for (addrinfo* ai = addresses.list; ai != nullptr; ai = ai->ai_next) {
-    SocketGuard sock(open_socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol, err));
-    if (sock.get() == kNoSocket) {
-      connect_err = err;
-      continue;
-    }
-#if MI_DETAIL_WINDOWS
-    int r = ::connect(sock.get(), ai->ai_addr, static_cast<int>(ai->ai_addrlen));
-    bool pending = r != 0 && WSAGetLastError() == WSAEWOULDBLOCK;
-#else
-    int r = ::connect(sock.get(), ai->ai_addr, ai->ai_addrlen);
-    // EINTR: the connection goes on asynchronously, exactly as with EINPROGRESS.
-    bool pending = r != 0 && (errno == EINPROGRESS || errno == EINTR);
-#endif
-    if (r != 0 && !pending) {
-      connect_err = last_error();
-      continue;
-    }
-    if (pending) {
-      Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
-      if (w == Wait::stopped) return stopped<socket_handle>(status, {"connecting to ", where});
-      if (w == Wait::deadline)
-        return failure<socket_handle>(Errc::timeout,
-                                      {"connecting to ", where, " timed out after ", num(connect_timeout.count()),
-                                       " ms: check that the endpoint address is right and reachable from "
-                                       "this machine (a firewall may be dropping the packets)"});
-      if (w == Wait::failed) {
-        connect_err = err;
-        continue;
-      }
-      int so_error = 0;
-      socklen_t len = static_cast<socklen_t>(sizeof so_error);
-      if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&so_error), &len) != 0)
-        so_error = last_error();
-      if (so_error != 0) {
-        connect_err = so_error;
-        continue;
-      }
-    }
-    return sock.release();
+  for (const addrinfo* ai = addresses->get(); ai != nullptr; ai = ai->ai_next) {
+    Result<Attempt> attempt = connect_one(budget, *ai, where);
+    if (!attempt) return attempt.error();
+    if (attempt->sock != kNoSocket) return attempt->sock;
+    connect_err = attempt->err;
   }
 #if MI_DETAIL_WINDOWS
   bool refused = connect_err == WSAECONNREFUSED;
@@ -2839,34 +2849,33 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
 
 class SocketTransport final : public HttpClient {
  public:
-  // connect_timeout bounds connecting (all addresses together); zero or less: only the context does.
-  explicit SocketTransport(Millis connect_timeout = Millis(5000)) : connect_timeout_(connect_timeout) {}
+  // connect_timeout bounds connecting (all addresses together); zero or less: only the
+  // context does. `resolve` looks host names up (tests pass one that blocks on demand).
+  explicit SocketTransport(Millis connect_timeout = Millis(5000), Resolver resolve = &system_resolver)
+      : connect_timeout_(connect_timeout), resolve_(resolve) {}
   Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
 
  private:
   Millis connect_timeout_;
+  Resolver resolve_;
 };
 
 Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& request) {
-  Url url;
-  std::string why;
-  if (!parse_url(request.url, url, why))
-    return failure<HttpResponse>(Errc::invalid_argument, {"the endpoint URL is invalid: ", why});
+  Result<WireRequest> wire = serialize_request(request);  // the one parse of request.url
+  if (!wire) return wire.error();
+  const Url& url = wire->url;
   if (url.scheme != "http")
     return failure<HttpResponse>(Errc::tls, {"HTTPS needs MI_USE_CURL: this build has no TLS transport (define "
                                              "MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl and "
                                              "OpenSSL headers installed)"});
-  std::string wire;
-  if (!serialize_request(request, url, wire, why))
-    return failure<HttpResponse>(Errc::invalid_argument, {"the request cannot be sent: ", why});
   const std::string where = url.authority();
   ContextStatus status = context_status(ctx);
   if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"connecting to ", where});
 
-  Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_);
+  Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_, resolve_);
   if (!connected) return connected.error();
   sock_impl::SocketGuard sock(connected.value());
-  Result<bool> sent = sock_impl::send_all(ctx, sock.get(), wire, where);
+  Result<bool> sent = sock_impl::send_all(ctx, sock.get(), wire->bytes, where);
   if (!sent) return sent.error();
   return sock_impl::receive_response(ctx, sock.get(), where);
 }
@@ -4214,13 +4223,15 @@ const char* id_parameter(Source source, IDKind kind) {
 MI_DETAIL_COLD bool endpoint_from(const std::string& value, const char* name, const char* scheme, Source source,
                                   Url& url, Error& error) {
   std::string why;
+  Result<Url> parsed = parse_url(value);
   if (has_control_char(value)) {
     why = "it contains a control character";
-  } else if (!parse_url(value, url, why)) {
-    // why is set by parse_url
-  } else if (url.scheme != scheme) {
+  } else if (!parsed) {
+    why = parsed.error().message();
+  } else if (parsed->scheme != scheme) {
     why = cat({"its scheme must be ", scheme, "://"});
   } else {
+    url = std::move(*parsed);
     return true;
   }
   error = ErrorAccess::make(Errc::invalid_argument,

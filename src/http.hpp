@@ -83,40 +83,54 @@ void append_bounded(std::string& s, const char* data, size_t n, size_t cap) {
 
 }  // namespace http_impl
 
-bool serialize_request(const HttpRequest& request, const Url& url, std::string& out, std::string& why) {
-  out.clear();
-  if (!http_impl::is_token(request.method)) {
-    why = "the HTTP method is empty or not a valid token";
-    return false;
+// A request ready for the socket: where to connect, and the bytes to send.
+struct WireRequest {
+  Url url;
+  std::string bytes;
+};
+
+namespace http_impl {
+
+// Every header name a token, no value with a control character. The error never
+// quotes a value: it may be a secret.
+Result<bool> check_headers(const StringPairs& headers) {
+  for (const auto& header : headers) {
+    if (!is_token(header.first))
+      return failure<bool>(Errc::invalid_argument,
+                           {"the request cannot be sent: the header name \"", printable_name(header.first),
+                            "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
+    if (has_control_char(header.second))
+      return failure<bool>(Errc::invalid_argument, {"the request cannot be sent: the value of the header \"",
+                                                    header.first, "\" contains a control character (such as CR or LF)"});
   }
-  std::string target = url.target(), host = url.host_header();
-  for (std::string_view part : {std::string_view(target), std::string_view(host)}) {
-    for (char ch : part) {
-      unsigned char c = static_cast<unsigned char>(ch);
-      if (c <= 0x20 || c >= 0x7f) {
-        why = "the URL contains a control character, a space or a non-ASCII byte";
-        return false;
-      }
-    }
-  }
-  std::string text;
+  return true;
+}
+
+}  // namespace http_impl
+
+// Parses request.url and writes the request line, the headers, Content-Length and
+// "Connection: close". This is the built-in transport's one parse of the URL: parse_url
+// refuses any control character, space or non-ASCII byte, so the request-target and the
+// Host header built from it cannot split the request, and the Url is only ever made here.
+Result<WireRequest> serialize_request(const HttpRequest& request) {
+  Result<Url> url = parse_url(request.url);
+  if (!url)
+    return failure<WireRequest>(Errc::invalid_argument, {"the endpoint URL is invalid: ", url.error().message()});
+  if (!http_impl::is_token(request.method))
+    return failure<WireRequest>(Errc::invalid_argument,
+                                {"the request cannot be sent: the HTTP method is empty or not a valid token"});
+  Result<bool> headers = http_impl::check_headers(request.headers);
+  if (!headers) return headers.error();
+  WireRequest out;
+  std::string& text = out.bytes;
   text.reserve(256 + request.body.size());
   text += request.method;
   text += ' ';
-  text += target;
+  text += url->target();
   text += " HTTP/1.1\r\nHost: ";
-  text += host;
+  text += url->host_header();
   text += "\r\n";
   for (const auto& header : request.headers) {
-    if (!http_impl::is_token(header.first)) {
-      why = cat({"the header name \"", http_impl::printable_name(header.first),
-                 "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
-      return false;
-    }
-    if (has_control_char(header.second)) {  // never quote the value: it may be a secret
-      why = cat({"the value of the header \"", header.first, "\" contains a control character (such as CR or LF)"});
-      return false;
-    }
     // The transport owns the framing headers; the request's own copies are dropped.
     if (iequals(header.first, "Host") || iequals(header.first, "Content-Length") ||
         iequals(header.first, "Transfer-Encoding") || iequals(header.first, "Connection"))
@@ -133,9 +147,8 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   }
   text += "Connection: close\r\n\r\n";
   text += request.body;
-  out = std::move(text);
-  why.clear();
-  return true;
+  out.url = std::move(*url);
+  return out;
 }
 
 // Incremental HTTP/1.x response parser. Feed it what the socket delivers; it
@@ -143,6 +156,9 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
 // (bounded by max_body_bytes), whatever the peer sends.
 class ResponseParser {
  public:
+  // A small status, not Result<T>: the parser runs once per chunk of bytes, most calls
+  // end in need_more (neither a value nor an error), and it has no Source or endpoint to
+  // put in an Error; its caller turns error() into the request's Error once.
   enum class Status { need_more, done, error };
 
   explicit ResponseParser(size_t max_header_bytes = static_cast<size_t>(MI_MAX_HEADER_BYTES),
@@ -159,8 +175,6 @@ class ResponseParser {
   }
   HttpResponse& response() noexcept { return response_; }  // valid after done
   const Error& error() const noexcept { return error_; }   // valid after error
-  // Memory held for the pending line and the body (capacities), for tests.
-  size_t buffered_bytes() const noexcept { return line_.capacity() + response_.body.capacity(); }
 
  private:
   enum class State { status_line, header_line, length_body, close_body, chunk_size, chunk_data, chunk_data_end, trailer_line, done, failed };
