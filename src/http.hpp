@@ -186,7 +186,15 @@ class ResponseParser {
   Status on_line(std::string_view line);
   Status on_status_line(std::string_view line);
   Status on_header_line(std::string_view line);
+  // What frames the body, as the head declares it.
+  struct Framing {
+    bool has_te = false, has_cl = false;
+    int codings = 0;       // Transfer-Encoding codings, in all its fields
+    bool chunked = false;  // the last coding is chunked
+    std::string length;    // normalised digits of Content-Length
+  };
   Status on_head_end();
+  Status read_framing(Framing& framing);
   Status on_chunk_size(std::string_view line);
   Status on_trailer_line(std::string_view line);
 
@@ -347,10 +355,35 @@ ResponseParser::Status ResponseParser::on_head_end() {
     state_ = State::done;
     return Status::done;
   }
-  bool has_te = false, has_cl = false;
-  int codings = 0;
-  bool chunked = false;
-  std::string length;  // normalised digits of Content-Length
+  Framing framing;
+  if (read_framing(framing) == Status::error) return Status::error;
+  if (framing.has_te && framing.has_cl) return invalid("both Transfer-Encoding and Content-Length are present");
+  if (framing.has_te) {
+    if (http10_) return invalid("Transfer-Encoding in an HTTP/1.0 response");
+    if (framing.codings != 1 || !framing.chunked)
+      return invalid("unsupported Transfer-Encoding (only chunked is understood)");
+    state_ = State::chunk_size;
+    return Status::need_more;
+  }
+  if (framing.has_cl) {
+    int64_t value = 0;
+    if (!parse_int64(framing.length, value) || static_cast<uint64_t>(value) > max_body_) return body_too_large();
+    if (value == 0) {
+      state_ = State::done;
+      return Status::done;
+    }
+    remaining_ = static_cast<uint64_t>(value);
+    response_.body.reserve(static_cast<size_t>(value));
+    state_ = State::length_body;
+    return Status::need_more;
+  }
+  state_ = State::close_body;  // no framing: the body ends when the peer closes
+  return Status::need_more;
+}
+
+// Collects the Transfer-Encoding codings and the Content-Length value (equal values in a
+// list or repeated are one); need_more, or error for a malformed or conflicting length.
+ResponseParser::Status ResponseParser::read_framing(Framing& framing) {
   for (const auto& header : response_.headers) {
     bool te = iequals(header.first, "Transfer-Encoding");
     bool cl = !te && iequals(header.first, "Content-Length");
@@ -363,43 +396,23 @@ ResponseParser::Status ResponseParser::on_head_end() {
       if (!item.empty()) {
         any = true;
         if (te) {
-          ++codings;
-          chunked = iequals(item, "chunked");
+          ++framing.codings;
+          framing.chunked = iequals(item, "chunked");
         } else {
           for (char c : item)
             if (c < '0' || c > '9') return invalid("Content-Length is not a non-negative decimal number");
           while (item.size() > 1 && item[0] == '0') item.remove_prefix(1);
-          if (has_cl && item != length) return invalid("conflicting Content-Length values");
-          length.assign(item.data(), item.size());
-          has_cl = true;
+          if (framing.has_cl && item != framing.length) return invalid("conflicting Content-Length values");
+          framing.length.assign(item.data(), item.size());
+          framing.has_cl = true;
         }
       }
       if (comma == std::string_view::npos) break;
       rest.remove_prefix(comma + 1);
     }
-    if (te) has_te = true;
+    if (te) framing.has_te = true;
     if (cl && !any) return invalid("empty Content-Length");
   }
-  if (has_te && has_cl) return invalid("both Transfer-Encoding and Content-Length are present");
-  if (has_te) {
-    if (http10_) return invalid("Transfer-Encoding in an HTTP/1.0 response");
-    if (codings != 1 || !chunked) return invalid("unsupported Transfer-Encoding (only chunked is understood)");
-    state_ = State::chunk_size;
-    return Status::need_more;
-  }
-  if (has_cl) {
-    int64_t value = 0;
-    if (!parse_int64(length, value) || static_cast<uint64_t>(value) > max_body_) return body_too_large();
-    if (value == 0) {
-      state_ = State::done;
-      return Status::done;
-    }
-    remaining_ = static_cast<uint64_t>(value);
-    response_.body.reserve(static_cast<size_t>(value));
-    state_ = State::length_body;
-    return Status::need_more;
-  }
-  state_ = State::close_body;  // no framing: the body ends when the peer closes
   return Status::need_more;
 }
 
