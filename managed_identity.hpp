@@ -1550,7 +1550,8 @@ Result<HostPort> split_authority(std::string_view authority) {
   HostPort out;
   if (!authority.empty() && authority[0] == '[') {
     size_t close = authority.find(']');
-    if (close == std::string_view::npos) return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal (missing ']')"});
+    if (close == std::string_view::npos)
+      return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal (missing ']')"});
     out.host = authority.substr(1, close - 1);
     if (!valid_ipv6(out.host)) return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal"});
     std::string_view after = authority.substr(close + 1);
@@ -1578,7 +1579,8 @@ Result<uint16_t> parse_port(std::string_view text, uint16_t default_port) {
     if (!is_digit(c)) return failure<uint16_t>(Errc::invalid_argument, {"the port is not a number"});
     value = value * 10 + static_cast<unsigned>(c - '0');
   }
-  if (value == 0 || value > 65535) return failure<uint16_t>(Errc::invalid_argument, {"the port is out of range (1-65535)"});
+  if (value == 0 || value > 65535)
+    return failure<uint16_t>(Errc::invalid_argument, {"the port is out of range (1-65535)"});
   return static_cast<uint16_t>(value);
 }
 
@@ -1589,7 +1591,8 @@ Result<uint16_t> parse_port(std::string_view text, uint16_t default_port) {
 Result<Url> parse_url(std::string_view text) {
   for (char ch : text) {
     unsigned char c = static_cast<unsigned char>(ch);
-    if (c <= 0x20 || c >= 0x7f) return url_impl::bad_url("the URL contains a control character, a space or a non-ASCII byte");
+    if (c <= 0x20 || c >= 0x7f)
+      return url_impl::bad_url("the URL contains a control character, a space or a non-ASCII byte");
   }
   size_t sep = text.find("://");
   if (sep == std::string_view::npos || sep == 0) return url_impl::bad_url("not an absolute http:// or https:// URL");
@@ -1605,12 +1608,14 @@ Result<Url> parse_url(std::string_view text) {
     return url_impl::bad_url("the URL must not contain user information (user@host)");
   Result<url_impl::HostPort> host_port = url_impl::split_authority(authority);
   if (!host_port) return host_port.error();
-  Result<uint16_t> port = url_impl::parse_port(host_port->port, static_cast<uint16_t>(url.scheme == "https" ? 443 : 80));
+  const uint16_t default_port = url.scheme == "https" ? uint16_t{443} : uint16_t{80};
+  Result<uint16_t> port = url_impl::parse_port(host_port->port, default_port);
   if (!port) return port.error();
   url.host = ascii_lowercase(host_port->host);
   url.port = *port;
 
-  std::string_view path_and_query = authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
+  std::string_view path_and_query =
+      authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
   size_t qmark = path_and_query.find('?');
   std::string_view path = path_and_query.substr(0, qmark);
   url.path = path.empty() ? std::string("/") : std::string(path);
@@ -1761,8 +1766,9 @@ Result<bool> check_headers(const StringPairs& headers) {
                            {"the request cannot be sent: the header name \"", printable_name(header.first),
                             "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
     if (has_control_char(header.second))
-      return failure<bool>(Errc::invalid_argument, {"the request cannot be sent: the value of the header \"",
-                                                    header.first, "\" contains a control character (such as CR or LF)"});
+      return failure<bool>(Errc::invalid_argument,
+                           {"the request cannot be sent: the value of the header \"", header.first,
+                            "\" contains a control character (such as CR or LF)"});
   }
   return true;
 }
@@ -3009,8 +3015,8 @@ Result<std::string> pin_from_hex(std::string_view hex) {
     out[i] = static_cast<char>(high * 16 + low);
   }
   if (ok) return out;
-  return failure<std::string>(Errc::invalid_argument,
-                              {"the request's certificate pin (HttpRequest::pinned_sha1) must be 40 hexadecimal digits"});
+  return failure<std::string>(Errc::invalid_argument, {"the request's certificate pin (HttpRequest::pinned_sha1) "
+                                                       "must be 40 hexadecimal digits"});
 }
 
 // "3.0" for 0x30000130 (OPENSSL_VERSION_NUMBER / OpenSSL_version_num() layout).

@@ -109,8 +109,8 @@ Result<std::string> pin_from_hex(std::string_view hex) {
     out[i] = static_cast<char>(high * 16 + low);
   }
   if (ok) return out;
-  return failure<std::string>(Errc::invalid_argument,
-                              {"the request's certificate pin (HttpRequest::pinned_sha1) must be 40 hexadecimal digits"});
+  return failure<std::string>(Errc::invalid_argument, {"the request's certificate pin (HttpRequest::pinned_sha1) "
+                                                       "must be 40 hexadecimal digits"});
 }
 
 // "3.0" for 0x30000130 (OPENSSL_VERSION_NUMBER / OpenSSL_version_num() layout).

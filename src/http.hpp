@@ -100,8 +100,9 @@ Result<bool> check_headers(const StringPairs& headers) {
                            {"the request cannot be sent: the header name \"", printable_name(header.first),
                             "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
     if (has_control_char(header.second))
-      return failure<bool>(Errc::invalid_argument, {"the request cannot be sent: the value of the header \"",
-                                                    header.first, "\" contains a control character (such as CR or LF)"});
+      return failure<bool>(Errc::invalid_argument,
+                           {"the request cannot be sent: the value of the header \"", header.first,
+                            "\" contains a control character (such as CR or LF)"});
   }
   return true;
 }

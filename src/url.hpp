@@ -117,7 +117,8 @@ Result<HostPort> split_authority(std::string_view authority) {
   HostPort out;
   if (!authority.empty() && authority[0] == '[') {
     size_t close = authority.find(']');
-    if (close == std::string_view::npos) return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal (missing ']')"});
+    if (close == std::string_view::npos)
+      return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal (missing ']')"});
     out.host = authority.substr(1, close - 1);
     if (!valid_ipv6(out.host)) return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal"});
     std::string_view after = authority.substr(close + 1);
@@ -145,7 +146,8 @@ Result<uint16_t> parse_port(std::string_view text, uint16_t default_port) {
     if (!is_digit(c)) return failure<uint16_t>(Errc::invalid_argument, {"the port is not a number"});
     value = value * 10 + static_cast<unsigned>(c - '0');
   }
-  if (value == 0 || value > 65535) return failure<uint16_t>(Errc::invalid_argument, {"the port is out of range (1-65535)"});
+  if (value == 0 || value > 65535)
+    return failure<uint16_t>(Errc::invalid_argument, {"the port is out of range (1-65535)"});
   return static_cast<uint16_t>(value);
 }
 
@@ -156,7 +158,8 @@ Result<uint16_t> parse_port(std::string_view text, uint16_t default_port) {
 Result<Url> parse_url(std::string_view text) {
   for (char ch : text) {
     unsigned char c = static_cast<unsigned char>(ch);
-    if (c <= 0x20 || c >= 0x7f) return url_impl::bad_url("the URL contains a control character, a space or a non-ASCII byte");
+    if (c <= 0x20 || c >= 0x7f)
+      return url_impl::bad_url("the URL contains a control character, a space or a non-ASCII byte");
   }
   size_t sep = text.find("://");
   if (sep == std::string_view::npos || sep == 0) return url_impl::bad_url("not an absolute http:// or https:// URL");
@@ -172,12 +175,14 @@ Result<Url> parse_url(std::string_view text) {
     return url_impl::bad_url("the URL must not contain user information (user@host)");
   Result<url_impl::HostPort> host_port = url_impl::split_authority(authority);
   if (!host_port) return host_port.error();
-  Result<uint16_t> port = url_impl::parse_port(host_port->port, static_cast<uint16_t>(url.scheme == "https" ? 443 : 80));
+  const uint16_t default_port = url.scheme == "https" ? uint16_t{443} : uint16_t{80};
+  Result<uint16_t> port = url_impl::parse_port(host_port->port, default_port);
   if (!port) return port.error();
   url.host = ascii_lowercase(host_port->host);
   url.port = *port;
 
-  std::string_view path_and_query = authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
+  std::string_view path_and_query =
+      authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
   size_t qmark = path_and_query.find('?');
   std::string_view path = path_and_query.substr(0, qmark);
   url.path = path.empty() ? std::string("/") : std::string(path);
