@@ -635,6 +635,8 @@ struct ErrorAccess {
   static void set_message(Error& e, std::string message) { e.message_ = std::move(message); }
 };
 
+namespace {  // internal linkage: nothing below is visible outside this translation unit
+
 MI_DETAIL_COLD inline Error make_error(Errc code, std::string message) {
   return ErrorAccess::make(code, std::move(message));
 }
@@ -984,6 +986,7 @@ inline int64_t days_from_civil(int64_t y, unsigned m, unsigned d) noexcept {
   return era * 146097 + static_cast<int64_t>(doe) - 719468;
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi
@@ -1008,6 +1011,7 @@ inline int64_t days_from_civil(int64_t y, unsigned m, unsigned d) noexcept {
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 struct JsonValue {
   enum class Type : unsigned char { Null, Bool, Number, String, Array, Object };
@@ -1414,6 +1418,7 @@ JsonStatus parse_json(std::string_view text, JsonKeep keep, JsonValue& out) {
   return JsonParser(text, keep).parse_document(out);
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi
@@ -1459,6 +1464,8 @@ std::string Url::host_header() const {
 }
 
 std::string Url::str() const { return cat({scheme, "://", host_header(), target()}); }
+
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 namespace url_impl {
 
@@ -1647,6 +1654,7 @@ std::string merge_query(std::string_view existing_raw,
   return out;
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi
@@ -1659,6 +1667,7 @@ std::string merge_query(std::string_view existing_raw,
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 namespace http_impl {
 
@@ -1825,9 +1834,6 @@ class ResponseParser {
   Status feed(const char* data, size_t size);
   // The peer closed the connection: completes a close-delimited body, else an error.
   Status finish();
-  Status status() const noexcept {
-    return state_ == State::done ? Status::done : state_ == State::failed ? Status::error : Status::need_more;
-  }
   HttpResponse& response() noexcept { return response_; }  // valid after done
   const Error& error() const noexcept { return error_; }   // valid after error
 
@@ -1907,7 +1913,13 @@ ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
         pos += n;
         break;
       }
-      default: {  // a line: status line, header, chunk size, chunk end or trailer
+      case State::status_line:  // a line: status line, header, chunk size, chunk end or trailer
+      case State::header_line:
+      case State::chunk_size:
+      case State::chunk_data_end:
+      case State::trailer_line:
+      case State::done:  // not reached: the loop stops at done and failed
+      case State::failed: {
         const void* nl = std::memchr(p, '\n', n);
         size_t take = nl ? static_cast<size_t>(static_cast<const char*>(nl) - p) + 1 : n;
         if (state_ == State::status_line) {
@@ -1947,7 +1959,13 @@ ResponseParser::Status ResponseParser::finish() {
     case State::done: return Status::done;
     case State::failed: return Status::error;
     case State::close_body: state_ = State::done; return Status::done;
-    default:
+    case State::status_line:
+    case State::header_line:
+    case State::length_body:
+    case State::chunk_size:
+    case State::chunk_data:
+    case State::chunk_data_end:
+    case State::trailer_line:
       return fail(Errc::network, "the endpoint closed the connection before the response was complete");
   }
 }
@@ -1962,7 +1980,11 @@ ResponseParser::Status ResponseParser::on_line(std::string_view line) {
       state_ = State::chunk_size;
       return Status::need_more;
     case State::trailer_line: return on_trailer_line(line);
-    default: return invalid("internal parser state");  // not reached
+    case State::length_body:  // not reached: bodies are not read as lines
+    case State::close_body:
+    case State::chunk_data:
+    case State::done:
+    case State::failed: return invalid("internal parser state");
   }
 }
 
@@ -2108,6 +2130,7 @@ ResponseParser::Status ResponseParser::on_trailer_line(std::string_view line) {
   return Status::need_more;
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi
@@ -2121,8 +2144,11 @@ ResponseParser::Status ResponseParser::on_trailer_line(std::string_view line) {
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 constexpr Millis kContextSlice{10};
+
+}  // namespace
 
 struct ContextState {
   std::shared_ptr<ContextState> parent;
@@ -2144,6 +2170,8 @@ struct ContextState {
   }
   static const ContextState* of(const Context& ctx) noexcept { return ctx.state_.get(); }
 };
+
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // Why a context stopped, or ok.
 enum class ContextStatus { ok, canceled, expired };
@@ -2195,6 +2223,7 @@ ContextStatus sleep_for(const Context& ctx, Millis duration) {
   }
 }
 
+}  // namespace
 }  // namespace detail
 
 Context Context::WithTimeout(std::chrono::milliseconds timeout) const {
@@ -2239,6 +2268,7 @@ bool Context::expired() const noexcept {
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 #if MI_DETAIL_WINDOWS
 using socket_handle = SOCKET;
@@ -2375,10 +2405,6 @@ class SocketGuard {
   SocketGuard& operator=(const SocketGuard&) = delete;
   ~SocketGuard() { close_socket(s_); }
   socket_handle get() const noexcept { return s_; }
-  void reset(socket_handle s = kNoSocket) noexcept {
-    close_socket(s_);
-    s_ = s;
-  }
   socket_handle release() noexcept {
     socket_handle s = s_;
     s_ = kNoSocket;
@@ -2458,7 +2484,11 @@ inline void* host_lookup_main(void* arg) {
     (*lookup)->run();
   }
   release_host_lookup_slot();
+#if MI_DETAIL_WINDOWS
   return 0;
+#else
+  return nullptr;
+#endif
 }
 
 // Starts `lookup` on a detached thread; false when no thread could be made.
@@ -2887,6 +2917,7 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
   return sock_impl::receive_response(ctx, sock.get(), where);
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi
@@ -2931,6 +2962,9 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
+
+#if MI_DETAIL_CURL
 
 // Compares without an early exit, so the time taken does not depend on where the
 // inputs differ (the lengths are not secret).
@@ -2941,8 +2975,6 @@ bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
     diff = static_cast<unsigned char>(diff | (static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i])));
   return diff == 0;
 }
-
-#if MI_DETAIL_CURL
 
 // HttpRequest::pinned_sha1 -> 20 raw bytes: exactly 40 hex digits (either case), nothing
 // else, since it was normalised when it was put there.
@@ -3177,9 +3209,10 @@ CurlApi load_curl_api() {
   return api;
 }
 
-// Loaded once, at the first HTTPS request, by whichever thread gets there first.
+// Loaded once, at the first HTTPS request, by whichever thread gets there first; never
+// destroyed, since threads may still make requests while the process exits.
 const CurlApi& curl_api() {
-  static const CurlApi api = load_curl_api();
+  static const CurlApi& api = *new CurlApi(load_curl_api());
   return api;
 }
 
@@ -3437,8 +3470,10 @@ Result<bool> callback_failure(const CurlCall& call) {
 }
 
 // The error class of a libcurl code; `detail` is libcurl's words, in parentheses.
+// (Switched on as an int: libcurl adds codes in most releases, and every code not named
+// here is the generic failure at the end.)
 Result<HttpResponse> curl_code_failure(CURLcode code, std::string_view detail) {
-  switch (code) {
+  switch (static_cast<int>(code)) {
     case CURLE_OPERATION_TIMEDOUT:
       return failure<HttpResponse>(Errc::timeout, {"the HTTPS request timed out", detail,
                                                    "; check that the endpoint is reachable or allow more time "
@@ -3574,7 +3609,7 @@ struct CurlOptions {
 
   template <class Value>
   void set(CURLoption option, Value value) {
-    CURLcode r = api.curl_easy_setopt(easy, option, value);
+    CURLcode r = (api.curl_easy_setopt)(easy, option, value);
     if (rc == CURLE_OK) rc = r;
   }
 };
@@ -3712,7 +3747,7 @@ Result<HttpResponse> finish(const CurlApi& api, CURL* easy, CurlCall& call) {
     return failure<HttpResponse>(Errc::tls, {"the TLS connection to the Service Fabric endpoint was not verified "
                                              "against IDENTITY_SERVER_THUMBPRINT"});
   long code = 0;
-  api.curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
+  (api.curl_easy_getinfo)(easy, CURLINFO_RESPONSE_CODE, &code);
   if (code >= 100 && code <= 999) call.response.status = static_cast<int>(code);
   if (call.response.status < 100 || call.response.status > 999)
     return failure<HttpResponse>(Errc::invalid_response, {"the HTTPS endpoint's response has no valid status line"});
@@ -3784,6 +3819,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
 
 #endif  // MI_DETAIL_CURL
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi
@@ -3796,6 +3832,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // A token as the endpoint issued it: what the cache keeps (entries and per-thread copies)
 // and what AuthResult's token fields are filled from (set_token).
@@ -4139,6 +4176,7 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   return out;
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi
@@ -4155,6 +4193,7 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 constexpr const char* kUserAgent = "managed-identity-cpp/" MI_VERSION_STRING;
 constexpr const char* kImdsEndpoint = "http://169.254.169.254/metadata/identity/oauth2/token";
@@ -4206,12 +4245,16 @@ struct BuiltRequest {
   std::vector<std::string> secrets;  // values that must never appear in a message or log
 };
 
+}  // namespace
+
 // A pinned source's endpoint and the thumbprint its certificate must match, fixed at New.
 struct PinnedEndpoint {
   Url url;
   std::string pinned_sha1;  // 40 upper-case hex digits (HttpRequest::pinned_sha1)
   std::string sha1_bytes;   // the same 20 bytes raw, for the built-in transport
 };
+
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // The functions entries name; each is defined in its source's section below.
 bool arc_agent_installed();
@@ -4898,6 +4941,7 @@ Result<bool> arc_confirm_identity(const ID& id, const TokenEcho& echo) {
                     "returned the system-assigned one (update the Azure Connected Machine agent)"});
 }
 
+}  // namespace
 }  // namespace detail
 
 Source GetSource() { return detail::detect_source(); }
@@ -4920,6 +4964,7 @@ Source GetSource() { return detail::detect_source(); }
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 constexpr std::chrono::minutes kExpiryMargin{5};  // a token is usable only while it lives longer
 constexpr std::chrono::seconds kRefreshCoolDown{30};      // after a first failed proactive refresh,
@@ -5149,8 +5194,17 @@ class TokenCache {
     size_t oldest = 0;  // the slot to replace next when all are in use
   };
 
+  // The copies hold strings that must be freed when their thread ends, so this is the one
+  // variable with a destructor at (thread) exit, on purpose.
   static LocalCopies& local_copies() {
+#if defined(__clang__)
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wexit-time-destructors"
+#endif
     static thread_local LocalCopies copies;
+#if defined(__clang__)
+#pragma clang diagnostic pop
+#endif
     return copies;
   }
 
@@ -5217,6 +5271,7 @@ class TokenCache {
   std::vector<std::shared_ptr<Flight>> flights_;  // under flights_mutex_
 };
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi
@@ -5229,7 +5284,6 @@ class TokenCache {
 namespace mi {
 inline namespace v1 {
 namespace detail {
-
 struct ClientConfig {
   std::shared_ptr<HttpClient> http;  // null: the built-in transport for the source
   bool retry = true;
@@ -5283,6 +5337,8 @@ struct ClientState {
     for (const auto& line : lines) log(line.first, line.second);
   }
 };
+
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // ---- retry policy (docs/protocol.md §8) -----------------------------------------------------------
 
@@ -5804,11 +5860,13 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
   }
 }
 
+}  // namespace
 }  // namespace detail
 
 // ---- public functions ---------------------------------------------------------------------
 
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // A pinned source (docs/protocol.md §4): the endpoint and the thumbprint are fixed now, and
 // the Secret header may only go through a transport that checks the pin during the
@@ -5866,6 +5924,7 @@ ClientOption patch_option(std::shared_ptr<ClientConfig> patch, ConfigApply apply
 
 std::shared_ptr<ClientConfig> new_patch() { return std::make_shared<ClientConfig>(); }
 
+}  // namespace
 }  // namespace detail
 
 MI_DETAIL_COLD ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
@@ -5940,8 +5999,7 @@ Result<Client> New(ID id, const std::vector<ClientOption>& options) {
 }
 
 Result<AuthResult> Client::AcquireToken(const Context& ctx, std::string_view resource) const {
-  static const detail::AcquireConfig no_options;
-  return detail::acquire(*state_, ctx, resource, no_options);
+  return detail::acquire(*state_, ctx, resource, detail::AcquireConfig{});
 }
 
 Result<AuthResult> Client::AcquireToken(const Context& ctx, std::string_view resource,

@@ -14,6 +14,7 @@
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 constexpr std::chrono::minutes kExpiryMargin{5};  // a token is usable only while it lives longer
 constexpr std::chrono::seconds kRefreshCoolDown{30};      // after a first failed proactive refresh,
@@ -243,8 +244,17 @@ class TokenCache {
     size_t oldest = 0;  // the slot to replace next when all are in use
   };
 
+  // The copies hold strings that must be freed when their thread ends, so this is the one
+  // variable with a destructor at (thread) exit, on purpose.
   static LocalCopies& local_copies() {
+#if defined(__clang__)
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wexit-time-destructors"
+#endif
     static thread_local LocalCopies copies;
+#if defined(__clang__)
+#pragma clang diagnostic pop
+#endif
     return copies;
   }
 
@@ -311,6 +321,7 @@ class TokenCache {
   std::vector<std::shared_ptr<Flight>> flights_;  // under flights_mutex_
 };
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi

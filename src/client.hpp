@@ -12,7 +12,6 @@
 namespace mi {
 inline namespace v1 {
 namespace detail {
-
 struct ClientConfig {
   std::shared_ptr<HttpClient> http;  // null: the built-in transport for the source
   bool retry = true;
@@ -66,6 +65,8 @@ struct ClientState {
     for (const auto& line : lines) log(line.first, line.second);
   }
 };
+
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // ---- retry policy (docs/protocol.md §8) -----------------------------------------------------------
 
@@ -587,11 +588,13 @@ Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::strin
   }
 }
 
+}  // namespace
 }  // namespace detail
 
 // ---- public functions ---------------------------------------------------------------------
 
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // A pinned source (docs/protocol.md §4): the endpoint and the thumbprint are fixed now, and
 // the Secret header may only go through a transport that checks the pin during the
@@ -649,6 +652,7 @@ ClientOption patch_option(std::shared_ptr<ClientConfig> patch, ConfigApply apply
 
 std::shared_ptr<ClientConfig> new_patch() { return std::make_shared<ClientConfig>(); }
 
+}  // namespace
 }  // namespace detail
 
 MI_DETAIL_COLD ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client) {
@@ -723,8 +727,7 @@ Result<Client> New(ID id, const std::vector<ClientOption>& options) {
 }
 
 Result<AuthResult> Client::AcquireToken(const Context& ctx, std::string_view resource) const {
-  static const detail::AcquireConfig no_options;
-  return detail::acquire(*state_, ctx, resource, no_options);
+  return detail::acquire(*state_, ctx, resource, detail::AcquireConfig{});
 }
 
 Result<AuthResult> Client::AcquireToken(const Context& ctx, std::string_view resource,

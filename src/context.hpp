@@ -8,8 +8,11 @@
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 constexpr Millis kContextSlice{10};
+
+}  // namespace
 
 struct ContextState {
   std::shared_ptr<ContextState> parent;
@@ -31,6 +34,8 @@ struct ContextState {
   }
   static const ContextState* of(const Context& ctx) noexcept { return ctx.state_.get(); }
 };
+
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // Why a context stopped, or ok.
 enum class ContextStatus { ok, canceled, expired };
@@ -82,6 +87,7 @@ ContextStatus sleep_for(const Context& ctx, Millis duration) {
   }
 }
 
+}  // namespace
 }  // namespace detail
 
 Context Context::WithTimeout(std::chrono::milliseconds timeout) const {

@@ -41,6 +41,9 @@
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
+
+#if MI_DETAIL_CURL
 
 // Compares without an early exit, so the time taken does not depend on where the
 // inputs differ (the lengths are not secret).
@@ -51,8 +54,6 @@ bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
     diff = static_cast<unsigned char>(diff | (static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i])));
   return diff == 0;
 }
-
-#if MI_DETAIL_CURL
 
 // HttpRequest::pinned_sha1 -> 20 raw bytes: exactly 40 hex digits (either case), nothing
 // else, since it was normalised when it was put there.
@@ -287,9 +288,10 @@ CurlApi load_curl_api() {
   return api;
 }
 
-// Loaded once, at the first HTTPS request, by whichever thread gets there first.
+// Loaded once, at the first HTTPS request, by whichever thread gets there first; never
+// destroyed, since threads may still make requests while the process exits.
 const CurlApi& curl_api() {
-  static const CurlApi api = load_curl_api();
+  static const CurlApi& api = *new CurlApi(load_curl_api());
   return api;
 }
 
@@ -547,8 +549,10 @@ Result<bool> callback_failure(const CurlCall& call) {
 }
 
 // The error class of a libcurl code; `detail` is libcurl's words, in parentheses.
+// (Switched on as an int: libcurl adds codes in most releases, and every code not named
+// here is the generic failure at the end.)
 Result<HttpResponse> curl_code_failure(CURLcode code, std::string_view detail) {
-  switch (code) {
+  switch (static_cast<int>(code)) {
     case CURLE_OPERATION_TIMEDOUT:
       return failure<HttpResponse>(Errc::timeout, {"the HTTPS request timed out", detail,
                                                    "; check that the endpoint is reachable or allow more time "
@@ -684,7 +688,7 @@ struct CurlOptions {
 
   template <class Value>
   void set(CURLoption option, Value value) {
-    CURLcode r = api.curl_easy_setopt(easy, option, value);
+    CURLcode r = (api.curl_easy_setopt)(easy, option, value);
     if (rc == CURLE_OK) rc = r;
   }
 };
@@ -822,7 +826,7 @@ Result<HttpResponse> finish(const CurlApi& api, CURL* easy, CurlCall& call) {
     return failure<HttpResponse>(Errc::tls, {"the TLS connection to the Service Fabric endpoint was not verified "
                                              "against IDENTITY_SERVER_THUMBPRINT"});
   long code = 0;
-  api.curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
+  (api.curl_easy_getinfo)(easy, CURLINFO_RESPONSE_CODE, &code);
   if (code >= 100 && code <= 999) call.response.status = static_cast<int>(code);
   if (call.response.status < 100 || call.response.status > 999)
     return failure<HttpResponse>(Errc::invalid_response, {"the HTTPS endpoint's response has no valid status line"});
@@ -894,6 +898,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
 
 #endif  // MI_DETAIL_CURL
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi

@@ -8,6 +8,7 @@
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 namespace http_impl {
 
@@ -174,9 +175,6 @@ class ResponseParser {
   Status feed(const char* data, size_t size);
   // The peer closed the connection: completes a close-delimited body, else an error.
   Status finish();
-  Status status() const noexcept {
-    return state_ == State::done ? Status::done : state_ == State::failed ? Status::error : Status::need_more;
-  }
   HttpResponse& response() noexcept { return response_; }  // valid after done
   const Error& error() const noexcept { return error_; }   // valid after error
 
@@ -256,7 +254,13 @@ ResponseParser::Status ResponseParser::feed(const char* data, size_t size) {
         pos += n;
         break;
       }
-      default: {  // a line: status line, header, chunk size, chunk end or trailer
+      case State::status_line:  // a line: status line, header, chunk size, chunk end or trailer
+      case State::header_line:
+      case State::chunk_size:
+      case State::chunk_data_end:
+      case State::trailer_line:
+      case State::done:  // not reached: the loop stops at done and failed
+      case State::failed: {
         const void* nl = std::memchr(p, '\n', n);
         size_t take = nl ? static_cast<size_t>(static_cast<const char*>(nl) - p) + 1 : n;
         if (state_ == State::status_line) {
@@ -296,7 +300,13 @@ ResponseParser::Status ResponseParser::finish() {
     case State::done: return Status::done;
     case State::failed: return Status::error;
     case State::close_body: state_ = State::done; return Status::done;
-    default:
+    case State::status_line:
+    case State::header_line:
+    case State::length_body:
+    case State::chunk_size:
+    case State::chunk_data:
+    case State::chunk_data_end:
+    case State::trailer_line:
       return fail(Errc::network, "the endpoint closed the connection before the response was complete");
   }
 }
@@ -311,7 +321,11 @@ ResponseParser::Status ResponseParser::on_line(std::string_view line) {
       state_ = State::chunk_size;
       return Status::need_more;
     case State::trailer_line: return on_trailer_line(line);
-    default: return invalid("internal parser state");  // not reached
+    case State::length_body:  // not reached: bodies are not read as lines
+    case State::close_body:
+    case State::chunk_data:
+    case State::done:
+    case State::failed: return invalid("internal parser state");
   }
 }
 
@@ -457,6 +471,7 @@ ResponseParser::Status ResponseParser::on_trailer_line(std::string_view line) {
   return Status::need_more;
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi

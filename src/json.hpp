@@ -19,6 +19,7 @@
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 struct JsonValue {
   enum class Type : unsigned char { Null, Bool, Number, String, Array, Object };
@@ -425,6 +426,7 @@ JsonStatus parse_json(std::string_view text, JsonKeep keep, JsonValue& out) {
   return JsonParser(text, keep).parse_document(out);
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi

@@ -7,6 +7,7 @@
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // A token as the endpoint issued it: what the cache keeps (entries and per-thread copies)
 // and what AuthResult's token fields are filled from (set_token).
@@ -350,6 +351,7 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
   return out;
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi

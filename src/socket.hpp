@@ -12,6 +12,7 @@
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 #if MI_DETAIL_WINDOWS
 using socket_handle = SOCKET;
@@ -148,10 +149,6 @@ class SocketGuard {
   SocketGuard& operator=(const SocketGuard&) = delete;
   ~SocketGuard() { close_socket(s_); }
   socket_handle get() const noexcept { return s_; }
-  void reset(socket_handle s = kNoSocket) noexcept {
-    close_socket(s_);
-    s_ = s;
-  }
   socket_handle release() noexcept {
     socket_handle s = s_;
     s_ = kNoSocket;
@@ -231,7 +228,11 @@ inline void* host_lookup_main(void* arg) {
     (*lookup)->run();
   }
   release_host_lookup_slot();
+#if MI_DETAIL_WINDOWS
   return 0;
+#else
+  return nullptr;
+#endif
 }
 
 // Starts `lookup` on a detached thread; false when no thread could be made.
@@ -660,6 +661,7 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
   return sock_impl::receive_response(ctx, sock.get(), where);
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi

@@ -13,6 +13,7 @@
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 constexpr const char* kUserAgent = "managed-identity-cpp/" MI_VERSION_STRING;
 constexpr const char* kImdsEndpoint = "http://169.254.169.254/metadata/identity/oauth2/token";
@@ -64,12 +65,16 @@ struct BuiltRequest {
   std::vector<std::string> secrets;  // values that must never appear in a message or log
 };
 
+}  // namespace
+
 // A pinned source's endpoint and the thumbprint its certificate must match, fixed at New.
 struct PinnedEndpoint {
   Url url;
   std::string pinned_sha1;  // 40 upper-case hex digits (HttpRequest::pinned_sha1)
   std::string sha1_bytes;   // the same 20 bytes raw, for the built-in transport
 };
+
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // The functions entries name; each is defined in its source's section below.
 bool arc_agent_installed();
@@ -756,6 +761,7 @@ Result<bool> arc_confirm_identity(const ID& id, const TokenEcho& echo) {
                     "returned the system-assigned one (update the Azure Connected Machine agent)"});
 }
 
+}  // namespace
 }  // namespace detail
 
 Source GetSource() { return detail::detect_source(); }

@@ -41,6 +41,8 @@ std::string Url::host_header() const {
 
 std::string Url::str() const { return cat({scheme, "://", host_header(), target()}); }
 
+namespace {  // internal linkage: nothing below is visible outside this translation unit
+
 namespace url_impl {
 
 inline bool is_alpha(char c) noexcept { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
@@ -228,6 +230,7 @@ std::string merge_query(std::string_view existing_raw,
   return out;
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi

@@ -25,6 +25,8 @@ struct ErrorAccess {
   static void set_message(Error& e, std::string message) { e.message_ = std::move(message); }
 };
 
+namespace {  // internal linkage: nothing below is visible outside this translation unit
+
 MI_DETAIL_COLD inline Error make_error(Errc code, std::string message) {
   return ErrorAccess::make(code, std::move(message));
 }
@@ -374,6 +376,7 @@ inline int64_t days_from_civil(int64_t y, unsigned m, unsigned d) noexcept {
   return era * 146097 + static_cast<int64_t>(doe) - 719468;
 }
 
+}  // namespace
 }  // namespace detail
 }  // namespace v1
 }  // namespace mi

@@ -87,7 +87,11 @@ EVERYTHING = ["-Weverything", "-Wno-c++98-compat", "-Wno-c++98-compat-pedantic",
 # implementation has internal linkage, so it can neither clash with nor be called from
 # another translation unit. A symbol is accepted when its name mentions one of these.
 EXTERNAL_DETAIL_TYPES = ["detail::ContextState", "detail::ClientState", "detail::ClientConfig",
-                         "detail::AcquireConfig", "detail::ErrorAccess"]
+                         "detail::AcquireConfig", "detail::ErrorAccess",
+                         # members of ClientState: the pinned endpoint and its URL
+                         "detail::PinnedEndpoint", "detail::Url",
+                         # called from Result<T>'s inline members, in every translation unit
+                         "detail::bad_result_access", "detail::bad_error_access"]
 
 
 def exported_detail_symbols(cxx, flags, tmp):
