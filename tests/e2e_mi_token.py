@@ -1448,6 +1448,29 @@ def probe():
         c.check(run.elapsed < 10.0, "took %.1f s: a probe does not retry" % run.elapsed)
 
     @case
+    def probe_fallback_example(c):
+        # examples/probe_fallback, built next to mi-token: the managed identity when the probe
+        # finds an endpoint, else the (printed, never run) developer credential, exit 0 both ways.
+        exe_dir, exe_name = os.path.split(MI_TOKEN)
+        path = os.path.join(exe_dir, "probe_fallback" + os.path.splitext(exe_name)[1])
+        if not os.path.exists(path):
+            return "probe_fallback is not built next to mi-token"
+        if os.path.exists(ARC_HIMDS):
+            return "%s exists, so the environment selects Azure Arc" % ARC_HIMDS
+        with Emulator("imds") as emu:
+            proc = subprocess.run([path], env=emu.env(), capture_output=True, text=True, timeout=60)
+            c.eq(proc.returncode, 0, "present: exit status (stderr %r)" % proc.stderr)
+            c.check("managed identity endpoint found (DefaultToIMDS)" in proc.stdout, "present: %r" % proc.stdout)
+            c.check(re.search(r"token of \d+ characters", proc.stdout), "present: a token: %r" % proc.stdout)
+            c.check("eyJ" not in proc.stdout + proc.stderr, "the example printed the token")
+        env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
+        env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = "http://127.0.0.1:%d" % closed_port()
+        proc = subprocess.run([path], env=env, capture_output=True, text=True, timeout=60)
+        c.eq(proc.returncode, 0, "absent: exit status (stderr %r)" % proc.stderr)
+        c.check("az account get-access-token --resource https://vault.azure.net" in proc.stdout,
+                "absent: the fallback: %r" % proc.stdout)
+
+    @case
     def probe_usage(c):
         env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
         env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = TRAP.url
