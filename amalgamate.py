@@ -39,11 +39,12 @@ PARTS = [
     "sources.hpp",         # detection and per-source request building (+ Azure Arc)
     "cache.hpp",           # the process-wide token cache with coalescing
     "client.hpp",          # options, retries, mi::New, Client::AcquireToken
+    "probe.hpp",           # mi::Probe: is a managed identity endpoint here?
     "impl_end.hpp",        # close the implementation half
 ]
 
 IMPLEMENTATION_FIRST = "impl_begin.hpp"
-IMPLEMENTATION_LAST = "client.hpp"
+IMPLEMENTATION_LAST = "probe.hpp"
 GATE_OPEN = (
     "\n// ============================================================================\n"
     "// IMPLEMENTATION. Compiled only where MI_IMPLEMENTATION is defined, once per\n"

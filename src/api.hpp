@@ -391,6 +391,21 @@ Result<Client> New(ID id, First&& first, Rest&&... rest) {
                                                       ClientOption(std::forward<Rest>(rest))...});
 }
 
+// Is a managed identity endpoint here? For a program that runs both on Azure and elsewhere,
+// to choose its credential at start-up (README.md, "Probe"). A source the environment
+// configures is answered without I/O; IMDS, and an Azure Arc agent found by its file, by one
+// request with no retries, bounded by the context's deadline or, when it has none, by 1 s.
+// Requests no token and caches nothing. Not present: an error, network or timeout. Takes the
+// same options as New (and checks them the same way).
+Result<Source> Probe(const Context& ctx, const std::vector<ClientOption>& options);
+inline Result<Source> Probe(const Context& ctx) { return Probe(ctx, std::vector<ClientOption>{}); }
+template <class First, class... Rest,
+          class = typename std::enable_if<std::is_convertible<First, ClientOption>::value>::type>
+Result<Source> Probe(const Context& ctx, First&& first, Rest&&... rest) {
+  return Probe(ctx, std::vector<ClientOption>{ClientOption(std::forward<First>(first)),
+                                              ClientOption(std::forward<Rest>(rest))...});
+}
+
 }  // namespace v1
 }  // namespace mi
 

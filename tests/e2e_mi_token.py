@@ -1336,7 +1336,7 @@ def people():
         run = mi_token(["--help"], env)
         c.eq(run.rc, 0, "exit status")
         for word in ("--client-id", "--object-id", "--resource-id", "--claims", "--repeat", "--timeout-ms",
-                     "--no-retry", "--verbose", "--source", "--output", "--decode", "--cache", "--no-cache",
+                     "--no-retry", "--verbose", "--source", "--probe", "--output", "--decode", "--cache", "--no-cache",
                      "--help", "MI_TOKEN_CACHE", "XDG_RUNTIME_DIR", "TMPDIR", "AZURE_POD_IDENTITY_AUTHORITY_HOST",
                      "IDENTITY_ENDPOINT", "MSI_ENDPOINT"):
             c.check(word in run.stdout, "--help mentions %s" % word)
@@ -1400,7 +1400,87 @@ def people():
             c.eq(run.stdout, "", "stdout of %r" % (args,))
 
 
-SOURCES = [imds, appservice, azureml, cloudshell, arc, servicefabric, cache, people]
+# ---- mi-token --probe (docs/protocol.md §11) --------------------------------------------------------
+
+def probe():
+    def closed_port():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        return port
+
+    @case
+    def probe_imds_present(c):
+        if os.path.exists(ARC_HIMDS):
+            return "%s exists, so the environment selects Azure Arc" % ARC_HIMDS
+        with Emulator("imds") as emu:
+            run = mi_token(["--probe"], emu.env())
+            c.eq((run.rc, run.stdout), (EXIT_OK, "DefaultToIMDS\n"), "exit status and stdout (%s)" % run.describe())
+            # One GET to the token path that asks for nothing: no query, no Metadata header, so the
+            # emulator refuses it (400) and issues no token.
+            st = check_stats(c, emu, token_requests=1, tokens_issued=0)
+            last = st.get("last_token_request") or {}
+            c.eq(last.get("method"), "GET", "method")
+            c.eq(last.get("query"), {}, "query")
+            c.check("metadata" not in last.get("header_names", []), "no Metadata header: %r"
+                    % last.get("header_names"))
+
+    @case
+    def probe_env_source_no_request(c):
+        # A source the environment configures is answered from the variables alone.
+        with Emulator("appservice") as emu:
+            run = mi_token(["--probe"], emu.env())
+            c.eq((run.rc, run.stdout), (EXIT_OK, "AppService\n"), "exit status and stdout (%s)" % run.describe())
+            check_stats(c, emu, requests=0, token_requests=0)
+
+    @case
+    def probe_absent_closed_port(c):
+        if os.path.exists(ARC_HIMDS):
+            return "%s exists, so the environment selects Azure Arc" % ARC_HIMDS
+        env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
+        env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = "http://127.0.0.1:%d" % closed_port()
+        run = mi_token(["--probe"], env)
+        c.eq(run.rc, EXIT_NO_ENDPOINT, "exit status (%s)" % run.describe())
+        c.eq(run.stdout, "", "stdout")
+        c.check("no managed identity endpoint answered" in run.stderr, "stderr: %r" % run.stderr)
+        c.check("code: network" in run.stderr, "stderr: %r" % run.stderr)
+        c.check(run.elapsed < 10.0, "took %.1f s: a probe does not retry" % run.elapsed)
+
+    @case
+    def probe_fallback_example(c):
+        # examples/probe_fallback, built next to mi-token: the managed identity when the probe
+        # finds an endpoint, else the (printed, never run) developer credential, exit 0 both ways.
+        exe_dir, exe_name = os.path.split(MI_TOKEN)
+        path = os.path.join(exe_dir, "probe_fallback" + os.path.splitext(exe_name)[1])
+        if not os.path.exists(path):
+            return "probe_fallback is not built next to mi-token"
+        if os.path.exists(ARC_HIMDS):
+            return "%s exists, so the environment selects Azure Arc" % ARC_HIMDS
+        with Emulator("imds") as emu:
+            proc = subprocess.run([path], env=emu.env(), capture_output=True, text=True, timeout=60)
+            c.eq(proc.returncode, 0, "present: exit status (stderr %r)" % proc.stderr)
+            c.check("managed identity endpoint found (DefaultToIMDS)" in proc.stdout, "present: %r" % proc.stdout)
+            c.check(re.search(r"token of \d+ characters", proc.stdout), "present: a token: %r" % proc.stdout)
+            c.check("eyJ" not in proc.stdout + proc.stderr, "the example printed the token")
+        env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
+        env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = "http://127.0.0.1:%d" % closed_port()
+        proc = subprocess.run([path], env=env, capture_output=True, text=True, timeout=60)
+        c.eq(proc.returncode, 0, "absent: exit status (stderr %r)" % proc.stderr)
+        c.check("az account get-access-token --resource https://vault.azure.net" in proc.stdout,
+                "absent: the fallback: %r" % proc.stdout)
+
+    @case
+    def probe_usage(c):
+        env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
+        env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = TRAP.url
+        for args in (["--probe=1"], ["--probe", "--source"]):
+            run = mi_token(args, env)
+            c.eq(run.rc, EXIT_USAGE, "exit status of %r (%s)" % (args, run.describe()))
+            c.eq(run.stdout, "", "stdout of %r" % (args,))
+
+
+SOURCES = [imds, appservice, azureml, cloudshell, arc, servicefabric, cache, people, probe]
 
 
 def main(argv):

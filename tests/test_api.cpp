@@ -133,6 +133,25 @@ TEST_CASE("all the documented call forms compile and work with an injected trans
   CHECK(copy.AcquireToken(mi::Context::Background(), "https://api-r")->token_source == mi::TokenSource::Cache);
 }
 
+TEST_CASE("the documented forms of mi::Probe compile and work with an injected transport") {
+  support::CleanEnv env;
+  auto http = std::make_shared<support::RecordingHttpClient>(
+      [](const mi::HttpRequest&) { return support::response(400, "{\"error\":\"invalid_request\"}"); });
+  static_assert(std::is_same<decltype(mi::Probe(mi::Context::Background())), mi::Result<mi::Source>>::value, "Probe");
+  mi::Context ctx = mi::Context::Background().WithCancel();
+  ctx.Cancel();
+  auto a = mi::Probe(ctx);  // canceled: no I/O, whatever the machine is
+  REQUIRE_FALSE(a);
+  CHECK(a.error().code() == mi::Errc::canceled);
+  auto b = mi::Probe(mi::Context::Background(), mi::WithHTTPClient(http));
+  REQUIRE(b);
+  CHECK(*b == mi::Source::DefaultToIMDS);
+  auto c = mi::Probe(mi::Context::Background(),
+                     std::vector<mi::ClientOption>{mi::WithHTTPClient(http), mi::WithRetryPolicyDisabled()});
+  REQUIRE(c);
+  CHECK(http->count() == 2);
+}
+
 TEST_CASE("a custom transport can fail with mi::Error") {
   support::CleanEnv env;
   auto http = std::make_shared<support::RecordingHttpClient>(

@@ -8,6 +8,7 @@
 //   curl -H "$(mi-token --cache --output header https://vault.azure.net)" https://...
 //   mi-token --decode https://vault.azure.net         # who the token is for (not verified)
 //   mi-token --source                                 # which source the environment selects
+//   mi-token --probe                                  # is an endpoint here? (exit 0, else 3)
 //
 // The token goes to stdout only, in the form asked for: that is what the tool is for. Error and
 // log output never holds it.
@@ -54,6 +55,31 @@ mi::ID make_id(const Options& opt) {
   return mi::SystemAssigned();
 }
 
+// --verbose: the library's diagnostics on stderr.
+mi::ClientOption stderr_logger() {
+  return mi::WithLogger([](mi::LogLevel level, std::string_view message) {
+    std::fprintf(stderr, "[%s] %.*s\n", level_name(level), static_cast<int>(message.size()), message.data());
+  });
+}
+
+mi::Context make_context(const Options& opt) {
+  mi::Context ctx = mi::Context::Background();
+  if (opt.timeout_ms > 0) ctx = ctx.WithTimeout(std::chrono::milliseconds(opt.timeout_ms));
+  return ctx;
+}
+
+// --probe: the source on stdout and 0 when a managed identity endpoint is here; otherwise the
+// library's reason on stderr and, for "nothing answered", 3, as a token request would exit.
+int probe(const Options& opt) {
+  std::vector<mi::ClientOption> options;
+  if (opt.verbose) options.push_back(stderr_logger());
+  auto source = mi::Probe(make_context(opt), options);
+  if (!source) return print_error(source.error());
+  const std::string_view name = mi::to_string(*source);
+  std::printf("%.*s\n", static_cast<int>(name.size()), name.data());
+  return kExitOk;
+}
+
 bool cache_wanted(const Options& opt) {
   if (opt.no_cache) return false;
   if (opt.cache) return true;
@@ -75,20 +101,14 @@ class Clients {
     if (!slot) {
       std::vector<mi::ClientOption> options;
       if (one_attempt) options.push_back(mi::WithRetryPolicyDisabled());
-      if (opt_.verbose) {
-        options.push_back(mi::WithLogger([](mi::LogLevel level, std::string_view message) {
-          std::fprintf(stderr, "[%s] %.*s\n", level_name(level), static_cast<int>(message.size()), message.data());
-        }));
-      }
+      if (opt_.verbose) options.push_back(stderr_logger());
       auto client = mi::New(make_id(opt_), options);
       if (!client) return client.error();
       slot = *client;
     }
     std::vector<mi::AcquireTokenOption> acquire_options;
     if (opt_.has_claims) acquire_options.push_back(mi::WithClaims(opt_.claims));
-    mi::Context ctx = mi::Context::Background();
-    if (opt_.timeout_ms > 0) ctx = ctx.WithTimeout(std::chrono::milliseconds(opt_.timeout_ms));
-    return slot->AcquireToken(ctx, opt_.resource, acquire_options);
+    return slot->AcquireToken(make_context(opt_), opt_.resource, acquire_options);
   }
 
  private:
@@ -130,6 +150,7 @@ int main(int argc, char** argv) {
     std::printf("%.*s\n", static_cast<int>(name.size()), name.data());
     return kExitOk;
   }
+  if (opt.probe) return probe(opt);
 
   const mi::Source source = mi::GetSource();
   Clients clients(opt);

@@ -7,6 +7,7 @@ namespace mitoken {
 const char kUsage[] =
     "usage: mi-token [options] RESOURCE\n"
     "       mi-token --source\n"
+    "       mi-token --probe\n"
     "\n"
     "Acquires an access token for RESOURCE (e.g. https://vault.azure.net) from the\n"
     "managed identity endpoint the environment selects, and prints it (see --output).\n"
@@ -43,6 +44,11 @@ const char kUsage[] =
     "other modes:\n"
     "  --source              print the detected source (DefaultToIMDS, AppService,\n"
     "                        AzureArc, CloudShell, ServiceFabric, AzureML) and exit\n"
+    "  --probe               is a managed identity endpoint here? Prints the source and\n"
+    "                        exits 0 if so, else exits 3 with the reason on stderr.\n"
+    "                        Quick: a source set by environment variables without any\n"
+    "                        request; IMDS or the Arc agent by one request, no retries,\n"
+    "                        within 1 s (or --timeout-ms); no token is requested\n"
     "  --help, -h            show this text\n"
     "\n"
     "environment:\n"
@@ -66,7 +72,7 @@ const char kUsage[] =
     "      that is not a JWT\n"
     "  2   usage error\n"
     "  3   no endpoint: nothing answered (not on Azure, managed identity not enabled,\n"
-    "      or the endpoint unreachable or silent)\n"
+    "      or the endpoint unreachable or silent); with --probe: no endpoint here\n"
     "  4   the endpoint refused: it answered with an HTTP error (identity not\n"
     "      assigned, wrong ID, unknown resource, throttled)\n"
     "  5   transport failure: TLS failed, or the answer was not a usable token\n"
@@ -135,11 +141,13 @@ int parse_args(int argc, char** argv, Options& opt) {
     };
     int status = -1;
 
-    // Modes first (--probe, when it comes, is one of them, next to --source).
+    // Modes first.
     if (name == "--help" || name == "-h") {
       status = flag(opt.help);
     } else if (name == "--source") {
       status = flag(opt.print_source);
+    } else if (name == "--probe") {
+      status = flag(opt.probe);
     // Identity.
     } else if (name == "--client-id" || name == "--object-id" || name == "--resource-id") {
       if (have_id) return usage_error("give at most one of --client-id, --object-id, --resource-id");
@@ -189,7 +197,8 @@ int parse_args(int argc, char** argv, Options& opt) {
   }
   if (opt.cache && opt.no_cache) return usage_error("give --cache or --no-cache, not both");
   if (opt.decode && opt.output_given) return usage_error("--decode prints its own JSON: drop --output");
-  if (!opt.help && !opt.print_source && !opt.has_resource) return usage_error("missing RESOURCE");
+  if (opt.print_source && opt.probe) return usage_error("give --source or --probe, not both");
+  if (!opt.help && !opt.print_source && !opt.probe && !opt.has_resource) return usage_error("missing RESOURCE");
   return -1;
 }
 

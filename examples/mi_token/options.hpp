@@ -36,6 +36,7 @@ struct Options {
   bool no_cache = false;  // --no-cache (wins over MI_TOKEN_CACHE)
   // Modes: each prints something other than a token and exits.
   bool print_source = false;
+  bool probe = false;  // --probe: is a managed identity endpoint here?
   bool help = false;
   std::string resource;
   bool has_resource = false;
