@@ -6042,6 +6042,7 @@ bool Error::retryable() const noexcept { return detail::retryable_outcome(source
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // The bound when the caller's context has none: a metadata endpoint on the same host or
 // link answers in milliseconds, and off Azure the address is usually silently dropped.
@@ -6141,6 +6142,7 @@ Result<Source> probe(const Context& ctx, const std::vector<ClientOption>& option
   return e;
 }
 
+}  // namespace
 }  // namespace detail
 
 Result<Source> Probe(const Context& ctx, const std::vector<ClientOption>& options) {

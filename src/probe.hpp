@@ -9,6 +9,7 @@
 namespace mi {
 inline namespace v1 {
 namespace detail {
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // The bound when the caller's context has none: a metadata endpoint on the same host or
 // link answers in milliseconds, and off Azure the address is usually silently dropped.
@@ -108,6 +109,7 @@ Result<Source> probe(const Context& ctx, const std::vector<ClientOption>& option
   return e;
 }
 
+}  // namespace
 }  // namespace detail
 
 Result<Source> Probe(const Context& ctx, const std::vector<ClientOption>& options) {
