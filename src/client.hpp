@@ -23,6 +23,7 @@ struct ClientConfig {
   Millis attempt_timeout{30000};
   std::function<SysClock::time_point()> clock;
   std::function<void(Millis)> sleep;
+  std::string ca_file;               // WithCAFile: extra trust anchors for chain-validated HTTPS
 };
 
 struct AcquireConfig {
@@ -37,6 +38,7 @@ struct ClientState {
   ClientConfig config;
   std::shared_ptr<HttpClient> transport;  // null only for an https source built without libcurl
   std::unique_ptr<const PinnedEndpoint> pinned;  // TlsMode::pinned: the endpoint and pin as read at New
+  std::unique_ptr<const WorkloadSetup> workload;  // workload identity: its inputs as read at New
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
 
@@ -72,7 +74,8 @@ struct ClientState {
 // The source's retry class (SourceSpec::retry) decides the next three.
 bool retryable_status(Source source, int status) {
   const RetryClass& rc = source_spec(source).retry;
-  if (status == 404 || status == 408 || status == 429) return true;
+  if (status == 404) return rc.not_found;
+  if (status == 408 || status == 429) return true;
   if (status == 410) return rc.imds_updating;
   if (rc.every_5xx) return status >= 500 && status <= 599;
   return status == 500 || status == 502 || status == 503 || status == 504;
@@ -253,7 +256,9 @@ MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse
     if (!excerpt.empty()) message += cat({" (\"", excerpt, "\")"});
   }
   if (attempts > 1) message += cat({" after ", num(attempts), " attempts"});
-  message += cat({"; ", status_hint(st.source, response.status, details.json)});
+  const SourceSpec& spec = source_spec(st.source);
+  const char* body_hint = spec.hint_for_body != nullptr ? spec.hint_for_body(details) : nullptr;
+  message += cat({"; ", body_hint != nullptr ? body_hint : status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
   ErrorAccess::set_server_details(e, std::move(code), std::move(description),
@@ -406,7 +411,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   const std::string request_id = spec.request_id_header != nullptr ? uuid4() : std::string();
   Result<BuiltRequest> built = build_request(spec, st.id, resource,
                                              RequestExtras{request_id, options.claims, cached_token,
-                                                           &st.config.capabilities},
+                                                           &st.config.capabilities, st.workload.get()},
                                              st.pinned.get());
   if (!built) return finish_error(st, built.error(), request_id);
   // An endpoint that echoes the token we hold (claims, refresh) must not get it into a message.
@@ -677,6 +682,12 @@ MI_DETAIL_COLD ClientOption WithLogger(std::function<void(LogLevel, std::string_
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.logger = p.logger; });
 }
+MI_DETAIL_COLD ClientOption WithCAFile(std::string pem_path) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->ca_file = std::move(pem_path);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.ca_file = p.ca_file; });
+}
 MI_DETAIL_COLD AcquireTokenOption WithClaims(std::string claims) {
   return AcquireTokenOption([claims = std::move(claims)](detail::AcquireConfig& c) { c.claims = claims; });
 }
@@ -715,6 +726,11 @@ Result<Client> New(ID id, const std::vector<ClientOption>& options) {
   const detail::SourceSpec& spec = detail::source_spec(state->source);
   Result<bool> supported = detail::check_identity(spec, id);
   if (!supported) return supported.error();
+  if (spec.setup != nullptr) {
+    Result<detail::WorkloadSetup> setup = spec.setup(spec, id);
+    if (!setup) return setup.error();
+    state->workload.reset(new detail::WorkloadSetup(std::move(*setup)));
+  }
   state->id = std::move(id);
   for (const ClientOption& option : options) option.apply(state->config);
   Result<bool> transport = detail::choose_transport(spec, *state);
