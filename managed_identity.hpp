@@ -1578,119 +1578,90 @@ bool valid_ipv6(std::string_view s) {
 // Characters allowed in a host name: letters, digits, '-', '.', '_', '~'.
 inline bool host_char(char c) noexcept { return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~'; }
 
+Result<Url> bad_url(std::string_view why) { return failure<Url>(Errc::invalid_argument, {why}); }
+
+// The authority split into its host (IPv6 without brackets) and the text after ':'.
+struct HostPort {
+  std::string_view host;
+  std::string_view port;  // empty when absent or "host:" (both mean the default)
+};
+
+// "host[:port]" or "[IPv6][:port]"; the host is checked, the port only split off.
+Result<HostPort> split_authority(std::string_view authority) {
+  HostPort out;
+  if (!authority.empty() && authority[0] == '[') {
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos)
+      return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal (missing ']')"});
+    out.host = authority.substr(1, close - 1);
+    if (!valid_ipv6(out.host)) return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal"});
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty() && after[0] != ':')
+      return failure<HostPort>(Errc::invalid_argument, {"unexpected characters after the IPv6 literal"});
+    if (!after.empty()) out.port = after.substr(1);
+  } else {
+    size_t colon = authority.find(':');
+    out.host = authority.substr(0, colon);
+    if (colon != std::string_view::npos) out.port = authority.substr(colon + 1);
+    for (char c : out.host)
+      if (!host_char(c))
+        return failure<HostPort>(Errc::invalid_argument, {"the host name contains a character that is not allowed"});
+  }
+  if (out.host.empty()) return failure<HostPort>(Errc::invalid_argument, {"the URL has no host"});
+  return out;
+}
+
+// Decimal 1-65535; empty text is the scheme's default (RFC 3986 allows "host:").
+Result<uint16_t> parse_port(std::string_view text, uint16_t default_port) {
+  if (text.empty()) return default_port;
+  if (text.size() > 5) return failure<uint16_t>(Errc::invalid_argument, {"the port is out of range (1-65535)"});
+  unsigned value = 0;
+  for (char c : text) {
+    if (!is_digit(c)) return failure<uint16_t>(Errc::invalid_argument, {"the port is not a number"});
+    value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (value == 0 || value > 65535)
+    return failure<uint16_t>(Errc::invalid_argument, {"the port is out of range (1-65535)"});
+  return static_cast<uint16_t>(value);
+}
+
 }  // namespace url_impl
 
-bool parse_url(std::string_view text, Url& out, std::string& why) {
-  out.scheme.clear();  // reset (cheaper to compile than assigning a fresh Url)
-  out.host.clear();
-  out.port = 0;
-  out.path.clear();
-  out.query.clear();
+// Parses and validates an absolute http:// or https:// URL. The error (invalid_argument)
+// says what is wrong in words and never quotes the URL, which may carry a secret.
+Result<Url> parse_url(std::string_view text) {
   for (char ch : text) {
     unsigned char c = static_cast<unsigned char>(ch);
-    if (c <= 0x20 || c >= 0x7f) {
-      why = "the URL contains a control character, a space or a non-ASCII byte";
-      return false;
-    }
+    if (c <= 0x20 || c >= 0x7f)
+      return url_impl::bad_url("the URL contains a control character, a space or a non-ASCII byte");
   }
   size_t sep = text.find("://");
-  if (sep == std::string_view::npos || sep == 0) {
-    why = "not an absolute http:// or https:// URL";
-    return false;
-  }
-  std::string scheme = ascii_lowercase(text.substr(0, sep));
-  if (scheme != "http" && scheme != "https") {
-    why = "the scheme must be http or https";
-    return false;
-  }
+  if (sep == std::string_view::npos || sep == 0) return url_impl::bad_url("not an absolute http:// or https:// URL");
+  Url url;
+  url.scheme = ascii_lowercase(text.substr(0, sep));
+  if (url.scheme != "http" && url.scheme != "https") return url_impl::bad_url("the scheme must be http or https");
   std::string_view rest = text.substr(sep + 3);
-  size_t hash = rest.find('#');
-  if (hash != std::string_view::npos) rest = rest.substr(0, hash);  // a fragment is never sent
+  rest = rest.substr(0, rest.find('#'));  // a fragment is never sent
 
   size_t authority_end = rest.find_first_of("/?");
   std::string_view authority = rest.substr(0, authority_end);
-  std::string_view path_and_query = authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
-  if (authority.find('@') != std::string_view::npos) {
-    why = "the URL must not contain user information (user@host)";
-    return false;
-  }
+  if (authority.find('@') != std::string_view::npos)
+    return url_impl::bad_url("the URL must not contain user information (user@host)");
+  Result<url_impl::HostPort> host_port = url_impl::split_authority(authority);
+  if (!host_port) return host_port.error();
+  const uint16_t default_port = url.scheme == "https" ? uint16_t{443} : uint16_t{80};
+  Result<uint16_t> port = url_impl::parse_port(host_port->port, default_port);
+  if (!port) return port.error();
+  url.host = ascii_lowercase(host_port->host);
+  url.port = *port;
 
-  std::string_view host, port_text;
-  bool has_port = false;
-  if (!authority.empty() && authority[0] == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) {
-      why = "bad IPv6 literal (missing ']')";
-      return false;
-    }
-    host = authority.substr(1, close - 1);
-    if (!url_impl::valid_ipv6(host)) {
-      why = "bad IPv6 literal";
-      return false;
-    }
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after[0] != ':') {
-        why = "unexpected characters after the IPv6 literal";
-        return false;
-      }
-      has_port = true;
-      port_text = after.substr(1);
-    }
-  } else {
-    size_t colon = authority.find(':');
-    host = authority.substr(0, colon);
-    if (colon != std::string_view::npos) {
-      has_port = true;
-      port_text = authority.substr(colon + 1);
-    }
-    for (char c : host) {
-      if (!url_impl::host_char(c)) {
-        why = "the host name contains a character that is not allowed";
-        return false;
-      }
-    }
-  }
-  if (host.empty()) {
-    why = "the URL has no host";
-    return false;
-  }
-
-  uint16_t port = scheme == "https" ? 443 : 80;
-  if (has_port && !port_text.empty()) {  // "host:" with an empty port means the default (RFC 3986)
-    unsigned value = 0;
-    if (port_text.size() > 5) {
-      why = "the port is out of range (1-65535)";
-      return false;
-    }
-    for (char c : port_text) {
-      if (!url_impl::is_digit(c)) {
-        why = "the port is not a number";
-        return false;
-      }
-      value = value * 10 + static_cast<unsigned>(c - '0');
-    }
-    if (value == 0 || value > 65535) {
-      why = "the port is out of range (1-65535)";
-      return false;
-    }
-    port = static_cast<uint16_t>(value);
-  }
-
-  std::string_view path = path_and_query, query;
+  std::string_view path_and_query =
+      authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
   size_t qmark = path_and_query.find('?');
-  if (qmark != std::string_view::npos) {
-    path = path_and_query.substr(0, qmark);
-    query = path_and_query.substr(qmark + 1);
-  }
-
-  out.scheme = std::move(scheme);
-  out.host = ascii_lowercase(host);
-  out.port = port;
-  out.path = path.empty() ? std::string("/") : std::string(path);
-  out.query = std::string(query);
-  why.clear();
-  return true;
+  std::string_view path = path_and_query.substr(0, qmark);
+  url.path = path.empty() ? std::string("/") : std::string(path);
+  if (qmark != std::string_view::npos) url.query = std::string(path_and_query.substr(qmark + 1));
+  return url;
 }
 
 std::string merge_query(std::string_view existing_raw,
@@ -1714,9 +1685,11 @@ std::string merge_query(std::string_view existing_raw,
     pos = amp + 1;
   }
   for (const auto& p : params) add_pair(pairs, p.first, p.second);
-  // Stable insertion sort by name: a handful of parameters, and far less code than std::stable_sort.
-  for (size_t i = 1; i < pairs.size(); ++i)
-    for (size_t j = i; j > 0 && pairs[j].first < pairs[j - 1].first; --j) pairs[j].swap(pairs[j - 1]);
+  // By name; stable, so repeated names keep their order (endpoint's first, then ours).
+  std::stable_sort(pairs.begin(), pairs.end(),
+                   [](const std::pair<std::string, std::string>& a, const std::pair<std::string, std::string>& b) {
+                     return a.first < b.first;
+                   });
   std::string out;
   for (const auto& p : pairs) {
     if (!out.empty()) out.push_back('&');
@@ -1817,40 +1790,55 @@ void append_bounded(std::string& s, const char* data, size_t n, size_t cap) {
 
 }  // namespace http_impl
 
-bool serialize_request(const HttpRequest& request, const Url& url, std::string& out, std::string& why) {
-  out.clear();
-  if (!http_impl::is_token(request.method)) {
-    why = "the HTTP method is empty or not a valid token";
-    return false;
+// A request ready for the socket: where to connect, and the bytes to send.
+struct WireRequest {
+  Url url;
+  std::string bytes;
+};
+
+namespace http_impl {
+
+// Every header name a token, no value with a control character. The error never
+// quotes a value: it may be a secret.
+Result<bool> check_headers(const StringPairs& headers) {
+  for (const auto& header : headers) {
+    if (!is_token(header.first))
+      return failure<bool>(Errc::invalid_argument,
+                           {"the request cannot be sent: the header name \"", printable_name(header.first),
+                            "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
+    if (has_control_char(header.second))
+      return failure<bool>(Errc::invalid_argument,
+                           {"the request cannot be sent: the value of the header \"", header.first,
+                            "\" contains a control character (such as CR or LF)"});
   }
-  std::string target = url.target(), host = url.host_header();
-  for (std::string_view part : {std::string_view(target), std::string_view(host)}) {
-    for (char ch : part) {
-      unsigned char c = static_cast<unsigned char>(ch);
-      if (c <= 0x20 || c >= 0x7f) {
-        why = "the URL contains a control character, a space or a non-ASCII byte";
-        return false;
-      }
-    }
-  }
-  std::string text;
+  return true;
+}
+
+}  // namespace http_impl
+
+// Parses request.url and writes the request line, the headers, Content-Length and
+// "Connection: close". This is the built-in transport's one parse of the URL: parse_url
+// refuses any control character, space or non-ASCII byte, so the request-target and the
+// Host header built from it cannot split the request, and the Url is only ever made here.
+Result<WireRequest> serialize_request(const HttpRequest& request) {
+  Result<Url> url = parse_url(request.url);
+  if (!url)
+    return failure<WireRequest>(Errc::invalid_argument, {"the endpoint URL is invalid: ", url.error().message()});
+  if (!http_impl::is_token(request.method))
+    return failure<WireRequest>(Errc::invalid_argument,
+                                {"the request cannot be sent: the HTTP method is empty or not a valid token"});
+  Result<bool> headers = http_impl::check_headers(request.headers);
+  if (!headers) return headers.error();
+  WireRequest out;
+  std::string& text = out.bytes;
   text.reserve(256 + request.body.size());
   text += request.method;
   text += ' ';
-  text += target;
+  text += url->target();
   text += " HTTP/1.1\r\nHost: ";
-  text += host;
+  text += url->host_header();
   text += "\r\n";
   for (const auto& header : request.headers) {
-    if (!http_impl::is_token(header.first)) {
-      why = cat({"the header name \"", http_impl::printable_name(header.first),
-                 "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
-      return false;
-    }
-    if (has_control_char(header.second)) {  // never quote the value: it may be a secret
-      why = cat({"the value of the header \"", header.first, "\" contains a control character (such as CR or LF)"});
-      return false;
-    }
     // The transport owns the framing headers; the request's own copies are dropped.
     if (iequals(header.first, "Host") || iequals(header.first, "Content-Length") ||
         iequals(header.first, "Transfer-Encoding") || iequals(header.first, "Connection"))
@@ -1867,9 +1855,8 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   }
   text += "Connection: close\r\n\r\n";
   text += request.body;
-  out = std::move(text);
-  why.clear();
-  return true;
+  out.url = std::move(*url);
+  return out;
 }
 
 // Incremental HTTP/1.x response parser. Feed it what the socket delivers; it
@@ -1877,6 +1864,9 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
 // (bounded by max_body_bytes), whatever the peer sends.
 class ResponseParser {
  public:
+  // A small status, not Result<T>: the parser runs once per chunk of bytes, most calls
+  // end in need_more (neither a value nor an error), and it has no Source or endpoint to
+  // put in an Error; its caller turns error() into the request's Error once.
   enum class Status { need_more, done, error };
 
   explicit ResponseParser(size_t max_header_bytes = static_cast<size_t>(MI_MAX_HEADER_BYTES),
@@ -1893,8 +1883,6 @@ class ResponseParser {
   }
   HttpResponse& response() noexcept { return response_; }  // valid after done
   const Error& error() const noexcept { return error_; }   // valid after error
-  // Memory held for the pending line and the body (capacities), for tests.
-  size_t buffered_bytes() const noexcept { return line_.capacity() + response_.body.capacity(); }
 
  private:
   enum class State { status_line, header_line, length_body, close_body, chunk_size, chunk_data, chunk_data_end, trailer_line, done, failed };
@@ -1906,7 +1894,15 @@ class ResponseParser {
   Status on_line(std::string_view line);
   Status on_status_line(std::string_view line);
   Status on_header_line(std::string_view line);
+  // What frames the body, as the head declares it.
+  struct Framing {
+    bool has_te = false, has_cl = false;
+    int codings = 0;       // Transfer-Encoding codings, in all its fields
+    bool chunked = false;  // the last coding is chunked
+    std::string length;    // normalised digits of Content-Length
+  };
   Status on_head_end();
+  Status read_framing(Framing& framing);
   Status on_chunk_size(std::string_view line);
   Status on_trailer_line(std::string_view line);
 
@@ -2067,10 +2063,35 @@ ResponseParser::Status ResponseParser::on_head_end() {
     state_ = State::done;
     return Status::done;
   }
-  bool has_te = false, has_cl = false;
-  int codings = 0;
-  bool chunked = false;
-  std::string length;  // normalised digits of Content-Length
+  Framing framing;
+  if (read_framing(framing) == Status::error) return Status::error;
+  if (framing.has_te && framing.has_cl) return invalid("both Transfer-Encoding and Content-Length are present");
+  if (framing.has_te) {
+    if (http10_) return invalid("Transfer-Encoding in an HTTP/1.0 response");
+    if (framing.codings != 1 || !framing.chunked)
+      return invalid("unsupported Transfer-Encoding (only chunked is understood)");
+    state_ = State::chunk_size;
+    return Status::need_more;
+  }
+  if (framing.has_cl) {
+    int64_t value = 0;
+    if (!parse_int64(framing.length, value) || static_cast<uint64_t>(value) > max_body_) return body_too_large();
+    if (value == 0) {
+      state_ = State::done;
+      return Status::done;
+    }
+    remaining_ = static_cast<uint64_t>(value);
+    response_.body.reserve(static_cast<size_t>(value));
+    state_ = State::length_body;
+    return Status::need_more;
+  }
+  state_ = State::close_body;  // no framing: the body ends when the peer closes
+  return Status::need_more;
+}
+
+// Collects the Transfer-Encoding codings and the Content-Length value (equal values in a
+// list or repeated are one); need_more, or error for a malformed or conflicting length.
+ResponseParser::Status ResponseParser::read_framing(Framing& framing) {
   for (const auto& header : response_.headers) {
     bool te = iequals(header.first, "Transfer-Encoding");
     bool cl = !te && iequals(header.first, "Content-Length");
@@ -2083,43 +2104,23 @@ ResponseParser::Status ResponseParser::on_head_end() {
       if (!item.empty()) {
         any = true;
         if (te) {
-          ++codings;
-          chunked = iequals(item, "chunked");
+          ++framing.codings;
+          framing.chunked = iequals(item, "chunked");
         } else {
           for (char c : item)
             if (c < '0' || c > '9') return invalid("Content-Length is not a non-negative decimal number");
           while (item.size() > 1 && item[0] == '0') item.remove_prefix(1);
-          if (has_cl && item != length) return invalid("conflicting Content-Length values");
-          length.assign(item.data(), item.size());
-          has_cl = true;
+          if (framing.has_cl && item != framing.length) return invalid("conflicting Content-Length values");
+          framing.length.assign(item.data(), item.size());
+          framing.has_cl = true;
         }
       }
       if (comma == std::string_view::npos) break;
       rest.remove_prefix(comma + 1);
     }
-    if (te) has_te = true;
+    if (te) framing.has_te = true;
     if (cl && !any) return invalid("empty Content-Length");
   }
-  if (has_te && has_cl) return invalid("both Transfer-Encoding and Content-Length are present");
-  if (has_te) {
-    if (http10_) return invalid("Transfer-Encoding in an HTTP/1.0 response");
-    if (codings != 1 || !chunked) return invalid("unsupported Transfer-Encoding (only chunked is understood)");
-    state_ = State::chunk_size;
-    return Status::need_more;
-  }
-  if (has_cl) {
-    int64_t value = 0;
-    if (!parse_int64(length, value) || static_cast<uint64_t>(value) > max_body_) return body_too_large();
-    if (value == 0) {
-      state_ = State::done;
-      return Status::done;
-    }
-    remaining_ = static_cast<uint64_t>(value);
-    response_.body.reserve(static_cast<size_t>(value));
-    state_ = State::length_body;
-    return Status::need_more;
-  }
-  state_ = State::close_body;  // no framing: the body ends when the peer closes
   return Status::need_more;
 }
 
@@ -2298,6 +2299,15 @@ using socket_handle = SOCKET;
 using socket_handle = int;
 #endif
 
+// How the transport turns a host name into addresses: getaddrinfo's contract, and the
+// list it returns is freed with freeaddrinfo. A parameter of SocketTransport rather than a
+// direct call, so that tests can pass a resolver that blocks until they release it.
+using Resolver = int (*)(const char* host, const char* port, const addrinfo* hints, addrinfo** out);
+
+inline int system_resolver(const char* host, const char* port, const addrinfo* hints, addrinfo** out) {
+  return ::getaddrinfo(host, port, hints, out);
+}
+
 namespace sock_impl {
 
 #if MI_DETAIL_WINDOWS
@@ -2433,15 +2443,10 @@ class SocketGuard {
 };
 
 // Owns a getaddrinfo result.
-struct AddrInfoGuard {
-  addrinfo* list = nullptr;
-  AddrInfoGuard() = default;
-  AddrInfoGuard(const AddrInfoGuard&) = delete;
-  AddrInfoGuard& operator=(const AddrInfoGuard&) = delete;
-  ~AddrInfoGuard() {
-    if (list) ::freeaddrinfo(list);
-  }
+struct AddrInfoDeleter {
+  void operator()(addrinfo* list) const noexcept { ::freeaddrinfo(list); }
 };
+using AddrList = std::unique_ptr<addrinfo, AddrInfoDeleter>;
 
 // getaddrinfo cannot be interrupted, so a host name is looked up on a detached
 // thread while the caller waits in context slices: Cancel(), the context's deadline
@@ -2449,35 +2454,25 @@ struct AddrInfoGuard {
 // finishes alone; whoever drops the last reference frees the result. At most
 // kMaxHostLookups such threads run at once: with a stalled resolver, callers that
 // give up would otherwise leave one more thread behind each time.
-#if !defined(MI_DETAIL_GETADDRINFO)
-#define MI_DETAIL_GETADDRINFO ::getaddrinfo  // the tests substitute a resolver that blocks
-#endif
-
 struct HostLookup {
   std::string host, port;
   addrinfo hints{};
+  Resolver resolve = &system_resolver;
   std::mutex mutex;
   std::condition_variable finished;
   bool done = false;
   int rc = 0;
   int sys_error = 0;  // errno when rc is EAI_SYSTEM
-  addrinfo* list = nullptr;
-
-  HostLookup() = default;
-  HostLookup(const HostLookup&) = delete;
-  HostLookup& operator=(const HostLookup&) = delete;
-  ~HostLookup() {
-    if (list) ::freeaddrinfo(list);
-  }
+  AddrList list;
 
   void run() noexcept {
     addrinfo* out = nullptr;
-    int code = MI_DETAIL_GETADDRINFO(host.c_str(), port.c_str(), &hints, &out);
+    int code = resolve(host.c_str(), port.c_str(), &hints, &out);
     int sys = errno;
     std::lock_guard<std::mutex> lock(mutex);
     rc = code;
     sys_error = sys;
-    list = out;
+    list.reset(out);
     done = true;
     finished.notify_all();
   }
@@ -2663,13 +2658,93 @@ Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context
   }
 }
 
-// Resolves url.host (numeric hosts without any DNS look-up) and connects to each
-// address in turn, all within connect_timeout and the context. Returns the socket.
-Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
-  int err = 0;
-  if (!network_ready(err))
-    return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
+// What bounds one connect: the context, and the connect timeout (`until`, time_point::max()
+// for none) counted from the start of the connect.
+struct ConnectBudget {
+  const Context& ctx;
+  Millis timeout;
+  SteadyClock::time_point until;
+};
 
+inline SteadyClock::time_point connect_deadline(Millis connect_timeout) {
+  SteadyClock::time_point start = SteadyClock::now();
+  if (connect_timeout.count() > 0 &&
+      connect_timeout < std::chrono::duration_cast<Millis>(SteadyClock::time_point::max() - start))
+    return start + connect_timeout;
+  return SteadyClock::time_point::max();
+}
+
+// One slice of a wait on `cv`, or false when the context or the connect timeout ends it
+// (`status` then says whether the context did).
+bool wait_slice(const ConnectBudget& budget, std::unique_lock<std::mutex>& lock, std::condition_variable& cv,
+                ContextStatus& status) {
+  status = context_status(budget.ctx);
+  if (status != ContextStatus::ok) return false;
+  SteadyClock::time_point now = SteadyClock::now();
+  if (now >= budget.until) return false;
+  Millis slice = time_left(budget.ctx, kContextSlice);
+  if (budget.until != SteadyClock::time_point::max())
+    slice = std::min(slice, std::chrono::duration_cast<Millis>(budget.until - now) + Millis(1));
+  cv.wait_for(lock, slice);
+  return true;
+}
+
+// The wait for a lookup (or for a free lookup slot, `busy`) ended before its answer.
+Result<AddrList> lookup_wait_ended(const ConnectBudget& budget, ContextStatus status, const std::string& host,
+                                   const char* busy) {
+  if (status != ContextStatus::ok) return stopped<AddrList>(status, {"resolving the host name ", host});
+  return failure<AddrList>(Errc::timeout, {"resolving the host name ", host, " timed out after ",
+                                           num(budget.timeout.count()), " ms", busy,
+                                           ": check the endpoint URL and this machine's DNS settings"});
+}
+
+Result<AddrList> lookup_failed(const std::string& host, int rc, int sys_error) {
+#if MI_DETAIL_WINDOWS
+  (void)sys_error;
+  std::string reason = describe_error(rc != 0 ? rc : WSAHOST_NOT_FOUND);
+#else
+  std::string reason = rc != 0 ? ascii_lowercase(::gai_strerror(rc)) : std::string("no address");
+#if defined(EAI_SYSTEM)
+  if (rc == EAI_SYSTEM) reason = describe_error(sys_error);
+#endif
+#endif
+  return failure<AddrList>(Errc::network, {"could not resolve the host name ", host, " (", reason,
+                                           "): check the endpoint URL and this machine's DNS settings"});
+}
+
+// Looks a host name up on a helper thread, once one of the kMaxHostLookups slots is free,
+// and waits for the answer in context slices.
+Result<AddrList> lookup_host_name(const ConnectBudget& budget, const std::string& host, const std::string& port,
+                                  const addrinfo& hints, Resolver resolve) {
+  auto lookup = std::make_shared<HostLookup>();
+  lookup->host = host;
+  lookup->port = port;
+  lookup->hints = hints;
+  lookup->hints.ai_flags &= ~AI_NUMERICHOST;
+  lookup->resolve = resolve;
+  ContextStatus status = ContextStatus::ok;
+  {
+    HostLookupSlots& slots = host_lookup_slots();
+    std::unique_lock<std::mutex> lock(slots.mutex);
+    while (slots.busy >= kMaxHostLookups)
+      if (!wait_slice(budget, lock, slots.freed, status))
+        return lookup_wait_ended(budget, status, host, " (all lookup threads were busy)");
+    ++slots.busy;
+  }
+  if (!start_host_lookup(lookup)) {  // no thread to spare: look up inline
+    lookup->run();
+    release_host_lookup_slot();
+  }
+  std::unique_lock<std::mutex> lock(lookup->mutex);
+  while (!lookup->done)
+    if (!wait_slice(budget, lock, lookup->finished, status)) return lookup_wait_ended(budget, status, host, "");
+  if (lookup->rc != 0 || !lookup->list) return lookup_failed(host, lookup->rc, lookup->sys_error);
+  return std::move(lookup->list);
+}
+
+// The addresses of url.host: an IP literal converted at once, without any DNS look-up; a
+// host name looked up on a helper thread.
+Result<AddrList> resolve_host(const ConnectBudget& budget, const Url& url, Resolver resolve) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -2678,119 +2753,73 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #if defined(AI_NUMERICSERV)
   hints.ai_flags |= AI_NUMERICSERV;
 #endif
-  const std::string port_text = num(url.port);
-  SteadyClock::time_point start = SteadyClock::now();
-  SteadyClock::time_point until = SteadyClock::time_point::max();
-  if (connect_timeout.count() > 0 &&
-      connect_timeout < std::chrono::duration_cast<Millis>(SteadyClock::time_point::max() - start))
-    until = start + connect_timeout;
+  const std::string port = num(url.port);
+  addrinfo* numeric = nullptr;
+  int rc = resolve(url.host.c_str(), port.c_str(), &hints, &numeric);
+  if (rc != 0) return lookup_host_name(budget, url.host, port, hints, resolve);  // not an IP literal
+  if (numeric == nullptr) return lookup_failed(url.host, 0, 0);
+  return AddrList(numeric);
+}
 
-  AddrInfoGuard addresses;
-  int rc = MI_DETAIL_GETADDRINFO(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
-  int sys_error = 0;
-  ContextStatus status = ContextStatus::ok;
-  if (rc != 0) {  // not an IP literal: a host name
-    addresses.list = nullptr;
-    auto lookup = std::make_shared<HostLookup>();
-    lookup->host = url.host;
-    lookup->port = port_text;
-    lookup->hints = hints;
-    lookup->hints.ai_flags &= ~AI_NUMERICHOST;
-    // One slice of a wait on `cv`, or false when the context or the connect timeout ends it.
-    auto wait_slice = [&](std::unique_lock<std::mutex>& lock, std::condition_variable& cv) {
-      status = context_status(ctx);
-      if (status != ContextStatus::ok) return false;
-      SteadyClock::time_point now = SteadyClock::now();
-      if (now >= until) return false;
-      Millis slice = time_left(ctx, kContextSlice);
-      if (until != SteadyClock::time_point::max())
-        slice = std::min(slice, std::chrono::duration_cast<Millis>(until - now) + Millis(1));
-      cv.wait_for(lock, slice);
-      return true;
-    };
-    auto wait_ended = [&](const char* busy) {
-      if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"resolving the host name ", url.host});
-      return failure<socket_handle>(Errc::timeout, {"resolving the host name ", url.host, " timed out after ",
-                                                    num(connect_timeout.count()), " ms", busy,
-                                                    ": check the endpoint URL and this machine's DNS settings"});
-    };
-    {
-      HostLookupSlots& slots = host_lookup_slots();
-      std::unique_lock<std::mutex> lock(slots.mutex);
-      while (slots.busy >= kMaxHostLookups)
-        if (!wait_slice(lock, slots.freed))
-          return wait_ended(" (all lookup threads were busy)");
-      ++slots.busy;
-    }
-    if (!start_host_lookup(lookup)) {  // no thread to spare: look up inline
-      lookup->run();
-      release_host_lookup_slot();
-    }
-    std::unique_lock<std::mutex> lock(lookup->mutex);
-    while (!lookup->done)
-      if (!wait_slice(lock, lookup->finished)) return wait_ended("");
-    rc = lookup->rc;
-    sys_error = lookup->sys_error;
-    addresses.list = lookup->list;
-    lookup->list = nullptr;
-  }
-  if (rc != 0 || addresses.list == nullptr) {
+// One address tried: `sock` connected, or kNoSocket and `err` saying why this address
+// failed (the next one may still work).
+struct Attempt {
+  socket_handle sock = kNoSocket;
+  int err = 0;
+};
+
+// Connects to one address within the budget; an error (context, connect timeout) ends
+// the whole connect.
+Result<Attempt> connect_one(const ConnectBudget& budget, const addrinfo& ai, const std::string& where) {
+  int err = 0;
+  SocketGuard sock(open_socket(ai.ai_family, ai.ai_socktype, ai.ai_protocol, err));
+  if (sock.get() == kNoSocket) return Attempt{kNoSocket, err};
 #if MI_DETAIL_WINDOWS
-    (void)sys_error;
-    std::string reason = describe_error(rc != 0 ? rc : WSAHOST_NOT_FOUND);
+  int r = ::connect(sock.get(), ai.ai_addr, static_cast<int>(ai.ai_addrlen));
+  bool pending = r != 0 && WSAGetLastError() == WSAEWOULDBLOCK;
 #else
-    std::string reason = rc != 0 ? ascii_lowercase(::gai_strerror(rc)) : std::string("no address");
-#if defined(EAI_SYSTEM)
-    if (rc == EAI_SYSTEM) reason = describe_error(sys_error);
+  int r = ::connect(sock.get(), ai.ai_addr, ai.ai_addrlen);
+  // EINTR: the connection goes on asynchronously, exactly as with EINPROGRESS.
+  bool pending = r != 0 && (errno == EINPROGRESS || errno == EINTR);
 #endif
-#endif
-    return failure<socket_handle>(Errc::network, {"could not resolve the host name ", url.host, " (", reason,
-                                                  "): check the endpoint URL and this machine's DNS settings"});
+  if (r != 0 && !pending) return Attempt{kNoSocket, last_error()};
+  if (pending) {
+    ContextStatus status = ContextStatus::ok;
+    Wait w = wait_socket(sock.get(), true, true, budget.ctx, budget.until, status, err);
+    if (w == Wait::stopped) return stopped<Attempt>(status, {"connecting to ", where});
+    if (w == Wait::deadline)
+      return failure<Attempt>(Errc::timeout, {"connecting to ", where, " timed out after ", num(budget.timeout.count()),
+                                              " ms: check that the endpoint address is right and reachable from "
+                                              "this machine (a firewall may be dropping the packets)"});
+    if (w == Wait::failed) return Attempt{kNoSocket, err};
+    int so_error = 0;
+    socklen_t len = static_cast<socklen_t>(sizeof so_error);
+    if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&so_error), &len) != 0)
+      so_error = last_error();
+    if (so_error != 0) return Attempt{kNoSocket, so_error};
   }
-  status = context_status(ctx);
+  return Attempt{sock.release(), 0};
+}
+
+// Resolves url.host and connects to each address in turn, all within connect_timeout and
+// the context. Returns the socket.
+Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout,
+                                 Resolver resolve) {
+  int err = 0;
+  if (!network_ready(err))
+    return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
+  const ConnectBudget budget{ctx, connect_timeout, connect_deadline(connect_timeout)};
+  Result<AddrList> addresses = resolve_host(budget, url, resolve);
+  if (!addresses) return addresses.error();
+  ContextStatus status = context_status(ctx);
   if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"connecting to ", where});
 
   int connect_err = 0;
-  for (addrinfo* ai = addresses.list; ai != nullptr; ai = ai->ai_next) {
-    SocketGuard sock(open_socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol, err));
-    if (sock.get() == kNoSocket) {
-      connect_err = err;
-      continue;
-    }
-#if MI_DETAIL_WINDOWS
-    int r = ::connect(sock.get(), ai->ai_addr, static_cast<int>(ai->ai_addrlen));
-    bool pending = r != 0 && WSAGetLastError() == WSAEWOULDBLOCK;
-#else
-    int r = ::connect(sock.get(), ai->ai_addr, ai->ai_addrlen);
-    // EINTR: the connection goes on asynchronously, exactly as with EINPROGRESS.
-    bool pending = r != 0 && (errno == EINPROGRESS || errno == EINTR);
-#endif
-    if (r != 0 && !pending) {
-      connect_err = last_error();
-      continue;
-    }
-    if (pending) {
-      Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
-      if (w == Wait::stopped) return stopped<socket_handle>(status, {"connecting to ", where});
-      if (w == Wait::deadline)
-        return failure<socket_handle>(Errc::timeout,
-                                      {"connecting to ", where, " timed out after ", num(connect_timeout.count()),
-                                       " ms: check that the endpoint address is right and reachable from "
-                                       "this machine (a firewall may be dropping the packets)"});
-      if (w == Wait::failed) {
-        connect_err = err;
-        continue;
-      }
-      int so_error = 0;
-      socklen_t len = static_cast<socklen_t>(sizeof so_error);
-      if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&so_error), &len) != 0)
-        so_error = last_error();
-      if (so_error != 0) {
-        connect_err = so_error;
-        continue;
-      }
-    }
-    return sock.release();
+  for (const addrinfo* ai = addresses->get(); ai != nullptr; ai = ai->ai_next) {
+    Result<Attempt> attempt = connect_one(budget, *ai, where);
+    if (!attempt) return attempt.error();
+    if (attempt->sock != kNoSocket) return attempt->sock;
+    connect_err = attempt->err;
   }
 #if MI_DETAIL_WINDOWS
   bool refused = connect_err == WSAECONNREFUSED;
@@ -2880,34 +2909,33 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
 
 class SocketTransport final : public HttpClient {
  public:
-  // connect_timeout bounds connecting (all addresses together); zero or less: only the context does.
-  explicit SocketTransport(Millis connect_timeout = Millis(5000)) : connect_timeout_(connect_timeout) {}
+  // connect_timeout bounds connecting (all addresses together); zero or less: only the
+  // context does. `resolve` looks host names up (tests pass one that blocks on demand).
+  explicit SocketTransport(Millis connect_timeout = Millis(5000), Resolver resolve = &system_resolver)
+      : connect_timeout_(connect_timeout), resolve_(resolve) {}
   Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
 
  private:
   Millis connect_timeout_;
+  Resolver resolve_;
 };
 
 Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& request) {
-  Url url;
-  std::string why;
-  if (!parse_url(request.url, url, why))
-    return failure<HttpResponse>(Errc::invalid_argument, {"the endpoint URL is invalid: ", why});
+  Result<WireRequest> wire = serialize_request(request);  // the one parse of request.url
+  if (!wire) return wire.error();
+  const Url& url = wire->url;
   if (url.scheme != "http")
     return failure<HttpResponse>(Errc::tls, {"HTTPS needs MI_USE_CURL: this build has no TLS transport (define "
                                              "MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl and "
                                              "OpenSSL headers installed)"});
-  std::string wire;
-  if (!serialize_request(request, url, wire, why))
-    return failure<HttpResponse>(Errc::invalid_argument, {"the request cannot be sent: ", why});
   const std::string where = url.authority();
   ContextStatus status = context_status(ctx);
   if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"connecting to ", where});
 
-  Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_);
+  Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_, resolve_);
   if (!connected) return connected.error();
   sock_impl::SocketGuard sock(connected.value());
-  Result<bool> sent = sock_impl::send_all(ctx, sock.get(), wire, where);
+  Result<bool> sent = sock_impl::send_all(ctx, sock.get(), wire->bytes, where);
   if (!sent) return sent.error();
   return sock_impl::receive_response(ctx, sock.get(), where);
 }
@@ -2935,7 +2963,7 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
 // with the functions' own addresses (MI_CURL_LINKED, and on Windows). A libcurl that
 // cannot be loaded or used fails the request with a tls error before anything is sent.
 
-#if defined(MI_USE_CURL)
+#if MI_DETAIL_CURL
 #if defined(__has_include)
 #if !__has_include(<openssl/ssl.h>)
 #error "MI_USE_CURL needs the OpenSSL headers at build time (e.g. libssl-dev): Service Fabric certificate pinning uses libcurl's OpenSSL backend"
@@ -2967,25 +2995,27 @@ bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
   return diff == 0;
 }
 
-#if defined(MI_USE_CURL)
+#if MI_DETAIL_CURL
 
 // HttpRequest::pinned_sha1 -> 20 raw bytes: exactly 40 hex digits (either case), nothing
-// else, since it was normalised when it was put there. `sha1_bytes` is only written on success.
-bool pin_from_hex(std::string_view hex, std::string& sha1_bytes) {
-  if (hex.size() != 40) return false;
+// else, since it was normalised when it was put there.
+Result<std::string> pin_from_hex(std::string_view hex) {
   std::string out(20, '\0');
-  for (size_t i = 0; i < 20; ++i) {
+  bool ok = hex.size() == 40;
+  for (size_t i = 0; ok && i < 20; ++i) {
     int high = hex_value(hex[2 * i]), low = hex_value(hex[2 * i + 1]);
-    if (high < 0 || low < 0) return false;
+    ok = high >= 0 && low >= 0;
     out[i] = static_cast<char>(high * 16 + low);
   }
-  sha1_bytes = std::move(out);
-  return true;
+  if (ok) return out;
+  return failure<std::string>(Errc::invalid_argument, {"the request's certificate pin (HttpRequest::pinned_sha1) "
+                                                       "must be 40 hexadecimal digits"});
 }
 
 // "3.0" for 0x30000130 (OPENSSL_VERSION_NUMBER / OpenSSL_version_num() layout).
 std::string openssl_series(unsigned long version_num) {
-  return std::to_string((version_num >> 28) & 0xfUL) + "." + std::to_string((version_num >> 20) & 0xffUL);
+  return cat({num(static_cast<long long>((version_num >> 28) & 0xfUL)), ".",
+              num(static_cast<long long>((version_num >> 20) & 0xffUL))});
 }
 
 // Same major version (before 3.0: same major.minor), the span over which OpenSSL keeps its ABI.
@@ -2999,23 +3029,18 @@ bool openssl_same_series(unsigned long major, unsigned long minor, unsigned long
 // "OpenSSL/3.0.19"; in a multi-backend build the inactive ones are in parentheses)
 // is OpenSSL and of the same major (before 3.0: major.minor) version as the OpenSSL
 // headers this code was compiled with (`header_version_num`, OPENSSL_VERSION_NUMBER),
-// so the SSL_CTX that libcurl hands over is one this code may touch. On failure `why`
+// so the SSL_CTX that libcurl hands over is one this code may touch. The error (tls)
 // says what was found.
-bool curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned long header_version_num,
-                                       std::string& why) {
+Result<bool> curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned long header_version_num) {
   std::string_view active = trim(ssl_version);
-  size_t end = active.find(' ');
-  if (end != std::string_view::npos) active = active.substr(0, end);
-  if (active.empty() || active.front() == '(') {
-    why = "the libcurl TLS backend is none; Service Fabric certificate pinning needs libcurl built with OpenSSL";
-    return false;
-  }
+  active = active.substr(0, active.find(' '));
+  if (active.empty() || active.front() == '(')
+    return failure<bool>(Errc::tls, {"the libcurl TLS backend is none; Service Fabric certificate pinning needs "
+                                     "libcurl built with OpenSSL"});
   const std::string_view prefix = "OpenSSL/";
-  if (!starts_with(active, prefix)) {
-    why = "the libcurl TLS backend is " + std::string(active) +
-          "; Service Fabric certificate pinning needs libcurl built with OpenSSL";
-    return false;
-  }
+  if (!starts_with(active, prefix))
+    return failure<bool>(Errc::tls, {"the libcurl TLS backend is ", active,
+                                     "; Service Fabric certificate pinning needs libcurl built with OpenSSL"});
   // "OpenSSL/3.0.19" -> 3 and 0.
   std::string_view numbers = active.substr(prefix.size());
   unsigned long major = 0, minor = 0;
@@ -3030,25 +3055,22 @@ bool curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned lo
     while (i < numbers.size() && numbers[i] >= '0' && numbers[i] <= '9' && minor < 1000)
       minor = minor * 10 + static_cast<unsigned long>(numbers[i++] - '0');
   }
-  if (!have_major || !openssl_same_series(major, minor, header_version_num)) {
-    why = "libcurl uses " + std::string(active) + " but this program was compiled with the OpenSSL " +
-          openssl_series(header_version_num) +
-          " headers; build libcurl and managed_identity.hpp against the same OpenSSL";
-    return false;
-  }
+  if (!have_major || !openssl_same_series(major, minor, header_version_num))
+    return failure<bool>(Errc::tls, {"libcurl uses ", active, " but this program was compiled with the OpenSSL ",
+                                     openssl_series(header_version_num),
+                                     " headers; build libcurl and managed_identity.hpp against the same OpenSSL"});
   return true;
 }
 
 // The OpenSSL library libcurl runs with (its OpenSSL_version_num()) against the headers.
-bool openssl_library_matches_headers(unsigned long library_version_num, unsigned long header_version_num,
-                                     std::string& why) {
+Result<bool> openssl_library_matches_headers(unsigned long library_version_num, unsigned long header_version_num) {
   if (openssl_same_series((library_version_num >> 28) & 0xfUL, (library_version_num >> 20) & 0xffUL,
                           header_version_num))
     return true;
-  why = "libcurl runs with OpenSSL " + openssl_series(library_version_num) +
-        " but this program was compiled with the OpenSSL " + openssl_series(header_version_num) +
-        " headers; build libcurl and managed_identity.hpp against the same OpenSSL";
-  return false;
+  return failure<bool>(Errc::tls, {"libcurl runs with OpenSSL ", openssl_series(library_version_num),
+                                   " but this program was compiled with the OpenSSL ",
+                                   openssl_series(header_version_num),
+                                   " headers; build libcurl and managed_identity.hpp against the same OpenSSL"});
 }
 
 // libcurl 7.80.0 (0x075000) is the first with CURLOPT_PREREQFUNCTION, which refuses to
@@ -3056,12 +3078,11 @@ bool openssl_library_matches_headers(unsigned long library_version_num, unsigned
 constexpr unsigned int kMinCurlVersion = 0x075000;
 
 // `version_num` is curl_version_info()->version_num (0xXXYYZZ).
-bool curl_version_supported(unsigned int version_num, std::string& why) {
+Result<bool> curl_version_supported(unsigned int version_num) {
   if (version_num >= kMinCurlVersion) return true;
-  why = "libcurl " + std::to_string((version_num >> 16) & 0xffU) + "." + std::to_string((version_num >> 8) & 0xffU) +
-        "." + std::to_string(version_num & 0xffU) +
-        " is too old: Service Fabric needs 7.80.0 or later (CURLOPT_PREREQFUNCTION)";
-  return false;
+  return failure<bool>(Errc::tls, {"libcurl ", num((version_num >> 16) & 0xffU), ".", num((version_num >> 8) & 0xffU),
+                                   ".", num(version_num & 0xffU),
+                                   " is too old: Service Fabric needs 7.80.0 or later (CURLOPT_PREREQFUNCTION)"});
 }
 
 namespace curl_impl {
@@ -3090,6 +3111,22 @@ struct CurlApi {
 
 #if MI_DETAIL_CURL_LINKED
 const char* const kCurlRemedy = "link libcurl 7.80 or later built with OpenSSL";
+
+// Where the functions come from: the program itself (MI_CURL_LINKED, and on Windows).
+struct CurlLibrary {
+  std::string name;     // "" : nothing was loaded
+  std::string from;     // what messages start with
+  std::string missing;  // always empty: the linker found every function
+
+  void bind_curl(CurlApi& api) const {
+#define MI_DETAIL_CURL_LINK(function) api.function = &::function;
+    MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_LINK)
+  }
+  void bind_openssl(CurlApi& api) const { MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_LINK) }
+#undef MI_DETAIL_CURL_LINK
+};
+
+Result<CurlLibrary> open_curl_library() { return CurlLibrary{}; }
 #else
 const char* const kCurlRemedy =
     "install libcurl 7.80 or later built with OpenSSL (Debian, Ubuntu: libcurl4), or build with MI_CURL_LINKED";
@@ -3102,21 +3139,32 @@ std::string dl_error_text() {
     out.push_back(static_cast<unsigned char>(*p) < 0x20 || *p == 0x7f ? ' ' : *p);
   return out;
 }
-#endif
 
-CurlApi load_curl_api() {
-  CurlApi api;
-  auto fail = [&api](const std::string& what) {
-    api.problem = "Service Fabric needs HTTPS: " + what + "; " + kCurlRemedy;
-  };
-#if MI_DETAIL_CURL_LINKED
-  const std::string from;  // what the messages start with: the library loaded, if any
-#define MI_DETAIL_CURL_LINK(name) api.name = &::name;
-  MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_LINK)
-  MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_LINK)
-#undef MI_DETAIL_CURL_LINK
-#else
-  // Fixed names only: a library chosen by the environment would be code injection.
+// libcurl loaded with dlopen. dlsym on its handle searches libcurl and its own
+// dependencies, not the whole process: the OpenSSL functions found this way are those of
+// the very OpenSSL libcurl uses, whatever other OpenSSL the program may hold.
+struct CurlLibrary {
+  void* handle = nullptr;  // never dlclose'd: callbacks and handles outlive any request
+  std::string name;        // the file loaded
+  std::string from;        // what messages start with: "<name>: "
+  std::string missing;     // the first function not found, with the loader's words
+
+  void* lookup(const char* function) {
+    dlerror();
+    void* address = dlsym(handle, function);
+    if (address == nullptr && missing.empty()) missing = cat({function, ": ", dl_error_text()});
+    return address;
+  }
+  void bind_curl(CurlApi& api) {
+#define MI_DETAIL_CURL_RESOLVE(function) api.function = reinterpret_cast<decltype(api.function)>(lookup(#function));
+    MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_RESOLVE)
+  }
+  void bind_openssl(CurlApi& api) { MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_RESOLVE) }
+#undef MI_DETAIL_CURL_RESOLVE
+};
+
+// Fixed names only: a library chosen by the environment would be code injection.
+Result<CurlLibrary> open_curl_library() {
 #if defined(MI_CURL_LIBRARY)
   static const char* const names[] = {"" MI_CURL_LIBRARY};  // "" makes anything but a string literal an error
 #elif defined(__APPLE__)
@@ -3124,73 +3172,61 @@ CurlApi load_curl_api() {
 #else
   static const char* const names[] = {"libcurl.so.4", "libcurl.so"};
 #endif
-  std::string library, errors;
-  void* handle = nullptr;
+  std::string errors;
   for (const char* name : names) {
-    handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);  // never dlclose'd: callbacks and handles outlive any request
-    if (handle != nullptr) {
-      library = name;
-      break;
+    CurlLibrary library;
+    library.handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    if (library.handle != nullptr) {
+      library.name = name;
+      library.from = cat({name, ": "});
+      return library;
     }
-    errors += (errors.empty() ? "" : "; ") + dl_error_text();
+    errors += cat({errors.empty() ? "" : "; ", dl_error_text()});
   }
-  if (handle == nullptr) {
-    fail("libcurl could not be loaded (" + errors + ")");
-    return api;
-  }
-  const std::string from = library + ": ";
-  // dlsym on libcurl's handle searches libcurl and its own dependencies, not the whole
-  // process: the OpenSSL functions found this way are those of the very OpenSSL libcurl
-  // uses, whatever other OpenSSL the program may hold.
-  std::string missing;
-  auto lookup = [handle, &missing](const char* name) -> void* {
-    dlerror();
-    void* address = dlsym(handle, name);
-    if (address == nullptr && missing.empty()) missing = std::string(name) + ": " + dl_error_text();
-    return address;
+  return failure<CurlLibrary>(Errc::tls, {"libcurl could not be loaded (", errors, ")"});
+}
+#endif
+#undef MI_DETAIL_CURL_FUNCTIONS
+#undef MI_DETAIL_OPENSSL_FUNCTIONS
+
+// Certificate pinning needs libcurl's OpenSSL backend, and OpenSSL's functions from
+// libcurl's own OpenSSL, of the series the headers declare; else api.pinning_problem says why.
+void check_pinning(CurlApi& api, CurlLibrary& library, const curl_version_info_data& info) {
+  auto no_pinning = [&api, &library](std::string_view what) {
+    api.pinning_problem = cat({library.from, what, "; ", kCurlRemedy});
   };
-#define MI_DETAIL_CURL_RESOLVE(name) api.name = reinterpret_cast<decltype(api.name)>(lookup(#name));
-  MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_RESOLVE)
-  if (api.curl_version_info == nullptr) {
-    fail(library + " is not libcurl (" + missing + ")");
+  Result<bool> backend =
+      curl_tls_backend_supports_pinning(info.ssl_version != nullptr ? info.ssl_version : "", OPENSSL_VERSION_NUMBER);
+  if (!backend) return no_pinning(backend.error().message());
+  library.bind_openssl(api);
+  if (!library.missing.empty())
+    return no_pinning(
+        cat({"libcurl uses OpenSSL, but an OpenSSL function is missing from its libraries (", library.missing, ")"}));
+  Result<bool> same_openssl = openssl_library_matches_headers(api.OpenSSL_version_num(), OPENSSL_VERSION_NUMBER);
+  if (!same_openssl) no_pinning(same_openssl.error().message());
+}
+
+// The function table, or api.problem saying why there is no HTTPS at all.
+CurlApi load_curl_api() {
+  CurlApi api;
+  auto fail = [&api](std::string_view what) {
+    api.problem = cat({"Service Fabric needs HTTPS: ", what, "; ", kCurlRemedy});
     return api;
-  }
-#endif
+  };
+  Result<CurlLibrary> library = open_curl_library();
+  if (!library) return fail(library.error().message());
+  library->bind_curl(api);
+  if (api.curl_version_info == nullptr) return fail(cat({library->name, " is not libcurl (", library->missing, ")"}));
   const curl_version_info_data* info = api.curl_version_info(CURLVERSION_NOW);
-  if (info == nullptr) {
-    fail(from + "libcurl gave no version information");
-    return api;
-  }
-  std::string why;
-  if (!curl_version_supported(info->version_num, why)) {
-    fail(from + why);
-    return api;
-  }
-#if !MI_DETAIL_CURL_LINKED
-  if (!missing.empty()) {  // only a too-old libcurl should lack a function
-    fail(from + "a libcurl function is missing (" + missing + ")");
-    return api;
-  }
-#endif
+  if (info == nullptr) return fail(cat({library->from, "libcurl gave no version information"}));
+  Result<bool> supported = curl_version_supported(info->version_num);
+  if (!supported) return fail(cat({library->from, supported.error().message()}));
+  // Only a too-old libcurl should lack a function.
+  if (!library->missing.empty())
+    return fail(cat({library->from, "a libcurl function is missing (", library->missing, ")"}));
   api.version_num = info->version_num;
   api.init = api.curl_global_init(CURL_GLOBAL_DEFAULT);
-
-  // Pinning: libcurl's OpenSSL backend, and OpenSSL's functions from libcurl's own OpenSSL.
-  auto no_pinning = [&api, &from](const std::string& what) { api.pinning_problem = from + what + "; " + kCurlRemedy; };
-  if (!curl_tls_backend_supports_pinning(info->ssl_version != nullptr ? info->ssl_version : "", OPENSSL_VERSION_NUMBER,
-                                         why)) {
-    no_pinning(why);
-    return api;
-  }
-#if !MI_DETAIL_CURL_LINKED
-  MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_RESOLVE)
-#undef MI_DETAIL_CURL_RESOLVE
-  if (!missing.empty()) {
-    no_pinning("libcurl uses OpenSSL, but an OpenSSL function is missing from its libraries (" + missing + ")");
-    return api;
-  }
-#endif
-  if (!openssl_library_matches_headers(api.OpenSSL_version_num(), OPENSSL_VERSION_NUMBER, why)) no_pinning(why);
+  check_pinning(api, *library, *info);
   return api;
 }
 
@@ -3418,17 +3454,6 @@ class SigpipeGuard {
 #endif
 };
 
-bool is_http_token(std::string_view s) noexcept {
-  if (s.empty()) return false;
-  for (char ch : s) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
-    if (!ok || c == 0) return false;
-  }
-  return true;
-}
-
 // curl's own message for errors whose text can only name the peer, never response bytes.
 std::string curl_detail(const CurlApi& api, CURLcode code, const char* errbuf) {
   std::string out = api.curl_easy_strerror(code);
@@ -3440,39 +3465,37 @@ std::string curl_detail(const CurlApi& api, CURLcode code, const char* errbuf) {
     std::string text;
     for (const char* p = errbuf; *p != '\0' && text.size() < 240; ++p)
       text.push_back(static_cast<unsigned char>(*p) < 0x20 || *p == 0x7f ? ' ' : *p);
-    text = std::string(trim(text));
-    if (!text.empty() && text != out) out += ": " + text;
+    std::string_view trimmed = trim(text);
+    if (!trimmed.empty() && trimmed != out) out = cat({out, ": ", trimmed});
   }
   return out;
 }
 
-Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, const char* errbuf) {
+// A failed transfer that the pin or the header callback stopped: their reason, which
+// libcurl's code hides. Returns true when neither did.
+Result<bool> callback_failure(const CurlCall& call) {
   if (call.pin_mismatch)
-    return make_error(Errc::tls, "the Service Fabric endpoint's TLS certificate does not match IDENTITY_SERVER_THUMBPRINT");
+    return failure<bool>(Errc::tls,
+                         {"the Service Fabric endpoint's TLS certificate does not match IDENTITY_SERVER_THUMBPRINT"});
   if (call.pin_unreadable)
-    return make_error(Errc::tls,
-                      "the Service Fabric endpoint presented no usable TLS certificate to compare with "
-                      "IDENTITY_SERVER_THUMBPRINT");
+    return failure<bool>(Errc::tls, {"the Service Fabric endpoint presented no usable TLS certificate to compare with "
+                                     "IDENTITY_SERVER_THUMBPRINT"});
   if (call.pin_unchecked)
-    return make_error(Errc::tls,
-                      "the TLS connection to the Service Fabric endpoint was not verified against "
-                      "IDENTITY_SERVER_THUMBPRINT, so the request was not sent");
+    return failure<bool>(Errc::tls, {"the TLS connection to the Service Fabric endpoint was not verified against "
+                                     "IDENTITY_SERVER_THUMBPRINT, so the request was not sent"});
   if (call.headers_too_large)
-    return make_error(Errc::invalid_response, "the HTTPS response head is larger than MI_MAX_HEADER_BYTES (" +
-                                                  std::to_string(MI_MAX_HEADER_BYTES) + " bytes)");
-  if (call.body_too_large || code == CURLE_FILESIZE_EXCEEDED)
-    return make_error(Errc::invalid_response, "the HTTPS response body is larger than MI_MAX_RESPONSE_BYTES (" +
-                                                  std::to_string(MI_MAX_RESPONSE_BYTES) + " bytes)");
-  if (call.stopped != ContextStatus::ok) return context_error(call.stopped, "waiting for the HTTPS endpoint");
-  ContextStatus status = context_status(ctx);
-  if (code == CURLE_ABORTED_BY_CALLBACK || code == CURLE_OPERATION_TIMEDOUT) {
-    if (status != ContextStatus::ok) return context_error(status, "waiting for the HTTPS endpoint");
-  }
-  std::string detail = " (libcurl: " + curl_detail(*call.api, code, errbuf) + ")";
+    return failure<bool>(Errc::invalid_response, {"the HTTPS response head is larger than MI_MAX_HEADER_BYTES (",
+                                                  num(MI_MAX_HEADER_BYTES), " bytes)"});
+  return true;
+}
+
+// The error class of a libcurl code; `detail` is libcurl's words, in parentheses.
+Result<HttpResponse> curl_code_failure(CURLcode code, std::string_view detail) {
   switch (code) {
     case CURLE_OPERATION_TIMEDOUT:
-      return make_error(Errc::timeout, "the HTTPS request timed out" + detail +
-                                           "; check that the endpoint is reachable or allow more time (mi::WithTimeouts)");
+      return failure<HttpResponse>(Errc::timeout, {"the HTTPS request timed out", detail,
+                                                   "; check that the endpoint is reachable or allow more time "
+                                                   "(mi::WithTimeouts)"});
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_CONNECT:
@@ -3480,7 +3503,7 @@ Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, cons
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
-      return make_error(Errc::network, "the HTTPS request to the endpoint failed" + detail);
+      return failure<HttpResponse>(Errc::network, {"the HTTPS request to the endpoint failed", detail});
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
@@ -3495,9 +3518,9 @@ Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, cons
     case CURLE_SSL_ENGINE_INITFAILED:
     case CURLE_SSL_SHUTDOWN_FAILED:
     case CURLE_USE_SSL_FAILED:
-      return make_error(Errc::tls, "the TLS handshake with the HTTPS endpoint failed" + detail);
+      return failure<HttpResponse>(Errc::tls, {"the TLS handshake with the HTTPS endpoint failed", detail});
     case CURLE_URL_MALFORMAT:
-      return make_error(Errc::invalid_argument, "the HTTPS endpoint URL was rejected" + detail);
+      return failure<HttpResponse>(Errc::invalid_argument, {"the HTTPS endpoint URL was rejected", detail});
     // The URL was checked to be https:// before the transfer, so libcurl reports this for
     // an answer that is not HTTP at all (a garbage status line, an HTTP/0.9 body).
     case CURLE_UNSUPPORTED_PROTOCOL:
@@ -3506,10 +3529,27 @@ Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, cons
     case CURLE_HTTP2:
     case CURLE_HTTP2_STREAM:
     case CURLE_WRITE_ERROR:
-      return make_error(Errc::invalid_response, "the HTTPS endpoint sent a response that is not valid HTTP" + detail);
+      return failure<HttpResponse>(Errc::invalid_response,
+                                   {"the HTTPS endpoint sent a response that is not valid HTTP", detail});
     default:
-      return make_error(Errc::network, "the HTTPS request failed" + detail);
+      return failure<HttpResponse>(Errc::network, {"the HTTPS request failed", detail});
   }
+}
+
+// Maps a failed transfer to the request's error: the callbacks' reasons first, then the
+// context, then libcurl's code.
+Result<HttpResponse> curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, const char* errbuf) {
+  Result<bool> from_callback = callback_failure(call);
+  if (!from_callback) return from_callback.error();
+  if (call.body_too_large || code == CURLE_FILESIZE_EXCEEDED)
+    return failure<HttpResponse>(Errc::invalid_response,
+                                 {"the HTTPS response body is larger than MI_MAX_RESPONSE_BYTES (",
+                                  num(MI_MAX_RESPONSE_BYTES), " bytes)"});
+  if (call.stopped != ContextStatus::ok) return stopped<HttpResponse>(call.stopped, {"waiting for the HTTPS endpoint"});
+  ContextStatus status = context_status(ctx);
+  if ((code == CURLE_ABORTED_BY_CALLBACK || code == CURLE_OPERATION_TIMEDOUT) && status != ContextStatus::ok)
+    return stopped<HttpResponse>(status, {"waiting for the HTTPS endpoint"});
+  return curl_code_failure(code, cat({" (libcurl: ", curl_detail(*call.api, code, errbuf), ")"}));
 }
 
 long curl_millis(Millis value) noexcept {
@@ -3518,6 +3558,218 @@ long curl_millis(Millis value) noexcept {
   if (ms < 1) ms = 1;
   if (ms > cap) ms = cap;
   return static_cast<long>(ms);
+}
+
+// The pin a request is sent with: the transport's (20 bytes, or empty), the request's own
+// pinned_sha1 (40 hex digits), or both when they agree. A malformed or conflicting pin
+// stops the request here, before anything is sent.
+Result<std::string> request_pin(const std::string& transport_pin, const HttpRequest& request) {
+  if (!transport_pin.empty() && transport_pin.size() != 20)
+    return failure<std::string>(Errc::invalid_argument,
+                                {"the certificate pin must be the 20 bytes of a SHA-1 thumbprint"});
+  if (request.pinned_sha1.empty()) return transport_pin;
+  Result<std::string> from_request = pin_from_hex(request.pinned_sha1);
+  if (!from_request) return from_request;
+  if (!transport_pin.empty() && !constant_time_equal(transport_pin, *from_request))
+    return failure<std::string>(Errc::tls, {"the request's certificate pin differs from the one this transport was "
+                                            "created with, so the request was not sent"});
+  return from_request;
+}
+
+// What libcurl would send as is, or refuse less clearly: an https:// URL without control
+// characters, a token for a method, token header names, values without control characters.
+Result<bool> check_request(const HttpRequest& request) {
+  if (!starts_with(ascii_lowercase(request.url.substr(0, 8)), "https://") || has_control_char(request.url))
+    return failure<bool>(Errc::invalid_argument,
+                         {"the libcurl transport only sends https:// requests with a well-formed URL"});
+  if (!http_impl::is_token(request.method))
+    return failure<bool>(Errc::invalid_argument, {"the HTTP method is not a valid token"});
+  for (const auto& header : request.headers) {
+    if (!http_impl::is_token(header.first))
+      return failure<bool>(Errc::invalid_argument, {"a request header name is not a valid HTTP token"});
+    if (has_control_char(header.second))
+      return failure<bool>(Errc::invalid_argument,
+                           {"the value of request header ", header.first, " contains a control character"});
+  }
+  return true;
+}
+
+using CurlHeaders = std::unique_ptr<curl_slist, CurlSlistDeleter>;
+
+// The request's headers as libcurl's list: "Name;" is libcurl's way to send an empty
+// value, and "Expect:" (unless the request has its own) stops 100-continue on a body.
+Result<CurlHeaders> curl_headers(const CurlApi& api, const HttpRequest& request) {
+  CurlHeaders headers(nullptr, CurlSlistDeleter{api.curl_slist_free_all});
+  bool has_expect = false;
+  auto add = [&headers, &api](const std::string& line) {
+    curl_slist* next = api.curl_slist_append(headers.get(), line.c_str());
+    if (next == nullptr) return false;
+    headers.release();
+    headers.reset(next);
+    return true;
+  };
+  for (const auto& header : request.headers) {
+    std::string_view value = trim(header.second);
+    if (!add(value.empty() ? cat({header.first, ";"}) : cat({header.first, ": ", value})))
+      return failure<CurlHeaders>(Errc::network, {"libcurl could not store a request header (out of memory?)"});
+    if (iequals(header.first, "Expect")) has_expect = true;
+  }
+  if (!request.body.empty() && !has_expect && !add("Expect:"))
+    return failure<CurlHeaders>(Errc::network, {"libcurl could not store a request header (out of memory?)"});
+  return headers;
+}
+
+// Sets options on one easy handle, keeping the first failure.
+struct CurlOptions {
+  const CurlApi& api;
+  CURL* easy;
+  CURLcode rc = CURLE_OK;
+
+  template <class Value>
+  void set(CURLoption option, Value value) {
+    CURLcode r = api.curl_easy_setopt(easy, option, value);
+    if (rc == CURLE_OK) rc = r;
+  }
+};
+
+// https only, no redirects, no proxy, HTTP/1.1 over TLS 1.2 or later, a fresh connection and
+// TLS session for every request, the size limit, and the callbacks.
+void set_connection_options(CurlOptions& o, CurlCall& call) {
+  // The headers may be newer than the libcurl that runs: the option follows the latter.
+#if LIBCURL_VERSION_NUM >= 0x075500
+  if (o.api.version_num >= 0x075500) {
+    o.set(CURLOPT_PROTOCOLS_STR, "https");
+    o.set(CURLOPT_REDIR_PROTOCOLS_STR, "https");
+  } else
+#endif
+  {
+    // Deprecated in 7.85.0 for the _STR forms, and the only way before.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    o.set(CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS));
+    o.set(CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS));
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+  }
+  o.set(CURLOPT_FOLLOWLOCATION, 0L);
+  o.set(CURLOPT_PROXY, "");
+  o.set(CURLOPT_NOPROXY, "*");
+  o.set(CURLOPT_NOSIGNAL, 1L);
+  o.set(CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
+  o.set(CURLOPT_FORBID_REUSE, 1L);
+  o.set(CURLOPT_FRESH_CONNECT, 1L);
+  o.set(CURLOPT_SSL_SESSIONID_CACHE, 0L);
+  o.set(CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
+  o.set(CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(MI_MAX_RESPONSE_BYTES));
+  void* data = static_cast<void*>(&call);
+  o.set(CURLOPT_HEADERFUNCTION, &CurlCall::on_header);
+  o.set(CURLOPT_HEADERDATA, data);
+  o.set(CURLOPT_WRITEFUNCTION, &CurlCall::on_body);
+  o.set(CURLOPT_WRITEDATA, data);
+  o.set(CURLOPT_NOPROGRESS, 0L);
+  o.set(CURLOPT_XFERINFOFUNCTION, &CurlCall::on_progress);
+  o.set(CURLOPT_XFERINFODATA, data);
+  o.set(CURLOPT_PREREQFUNCTION, &CurlCall::on_prereq);
+  o.set(CURLOPT_PREREQDATA, data);
+}
+
+// URL, headers, method and body.
+void set_request_options(CurlOptions& o, const HttpRequest& request, curl_slist* headers) {
+  o.set(CURLOPT_URL, request.url.c_str());
+  o.set(CURLOPT_HTTPHEADER, headers);
+  if (iequals(request.method, "GET") && request.body.empty()) {
+    o.set(CURLOPT_HTTPGET, 1L);
+  } else if (iequals(request.method, "HEAD") && request.body.empty()) {
+    o.set(CURLOPT_NOBODY, 1L);
+  } else {
+    if (iequals(request.method, "POST") || !request.body.empty()) {
+      o.set(CURLOPT_POST, 1L);
+      o.set(CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size()));
+      o.set(CURLOPT_POSTFIELDS, request.body.c_str());
+    }
+    if (!iequals(request.method, "POST")) o.set(CURLOPT_CUSTOMREQUEST, request.method.c_str());
+  }
+}
+
+// Time limits from the context and the connect timeout; the certificate check: libcurl's
+// own without a pin, only the pin (on_ssl_ctx) with one.
+void set_check_options(CurlOptions& o, const Context& ctx, Millis connect_timeout, CurlCall& call) {
+  Millis left = time_left(ctx, Millis::max());
+  Millis connect = connect_timeout > Millis(0) && connect_timeout < left ? connect_timeout : left;
+  o.set(CURLOPT_CONNECTTIMEOUT_MS, curl_millis(connect));
+  if (left != Millis::max()) o.set(CURLOPT_TIMEOUT_MS, curl_millis(left));
+  if (call.pin.empty()) {
+    o.set(CURLOPT_SSL_VERIFYPEER, 1L);
+    o.set(CURLOPT_SSL_VERIFYHOST, 2L);
+  } else {
+    o.set(CURLOPT_SSL_VERIFYPEER, 0L);
+    o.set(CURLOPT_SSL_VERIFYHOST, 0L);
+    o.set(CURLOPT_SSL_CTX_FUNCTION, &CurlCall::on_ssl_ctx);
+    o.set(CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call));
+  }
+}
+
+// Every option of one request; a libcurl that refuses one fails the request.
+Result<bool> configure(const CurlApi& api, CURL* easy, const HttpRequest& request, curl_slist* headers,
+                       CurlCall& call, char* errbuf, Millis connect_timeout) {
+  CurlOptions o{api, easy};
+  o.set(CURLOPT_ERRORBUFFER, errbuf);
+  set_connection_options(o, call);
+  set_request_options(o, request, headers);
+  set_check_options(o, *call.ctx, connect_timeout, call);
+  if (o.rc == CURLE_OK) return true;
+  if (!call.pin.empty() && (o.rc == CURLE_NOT_BUILT_IN || o.rc == CURLE_UNKNOWN_OPTION))
+    return failure<bool>(Errc::tls, {"this libcurl cannot install the certificate check Service Fabric needs; "
+                                     "use libcurl built with OpenSSL"});
+  return failure<bool>(Errc::network, {"libcurl rejected an option: ", api.curl_easy_strerror(o.rc)});
+}
+
+// Drives the transfer in short slices so a Cancel() or the deadline is seen promptly,
+// whatever libcurl is blocked on (connect, handshake, response). Returns the transfer's
+// code; an error when libcurl fails or the context stops first.
+Result<CURLcode> drive(const CurlApi& api, CURLM* multi, CURL* easy, CurlCall& call) {
+  for (;;) {
+    int running = 0;
+    CURLMcode mc = api.curl_multi_perform(multi, &running);
+    if (mc != CURLM_OK) return failure<CURLcode>(Errc::network, {"libcurl failed: ", api.curl_multi_strerror(mc)});
+    int queued = 0;
+    bool done = false;
+    CURLcode result = CURLE_OK;
+    while (CURLMsg* msg = api.curl_multi_info_read(multi, &queued)) {
+      if (msg->msg == CURLMSG_DONE && msg->easy_handle == easy) {
+        result = msg->data.result;
+        done = true;
+      }
+    }
+    if (done) return result;
+    if (running == 0) return failure<CURLcode>(Errc::network, {"libcurl stopped the request without a result"});
+    ContextStatus status = context_status(*call.ctx);
+    if (status != ContextStatus::ok) {
+      call.stopped = status;
+      return stopped<CURLcode>(status, {"waiting for the HTTPS endpoint"});
+    }
+    int wait_ms = static_cast<int>(time_left(*call.ctx, kContextSlice).count());
+    if (wait_ms < 1) wait_ms = 1;
+    mc = api.curl_multi_poll(multi, nullptr, 0, wait_ms, nullptr);
+    if (mc != CURLM_OK) return failure<CURLcode>(Errc::network, {"libcurl failed: ", api.curl_multi_strerror(mc)});
+  }
+}
+
+// The response of a transfer that completed: confirmed by the pin when there is one, with
+// the status libcurl read.
+Result<HttpResponse> finish(const CurlApi& api, CURL* easy, CurlCall& call) {
+  if (!call.pin.empty() && !(call.pin_installed && call.pin_matched))
+    return failure<HttpResponse>(Errc::tls, {"the TLS connection to the Service Fabric endpoint was not verified "
+                                             "against IDENTITY_SERVER_THUMBPRINT"});
+  long code = 0;
+  api.curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
+  if (code >= 100 && code <= 999) call.response.status = static_cast<int>(code);
+  if (call.response.status < 100 || call.response.status > 999)
+    return failure<HttpResponse>(Errc::invalid_response, {"the HTTPS endpoint's response has no valid status line"});
+  return std::move(call.response);
 }
 
 }  // namespace curl_impl
@@ -3539,206 +3791,51 @@ class CurlTransport final : public HttpClient {
 };
 
 Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& request) {
-  if (!pin_.empty() && pin_.size() != 20)
-    return make_error(Errc::invalid_argument, "the certificate pin must be the 20 bytes of a SHA-1 thumbprint");
-  // The pin travels with the request, so the transport checks the thumbprint the request
-  // was built for. A malformed or conflicting pin stops here, before anything is sent.
-  std::string pin = pin_;
-  if (!request.pinned_sha1.empty()) {
-    std::string from_request;
-    if (!pin_from_hex(request.pinned_sha1, from_request))
-      return make_error(Errc::invalid_argument,
-                        "the request's certificate pin (HttpRequest::pinned_sha1) must be 40 hexadecimal digits");
-    if (!pin.empty() && !constant_time_equal(pin, from_request))
-      return make_error(Errc::tls,
-                        "the request's certificate pin differs from the one this transport was created with, so "
-                        "the request was not sent");
-    pin = std::move(from_request);
-  }
+  Result<std::string> pin = curl_impl::request_pin(pin_, request);
+  if (!pin) return pin.error();
   const curl_impl::CurlApi& api = curl_impl::curl_api();
-  if (!api.problem.empty()) return make_error(Errc::tls, api.problem);
+  if (!api.problem.empty()) return failure<HttpResponse>(Errc::tls, {api.problem});
   if (api.init != CURLE_OK)
-    return make_error(Errc::network, std::string("libcurl could not be initialised (curl_global_init: ") +
-                                         api.curl_easy_strerror(api.init) + ")");
-  if (!pin.empty() && !api.pinning_problem.empty()) return make_error(Errc::tls, api.pinning_problem);
-  if (!starts_with(ascii_lowercase(request.url.substr(0, 8)), "https://") || has_control_char(request.url))
-    return make_error(Errc::invalid_argument, "the libcurl transport only sends https:// requests with a well-formed URL");
-  if (!curl_impl::is_http_token(request.method))
-    return make_error(Errc::invalid_argument, "the HTTP method is not a valid token");
-  bool has_expect = false;
-  for (const auto& header : request.headers) {
-    if (!curl_impl::is_http_token(header.first))
-      return make_error(Errc::invalid_argument, "a request header name is not a valid HTTP token");
-    if (has_control_char(header.second))
-      return make_error(Errc::invalid_argument,
-                        "the value of request header " + header.first + " contains a control character");
-    if (iequals(header.first, "Expect")) has_expect = true;
-  }
+    return failure<HttpResponse>(Errc::network, {"libcurl could not be initialised (curl_global_init: ",
+                                                 api.curl_easy_strerror(api.init), ")"});
+  if (!pin->empty() && !api.pinning_problem.empty()) return failure<HttpResponse>(Errc::tls, {api.pinning_problem});
+  Result<bool> valid = curl_impl::check_request(request);
+  if (!valid) return valid.error();
   ContextStatus status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, "starting the HTTPS request");
+  if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"starting the HTTPS request"});
 
   curl_impl::SigpipeGuard sigpipe_guard;  // declared first, destroyed last: after every handle is cleaned up
   curl_impl::CurlCall call;
   call.api = &api;
   call.ctx = &ctx;
-  call.pin = pin;
-
+  call.pin = *pin;
   std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(api.curl_easy_init(),
                                                          curl_impl::CurlEasyDeleter{api.curl_easy_cleanup});
   std::unique_ptr<CURLM, curl_impl::CurlMultiDeleter> multi(api.curl_multi_init(),
                                                             curl_impl::CurlMultiDeleter{api.curl_multi_cleanup});
-  if (!easy || !multi) return make_error(Errc::network, "libcurl could not create a request handle (out of memory?)");
-  CURL* h = easy.get();
-
-  // Request headers; "Name;" is libcurl's way to send an empty value, "Expect:" stops 100-continue.
-  std::unique_ptr<curl_slist, curl_impl::CurlSlistDeleter> headers(nullptr,
-                                                                   curl_impl::CurlSlistDeleter{api.curl_slist_free_all});
-  auto add_header = [&headers, &api](const std::string& line) -> bool {
-    curl_slist* next = api.curl_slist_append(headers.get(), line.c_str());
-    if (next == nullptr) return false;
-    headers.release();
-    headers.reset(next);
-    return true;
-  };
-  for (const auto& header : request.headers) {
-    std::string_view value = trim(header.second);
-    if (!add_header(value.empty() ? header.first + ";" : header.first + ": " + std::string(value)))
-      return make_error(Errc::network, "libcurl could not store a request header (out of memory?)");
-  }
-  if (!request.body.empty() && !has_expect && !add_header("Expect:"))
-    return make_error(Errc::network, "libcurl could not store a request header (out of memory?)");
-
+  if (!easy || !multi)
+    return failure<HttpResponse>(Errc::network, {"libcurl could not create a request handle (out of memory?)"});
+  Result<curl_impl::CurlHeaders> headers = curl_impl::curl_headers(api, request);
+  if (!headers) return headers.error();
   char errbuf[CURL_ERROR_SIZE];
   errbuf[0] = '\0';
-  CURLcode rc = CURLE_OK;
-  auto set = [&rc](CURLcode r) {
-    if (rc == CURLE_OK) rc = r;
-  };
-  set(api.curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf));
-  set(api.curl_easy_setopt(h, CURLOPT_URL, request.url.c_str()));
-  // The headers may be newer than the libcurl that runs: the option follows the latter.
-#if LIBCURL_VERSION_NUM >= 0x075500
-  if (api.version_num >= 0x075500) {
-    set(api.curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https"));
-    set(api.curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "https"));
-  } else
-#endif
-  {
-    // Deprecated in 7.85.0 for the _STR forms, and the only way before.
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-#endif
-    set(api.curl_easy_setopt(h, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
-    set(api.curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
-  }
-  set(api.curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L));
-  set(api.curl_easy_setopt(h, CURLOPT_PROXY, ""));
-  set(api.curl_easy_setopt(h, CURLOPT_NOPROXY, "*"));
-  set(api.curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
-  set(api.curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1)));
-  set(api.curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L));
-  set(api.curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L));
-  set(api.curl_easy_setopt(h, CURLOPT_SSL_SESSIONID_CACHE, 0L));
-  set(api.curl_easy_setopt(h, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2)));
-  set(api.curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.get()));
-  set(api.curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(MI_MAX_RESPONSE_BYTES)));
-  set(api.curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &curl_impl::CurlCall::on_header));
-  set(api.curl_easy_setopt(h, CURLOPT_HEADERDATA, static_cast<void*>(&call)));
-  set(api.curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &curl_impl::CurlCall::on_body));
-  set(api.curl_easy_setopt(h, CURLOPT_WRITEDATA, static_cast<void*>(&call)));
-  set(api.curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L));
-  set(api.curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &curl_impl::CurlCall::on_progress));
-  set(api.curl_easy_setopt(h, CURLOPT_XFERINFODATA, static_cast<void*>(&call)));
-  set(api.curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, &curl_impl::CurlCall::on_prereq));
-  set(api.curl_easy_setopt(h, CURLOPT_PREREQDATA, static_cast<void*>(&call)));
-  if (iequals(request.method, "GET") && request.body.empty()) {
-    set(api.curl_easy_setopt(h, CURLOPT_HTTPGET, 1L));
-  } else if (iequals(request.method, "HEAD") && request.body.empty()) {
-    set(api.curl_easy_setopt(h, CURLOPT_NOBODY, 1L));
-  } else {
-    if (iequals(request.method, "POST") || !request.body.empty()) {
-      set(api.curl_easy_setopt(h, CURLOPT_POST, 1L));
-      set(api.curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size())));
-      set(api.curl_easy_setopt(h, CURLOPT_POSTFIELDS, request.body.c_str()));
-    }
-    if (!iequals(request.method, "POST")) set(api.curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, request.method.c_str()));
-  }
-  Millis left = time_left(ctx, Millis::max());
-  Millis connect = connect_timeout_ > Millis(0) && connect_timeout_ < left ? connect_timeout_ : left;
-  set(api.curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, curl_impl::curl_millis(connect)));
-  if (left != Millis::max()) set(api.curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, curl_impl::curl_millis(left)));
-  if (pin.empty()) {
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L));
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L));
-  } else {
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L));
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L));
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, &curl_impl::CurlCall::on_ssl_ctx));
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call)));
-  }
-  if (rc != CURLE_OK) {
-    if (!pin.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
-      return make_error(Errc::tls,
-                        "this libcurl cannot install the certificate check Service Fabric needs; "
-                        "use libcurl built with OpenSSL");
-    return make_error(Errc::network, std::string("libcurl rejected an option: ") + api.curl_easy_strerror(rc));
-  }
+  Result<bool> configured =
+      curl_impl::configure(api, easy.get(), request, headers->get(), call, errbuf, connect_timeout_);
+  if (!configured) return configured.error();
 
   curl_impl::CurlAttachment attachment;
   attachment.remove = api.curl_multi_remove_handle;
-  if (api.curl_multi_add_handle(multi.get(), h) != CURLM_OK)
-    return make_error(Errc::network, "libcurl could not start the request");
+  if (api.curl_multi_add_handle(multi.get(), easy.get()) != CURLM_OK)
+    return failure<HttpResponse>(Errc::network, {"libcurl could not start the request"});
   attachment.multi = multi.get();
-  attachment.easy = h;
-
-  // Drive the transfer in short slices so a Cancel() or the deadline is seen promptly,
-  // whatever libcurl is blocked on (connect, handshake, response).
-  bool done = false;
-  CURLcode result = CURLE_OK;
-  for (;;) {
-    int running = 0;
-    CURLMcode mc = api.curl_multi_perform(multi.get(), &running);
-    if (mc != CURLM_OK)
-      return make_error(Errc::network, std::string("libcurl failed: ") + api.curl_multi_strerror(mc));
-    int queued = 0;
-    while (CURLMsg* msg = api.curl_multi_info_read(multi.get(), &queued)) {
-      if (msg->msg == CURLMSG_DONE && msg->easy_handle == h) {
-        result = msg->data.result;
-        done = true;
-      }
-    }
-    if (done) break;
-    if (running == 0) return make_error(Errc::network, "libcurl stopped the request without a result");
-    status = context_status(ctx);
-    if (status != ContextStatus::ok) {
-      call.stopped = status;
-      break;
-    }
-    int wait_ms = static_cast<int>(time_left(ctx, kContextSlice).count());
-    if (wait_ms < 1) wait_ms = 1;
-    mc = api.curl_multi_poll(multi.get(), nullptr, 0, wait_ms, nullptr);
-    if (mc != CURLM_OK)
-      return make_error(Errc::network, std::string("libcurl failed: ") + api.curl_multi_strerror(mc));
-  }
-  if (!done) return context_error(call.stopped, "waiting for the HTTPS endpoint");
-  if (result != CURLE_OK) return curl_impl::curl_failure(result, call, ctx, errbuf);
-  if (!pin.empty() && !(call.pin_installed && call.pin_matched))
-    return make_error(Errc::tls,
-                      "the TLS connection to the Service Fabric endpoint was not verified against "
-                      "IDENTITY_SERVER_THUMBPRINT");
-  long code = 0;
-  api.curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
-  if (code >= 100 && code <= 999) call.response.status = static_cast<int>(code);
-  if (call.response.status < 100 || call.response.status > 999)
-    return make_error(Errc::invalid_response, "the HTTPS endpoint's response has no valid status line");
-  return std::move(call.response);
+  attachment.easy = easy.get();
+  Result<CURLcode> result = curl_impl::drive(api, multi.get(), easy.get(), call);
+  if (!result) return result.error();
+  if (*result != CURLE_OK) return curl_impl::curl_failure(*result, call, ctx, errbuf);
+  return curl_impl::finish(api, easy.get(), call);
 }
 
-#endif  // MI_USE_CURL
+#endif  // MI_DETAIL_CURL
 
 }  // namespace detail
 }  // namespace v1
@@ -4471,16 +4568,18 @@ Result<bool> check_identity(const SourceSpec& spec, const ID& id) {
 // Parses an endpoint URL taken from variable `name`: malformed, wrong scheme or a control
 // character is invalid_argument. The message names the variable, not the value.
 Result<Url> endpoint_from(const std::string& value, const char* name, const char* scheme, Source source) {
-  Url url;
   std::string why;
   if (has_control_char(value)) {
     why = "it contains a control character";
-  } else if (!parse_url(value, url, why)) {
-    // why is set by parse_url
-  } else if (url.scheme != scheme) {
-    why = cat({"its scheme must be ", scheme, "://"});
   } else {
-    return url;
+    Result<Url> parsed = parse_url(value);
+    if (!parsed) {
+      why = parsed.error().message();
+    } else if (parsed->scheme != scheme) {
+      why = cat({"its scheme must be ", scheme, "://"});
+    } else {
+      return parsed;
+    }
   }
   return ErrorAccess::make(Errc::invalid_argument,
                            cat({name, " is not a valid ", scheme, " URL (", why, "); check the ",

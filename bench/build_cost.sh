@@ -4,7 +4,7 @@
 #      split into the standard headers it includes and the library's own declarations;
 #   2. compile time of the implementation TU (cmake/managed_identity_impl.cpp) at -O2
 #      (target < 3 s), without and with MI_USE_CURL;
-#   3. size of a stripped mi-token (examples/mi_token.cpp) at -O2 without and with libcurl
+#   3. size of a stripped mi-token (examples/mi_token/) at -O2 without and with libcurl
 #      (target < 300 KB without).
 #
 #   bench/build_cost.sh [-n RUNS] [-c CXX] [-o OUTDIR]      (defaults: 9, g++, build-bench-cost)
@@ -124,13 +124,13 @@ fi
 echo
 
 # ---- 3. stripped mi-token ---------------------------------------------------------------------
-"$CXX" "${FLAGS[@]}" "$ROOT/examples/mi_token.cpp" "$IMPL" -o "$OUT/mi-token" -pthread
+"$CXX" "${FLAGS[@]}" "$ROOT"/examples/mi_token/*.cpp "$IMPL" -o "$OUT/mi-token" -pthread
 strip -o "$OUT/mi-token.stripped" "$OUT/mi-token"
 size_plain=$(stat -c %s "$OUT/mi-token.stripped")
 printf '%-62s %8s\n' "3. stripped mi-token at -O2" bytes
 printf '%-62s %8d  (%d KiB; dynamic libstdc++)\n' "without libcurl" "$size_plain" $((size_plain / 1024))
 if [ "$curl_ok" = 1 ]; then
-  "$CXX" "${FLAGS[@]}" -DMI_USE_CURL -DMI_CURL_LINKED "$ROOT/examples/mi_token.cpp" "$IMPL" -o "$OUT/mi-token-curl" -pthread \
+  "$CXX" "${FLAGS[@]}" -DMI_USE_CURL -DMI_CURL_LINKED "$ROOT"/examples/mi_token/*.cpp "$IMPL" -o "$OUT/mi-token-curl" -pthread \
     -lcurl -lssl -lcrypto
   strip -o "$OUT/mi-token-curl.stripped" "$OUT/mi-token-curl"
   size_curl=$(stat -c %s "$OUT/mi-token-curl.stripped")

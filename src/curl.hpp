@@ -20,7 +20,7 @@
 #include "http.hpp"
 #include "url.hpp"
 
-#if defined(MI_USE_CURL)
+#if MI_DETAIL_CURL
 #if defined(__has_include)
 #if !__has_include(<openssl/ssl.h>)
 #error "MI_USE_CURL needs the OpenSSL headers at build time (e.g. libssl-dev): Service Fabric certificate pinning uses libcurl's OpenSSL backend"
@@ -52,25 +52,27 @@ bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
   return diff == 0;
 }
 
-#if defined(MI_USE_CURL)
+#if MI_DETAIL_CURL
 
 // HttpRequest::pinned_sha1 -> 20 raw bytes: exactly 40 hex digits (either case), nothing
-// else, since it was normalised when it was put there. `sha1_bytes` is only written on success.
-bool pin_from_hex(std::string_view hex, std::string& sha1_bytes) {
-  if (hex.size() != 40) return false;
+// else, since it was normalised when it was put there.
+Result<std::string> pin_from_hex(std::string_view hex) {
   std::string out(20, '\0');
-  for (size_t i = 0; i < 20; ++i) {
+  bool ok = hex.size() == 40;
+  for (size_t i = 0; ok && i < 20; ++i) {
     int high = hex_value(hex[2 * i]), low = hex_value(hex[2 * i + 1]);
-    if (high < 0 || low < 0) return false;
+    ok = high >= 0 && low >= 0;
     out[i] = static_cast<char>(high * 16 + low);
   }
-  sha1_bytes = std::move(out);
-  return true;
+  if (ok) return out;
+  return failure<std::string>(Errc::invalid_argument, {"the request's certificate pin (HttpRequest::pinned_sha1) "
+                                                       "must be 40 hexadecimal digits"});
 }
 
 // "3.0" for 0x30000130 (OPENSSL_VERSION_NUMBER / OpenSSL_version_num() layout).
 std::string openssl_series(unsigned long version_num) {
-  return std::to_string((version_num >> 28) & 0xfUL) + "." + std::to_string((version_num >> 20) & 0xffUL);
+  return cat({num(static_cast<long long>((version_num >> 28) & 0xfUL)), ".",
+              num(static_cast<long long>((version_num >> 20) & 0xffUL))});
 }
 
 // Same major version (before 3.0: same major.minor), the span over which OpenSSL keeps its ABI.
@@ -84,23 +86,18 @@ bool openssl_same_series(unsigned long major, unsigned long minor, unsigned long
 // "OpenSSL/3.0.19"; in a multi-backend build the inactive ones are in parentheses)
 // is OpenSSL and of the same major (before 3.0: major.minor) version as the OpenSSL
 // headers this code was compiled with (`header_version_num`, OPENSSL_VERSION_NUMBER),
-// so the SSL_CTX that libcurl hands over is one this code may touch. On failure `why`
+// so the SSL_CTX that libcurl hands over is one this code may touch. The error (tls)
 // says what was found.
-bool curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned long header_version_num,
-                                       std::string& why) {
+Result<bool> curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned long header_version_num) {
   std::string_view active = trim(ssl_version);
-  size_t end = active.find(' ');
-  if (end != std::string_view::npos) active = active.substr(0, end);
-  if (active.empty() || active.front() == '(') {
-    why = "the libcurl TLS backend is none; Service Fabric certificate pinning needs libcurl built with OpenSSL";
-    return false;
-  }
+  active = active.substr(0, active.find(' '));
+  if (active.empty() || active.front() == '(')
+    return failure<bool>(Errc::tls, {"the libcurl TLS backend is none; Service Fabric certificate pinning needs "
+                                     "libcurl built with OpenSSL"});
   const std::string_view prefix = "OpenSSL/";
-  if (!starts_with(active, prefix)) {
-    why = "the libcurl TLS backend is " + std::string(active) +
-          "; Service Fabric certificate pinning needs libcurl built with OpenSSL";
-    return false;
-  }
+  if (!starts_with(active, prefix))
+    return failure<bool>(Errc::tls, {"the libcurl TLS backend is ", active,
+                                     "; Service Fabric certificate pinning needs libcurl built with OpenSSL"});
   // "OpenSSL/3.0.19" -> 3 and 0.
   std::string_view numbers = active.substr(prefix.size());
   unsigned long major = 0, minor = 0;
@@ -115,25 +112,22 @@ bool curl_tls_backend_supports_pinning(std::string_view ssl_version, unsigned lo
     while (i < numbers.size() && numbers[i] >= '0' && numbers[i] <= '9' && minor < 1000)
       minor = minor * 10 + static_cast<unsigned long>(numbers[i++] - '0');
   }
-  if (!have_major || !openssl_same_series(major, minor, header_version_num)) {
-    why = "libcurl uses " + std::string(active) + " but this program was compiled with the OpenSSL " +
-          openssl_series(header_version_num) +
-          " headers; build libcurl and managed_identity.hpp against the same OpenSSL";
-    return false;
-  }
+  if (!have_major || !openssl_same_series(major, minor, header_version_num))
+    return failure<bool>(Errc::tls, {"libcurl uses ", active, " but this program was compiled with the OpenSSL ",
+                                     openssl_series(header_version_num),
+                                     " headers; build libcurl and managed_identity.hpp against the same OpenSSL"});
   return true;
 }
 
 // The OpenSSL library libcurl runs with (its OpenSSL_version_num()) against the headers.
-bool openssl_library_matches_headers(unsigned long library_version_num, unsigned long header_version_num,
-                                     std::string& why) {
+Result<bool> openssl_library_matches_headers(unsigned long library_version_num, unsigned long header_version_num) {
   if (openssl_same_series((library_version_num >> 28) & 0xfUL, (library_version_num >> 20) & 0xffUL,
                           header_version_num))
     return true;
-  why = "libcurl runs with OpenSSL " + openssl_series(library_version_num) +
-        " but this program was compiled with the OpenSSL " + openssl_series(header_version_num) +
-        " headers; build libcurl and managed_identity.hpp against the same OpenSSL";
-  return false;
+  return failure<bool>(Errc::tls, {"libcurl runs with OpenSSL ", openssl_series(library_version_num),
+                                   " but this program was compiled with the OpenSSL ",
+                                   openssl_series(header_version_num),
+                                   " headers; build libcurl and managed_identity.hpp against the same OpenSSL"});
 }
 
 // libcurl 7.80.0 (0x075000) is the first with CURLOPT_PREREQFUNCTION, which refuses to
@@ -141,12 +135,11 @@ bool openssl_library_matches_headers(unsigned long library_version_num, unsigned
 constexpr unsigned int kMinCurlVersion = 0x075000;
 
 // `version_num` is curl_version_info()->version_num (0xXXYYZZ).
-bool curl_version_supported(unsigned int version_num, std::string& why) {
+Result<bool> curl_version_supported(unsigned int version_num) {
   if (version_num >= kMinCurlVersion) return true;
-  why = "libcurl " + std::to_string((version_num >> 16) & 0xffU) + "." + std::to_string((version_num >> 8) & 0xffU) +
-        "." + std::to_string(version_num & 0xffU) +
-        " is too old: Service Fabric needs 7.80.0 or later (CURLOPT_PREREQFUNCTION)";
-  return false;
+  return failure<bool>(Errc::tls, {"libcurl ", num((version_num >> 16) & 0xffU), ".", num((version_num >> 8) & 0xffU),
+                                   ".", num(version_num & 0xffU),
+                                   " is too old: Service Fabric needs 7.80.0 or later (CURLOPT_PREREQFUNCTION)"});
 }
 
 namespace curl_impl {
@@ -175,6 +168,22 @@ struct CurlApi {
 
 #if MI_DETAIL_CURL_LINKED
 const char* const kCurlRemedy = "link libcurl 7.80 or later built with OpenSSL";
+
+// Where the functions come from: the program itself (MI_CURL_LINKED, and on Windows).
+struct CurlLibrary {
+  std::string name;     // "" : nothing was loaded
+  std::string from;     // what messages start with
+  std::string missing;  // always empty: the linker found every function
+
+  void bind_curl(CurlApi& api) const {
+#define MI_DETAIL_CURL_LINK(function) api.function = &::function;
+    MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_LINK)
+  }
+  void bind_openssl(CurlApi& api) const { MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_LINK) }
+#undef MI_DETAIL_CURL_LINK
+};
+
+Result<CurlLibrary> open_curl_library() { return CurlLibrary{}; }
 #else
 const char* const kCurlRemedy =
     "install libcurl 7.80 or later built with OpenSSL (Debian, Ubuntu: libcurl4), or build with MI_CURL_LINKED";
@@ -187,21 +196,32 @@ std::string dl_error_text() {
     out.push_back(static_cast<unsigned char>(*p) < 0x20 || *p == 0x7f ? ' ' : *p);
   return out;
 }
-#endif
 
-CurlApi load_curl_api() {
-  CurlApi api;
-  auto fail = [&api](const std::string& what) {
-    api.problem = "Service Fabric needs HTTPS: " + what + "; " + kCurlRemedy;
-  };
-#if MI_DETAIL_CURL_LINKED
-  const std::string from;  // what the messages start with: the library loaded, if any
-#define MI_DETAIL_CURL_LINK(name) api.name = &::name;
-  MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_LINK)
-  MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_LINK)
-#undef MI_DETAIL_CURL_LINK
-#else
-  // Fixed names only: a library chosen by the environment would be code injection.
+// libcurl loaded with dlopen. dlsym on its handle searches libcurl and its own
+// dependencies, not the whole process: the OpenSSL functions found this way are those of
+// the very OpenSSL libcurl uses, whatever other OpenSSL the program may hold.
+struct CurlLibrary {
+  void* handle = nullptr;  // never dlclose'd: callbacks and handles outlive any request
+  std::string name;        // the file loaded
+  std::string from;        // what messages start with: "<name>: "
+  std::string missing;     // the first function not found, with the loader's words
+
+  void* lookup(const char* function) {
+    dlerror();
+    void* address = dlsym(handle, function);
+    if (address == nullptr && missing.empty()) missing = cat({function, ": ", dl_error_text()});
+    return address;
+  }
+  void bind_curl(CurlApi& api) {
+#define MI_DETAIL_CURL_RESOLVE(function) api.function = reinterpret_cast<decltype(api.function)>(lookup(#function));
+    MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_RESOLVE)
+  }
+  void bind_openssl(CurlApi& api) { MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_RESOLVE) }
+#undef MI_DETAIL_CURL_RESOLVE
+};
+
+// Fixed names only: a library chosen by the environment would be code injection.
+Result<CurlLibrary> open_curl_library() {
 #if defined(MI_CURL_LIBRARY)
   static const char* const names[] = {"" MI_CURL_LIBRARY};  // "" makes anything but a string literal an error
 #elif defined(__APPLE__)
@@ -209,73 +229,61 @@ CurlApi load_curl_api() {
 #else
   static const char* const names[] = {"libcurl.so.4", "libcurl.so"};
 #endif
-  std::string library, errors;
-  void* handle = nullptr;
+  std::string errors;
   for (const char* name : names) {
-    handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);  // never dlclose'd: callbacks and handles outlive any request
-    if (handle != nullptr) {
-      library = name;
-      break;
+    CurlLibrary library;
+    library.handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    if (library.handle != nullptr) {
+      library.name = name;
+      library.from = cat({name, ": "});
+      return library;
     }
-    errors += (errors.empty() ? "" : "; ") + dl_error_text();
+    errors += cat({errors.empty() ? "" : "; ", dl_error_text()});
   }
-  if (handle == nullptr) {
-    fail("libcurl could not be loaded (" + errors + ")");
-    return api;
-  }
-  const std::string from = library + ": ";
-  // dlsym on libcurl's handle searches libcurl and its own dependencies, not the whole
-  // process: the OpenSSL functions found this way are those of the very OpenSSL libcurl
-  // uses, whatever other OpenSSL the program may hold.
-  std::string missing;
-  auto lookup = [handle, &missing](const char* name) -> void* {
-    dlerror();
-    void* address = dlsym(handle, name);
-    if (address == nullptr && missing.empty()) missing = std::string(name) + ": " + dl_error_text();
-    return address;
+  return failure<CurlLibrary>(Errc::tls, {"libcurl could not be loaded (", errors, ")"});
+}
+#endif
+#undef MI_DETAIL_CURL_FUNCTIONS
+#undef MI_DETAIL_OPENSSL_FUNCTIONS
+
+// Certificate pinning needs libcurl's OpenSSL backend, and OpenSSL's functions from
+// libcurl's own OpenSSL, of the series the headers declare; else api.pinning_problem says why.
+void check_pinning(CurlApi& api, CurlLibrary& library, const curl_version_info_data& info) {
+  auto no_pinning = [&api, &library](std::string_view what) {
+    api.pinning_problem = cat({library.from, what, "; ", kCurlRemedy});
   };
-#define MI_DETAIL_CURL_RESOLVE(name) api.name = reinterpret_cast<decltype(api.name)>(lookup(#name));
-  MI_DETAIL_CURL_FUNCTIONS(MI_DETAIL_CURL_RESOLVE)
-  if (api.curl_version_info == nullptr) {
-    fail(library + " is not libcurl (" + missing + ")");
+  Result<bool> backend =
+      curl_tls_backend_supports_pinning(info.ssl_version != nullptr ? info.ssl_version : "", OPENSSL_VERSION_NUMBER);
+  if (!backend) return no_pinning(backend.error().message());
+  library.bind_openssl(api);
+  if (!library.missing.empty())
+    return no_pinning(
+        cat({"libcurl uses OpenSSL, but an OpenSSL function is missing from its libraries (", library.missing, ")"}));
+  Result<bool> same_openssl = openssl_library_matches_headers(api.OpenSSL_version_num(), OPENSSL_VERSION_NUMBER);
+  if (!same_openssl) no_pinning(same_openssl.error().message());
+}
+
+// The function table, or api.problem saying why there is no HTTPS at all.
+CurlApi load_curl_api() {
+  CurlApi api;
+  auto fail = [&api](std::string_view what) {
+    api.problem = cat({"Service Fabric needs HTTPS: ", what, "; ", kCurlRemedy});
     return api;
-  }
-#endif
+  };
+  Result<CurlLibrary> library = open_curl_library();
+  if (!library) return fail(library.error().message());
+  library->bind_curl(api);
+  if (api.curl_version_info == nullptr) return fail(cat({library->name, " is not libcurl (", library->missing, ")"}));
   const curl_version_info_data* info = api.curl_version_info(CURLVERSION_NOW);
-  if (info == nullptr) {
-    fail(from + "libcurl gave no version information");
-    return api;
-  }
-  std::string why;
-  if (!curl_version_supported(info->version_num, why)) {
-    fail(from + why);
-    return api;
-  }
-#if !MI_DETAIL_CURL_LINKED
-  if (!missing.empty()) {  // only a too-old libcurl should lack a function
-    fail(from + "a libcurl function is missing (" + missing + ")");
-    return api;
-  }
-#endif
+  if (info == nullptr) return fail(cat({library->from, "libcurl gave no version information"}));
+  Result<bool> supported = curl_version_supported(info->version_num);
+  if (!supported) return fail(cat({library->from, supported.error().message()}));
+  // Only a too-old libcurl should lack a function.
+  if (!library->missing.empty())
+    return fail(cat({library->from, "a libcurl function is missing (", library->missing, ")"}));
   api.version_num = info->version_num;
   api.init = api.curl_global_init(CURL_GLOBAL_DEFAULT);
-
-  // Pinning: libcurl's OpenSSL backend, and OpenSSL's functions from libcurl's own OpenSSL.
-  auto no_pinning = [&api, &from](const std::string& what) { api.pinning_problem = from + what + "; " + kCurlRemedy; };
-  if (!curl_tls_backend_supports_pinning(info->ssl_version != nullptr ? info->ssl_version : "", OPENSSL_VERSION_NUMBER,
-                                         why)) {
-    no_pinning(why);
-    return api;
-  }
-#if !MI_DETAIL_CURL_LINKED
-  MI_DETAIL_OPENSSL_FUNCTIONS(MI_DETAIL_CURL_RESOLVE)
-#undef MI_DETAIL_CURL_RESOLVE
-  if (!missing.empty()) {
-    no_pinning("libcurl uses OpenSSL, but an OpenSSL function is missing from its libraries (" + missing + ")");
-    return api;
-  }
-#endif
-  if (!openssl_library_matches_headers(api.OpenSSL_version_num(), OPENSSL_VERSION_NUMBER, why)) no_pinning(why);
+  check_pinning(api, *library, *info);
   return api;
 }
 
@@ -503,17 +511,6 @@ class SigpipeGuard {
 #endif
 };
 
-bool is_http_token(std::string_view s) noexcept {
-  if (s.empty()) return false;
-  for (char ch : s) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
-    if (!ok || c == 0) return false;
-  }
-  return true;
-}
-
 // curl's own message for errors whose text can only name the peer, never response bytes.
 std::string curl_detail(const CurlApi& api, CURLcode code, const char* errbuf) {
   std::string out = api.curl_easy_strerror(code);
@@ -525,39 +522,37 @@ std::string curl_detail(const CurlApi& api, CURLcode code, const char* errbuf) {
     std::string text;
     for (const char* p = errbuf; *p != '\0' && text.size() < 240; ++p)
       text.push_back(static_cast<unsigned char>(*p) < 0x20 || *p == 0x7f ? ' ' : *p);
-    text = std::string(trim(text));
-    if (!text.empty() && text != out) out += ": " + text;
+    std::string_view trimmed = trim(text);
+    if (!trimmed.empty() && trimmed != out) out = cat({out, ": ", trimmed});
   }
   return out;
 }
 
-Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, const char* errbuf) {
+// A failed transfer that the pin or the header callback stopped: their reason, which
+// libcurl's code hides. Returns true when neither did.
+Result<bool> callback_failure(const CurlCall& call) {
   if (call.pin_mismatch)
-    return make_error(Errc::tls, "the Service Fabric endpoint's TLS certificate does not match IDENTITY_SERVER_THUMBPRINT");
+    return failure<bool>(Errc::tls,
+                         {"the Service Fabric endpoint's TLS certificate does not match IDENTITY_SERVER_THUMBPRINT"});
   if (call.pin_unreadable)
-    return make_error(Errc::tls,
-                      "the Service Fabric endpoint presented no usable TLS certificate to compare with "
-                      "IDENTITY_SERVER_THUMBPRINT");
+    return failure<bool>(Errc::tls, {"the Service Fabric endpoint presented no usable TLS certificate to compare with "
+                                     "IDENTITY_SERVER_THUMBPRINT"});
   if (call.pin_unchecked)
-    return make_error(Errc::tls,
-                      "the TLS connection to the Service Fabric endpoint was not verified against "
-                      "IDENTITY_SERVER_THUMBPRINT, so the request was not sent");
+    return failure<bool>(Errc::tls, {"the TLS connection to the Service Fabric endpoint was not verified against "
+                                     "IDENTITY_SERVER_THUMBPRINT, so the request was not sent"});
   if (call.headers_too_large)
-    return make_error(Errc::invalid_response, "the HTTPS response head is larger than MI_MAX_HEADER_BYTES (" +
-                                                  std::to_string(MI_MAX_HEADER_BYTES) + " bytes)");
-  if (call.body_too_large || code == CURLE_FILESIZE_EXCEEDED)
-    return make_error(Errc::invalid_response, "the HTTPS response body is larger than MI_MAX_RESPONSE_BYTES (" +
-                                                  std::to_string(MI_MAX_RESPONSE_BYTES) + " bytes)");
-  if (call.stopped != ContextStatus::ok) return context_error(call.stopped, "waiting for the HTTPS endpoint");
-  ContextStatus status = context_status(ctx);
-  if (code == CURLE_ABORTED_BY_CALLBACK || code == CURLE_OPERATION_TIMEDOUT) {
-    if (status != ContextStatus::ok) return context_error(status, "waiting for the HTTPS endpoint");
-  }
-  std::string detail = " (libcurl: " + curl_detail(*call.api, code, errbuf) + ")";
+    return failure<bool>(Errc::invalid_response, {"the HTTPS response head is larger than MI_MAX_HEADER_BYTES (",
+                                                  num(MI_MAX_HEADER_BYTES), " bytes)"});
+  return true;
+}
+
+// The error class of a libcurl code; `detail` is libcurl's words, in parentheses.
+Result<HttpResponse> curl_code_failure(CURLcode code, std::string_view detail) {
   switch (code) {
     case CURLE_OPERATION_TIMEDOUT:
-      return make_error(Errc::timeout, "the HTTPS request timed out" + detail +
-                                           "; check that the endpoint is reachable or allow more time (mi::WithTimeouts)");
+      return failure<HttpResponse>(Errc::timeout, {"the HTTPS request timed out", detail,
+                                                   "; check that the endpoint is reachable or allow more time "
+                                                   "(mi::WithTimeouts)"});
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_CONNECT:
@@ -565,7 +560,7 @@ Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, cons
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
-      return make_error(Errc::network, "the HTTPS request to the endpoint failed" + detail);
+      return failure<HttpResponse>(Errc::network, {"the HTTPS request to the endpoint failed", detail});
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
@@ -580,9 +575,9 @@ Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, cons
     case CURLE_SSL_ENGINE_INITFAILED:
     case CURLE_SSL_SHUTDOWN_FAILED:
     case CURLE_USE_SSL_FAILED:
-      return make_error(Errc::tls, "the TLS handshake with the HTTPS endpoint failed" + detail);
+      return failure<HttpResponse>(Errc::tls, {"the TLS handshake with the HTTPS endpoint failed", detail});
     case CURLE_URL_MALFORMAT:
-      return make_error(Errc::invalid_argument, "the HTTPS endpoint URL was rejected" + detail);
+      return failure<HttpResponse>(Errc::invalid_argument, {"the HTTPS endpoint URL was rejected", detail});
     // The URL was checked to be https:// before the transfer, so libcurl reports this for
     // an answer that is not HTTP at all (a garbage status line, an HTTP/0.9 body).
     case CURLE_UNSUPPORTED_PROTOCOL:
@@ -591,10 +586,27 @@ Error curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, cons
     case CURLE_HTTP2:
     case CURLE_HTTP2_STREAM:
     case CURLE_WRITE_ERROR:
-      return make_error(Errc::invalid_response, "the HTTPS endpoint sent a response that is not valid HTTP" + detail);
+      return failure<HttpResponse>(Errc::invalid_response,
+                                   {"the HTTPS endpoint sent a response that is not valid HTTP", detail});
     default:
-      return make_error(Errc::network, "the HTTPS request failed" + detail);
+      return failure<HttpResponse>(Errc::network, {"the HTTPS request failed", detail});
   }
+}
+
+// Maps a failed transfer to the request's error: the callbacks' reasons first, then the
+// context, then libcurl's code.
+Result<HttpResponse> curl_failure(CURLcode code, const CurlCall& call, const Context& ctx, const char* errbuf) {
+  Result<bool> from_callback = callback_failure(call);
+  if (!from_callback) return from_callback.error();
+  if (call.body_too_large || code == CURLE_FILESIZE_EXCEEDED)
+    return failure<HttpResponse>(Errc::invalid_response,
+                                 {"the HTTPS response body is larger than MI_MAX_RESPONSE_BYTES (",
+                                  num(MI_MAX_RESPONSE_BYTES), " bytes)"});
+  if (call.stopped != ContextStatus::ok) return stopped<HttpResponse>(call.stopped, {"waiting for the HTTPS endpoint"});
+  ContextStatus status = context_status(ctx);
+  if ((code == CURLE_ABORTED_BY_CALLBACK || code == CURLE_OPERATION_TIMEDOUT) && status != ContextStatus::ok)
+    return stopped<HttpResponse>(status, {"waiting for the HTTPS endpoint"});
+  return curl_code_failure(code, cat({" (libcurl: ", curl_detail(*call.api, code, errbuf), ")"}));
 }
 
 long curl_millis(Millis value) noexcept {
@@ -603,6 +615,218 @@ long curl_millis(Millis value) noexcept {
   if (ms < 1) ms = 1;
   if (ms > cap) ms = cap;
   return static_cast<long>(ms);
+}
+
+// The pin a request is sent with: the transport's (20 bytes, or empty), the request's own
+// pinned_sha1 (40 hex digits), or both when they agree. A malformed or conflicting pin
+// stops the request here, before anything is sent.
+Result<std::string> request_pin(const std::string& transport_pin, const HttpRequest& request) {
+  if (!transport_pin.empty() && transport_pin.size() != 20)
+    return failure<std::string>(Errc::invalid_argument,
+                                {"the certificate pin must be the 20 bytes of a SHA-1 thumbprint"});
+  if (request.pinned_sha1.empty()) return transport_pin;
+  Result<std::string> from_request = pin_from_hex(request.pinned_sha1);
+  if (!from_request) return from_request;
+  if (!transport_pin.empty() && !constant_time_equal(transport_pin, *from_request))
+    return failure<std::string>(Errc::tls, {"the request's certificate pin differs from the one this transport was "
+                                            "created with, so the request was not sent"});
+  return from_request;
+}
+
+// What libcurl would send as is, or refuse less clearly: an https:// URL without control
+// characters, a token for a method, token header names, values without control characters.
+Result<bool> check_request(const HttpRequest& request) {
+  if (!starts_with(ascii_lowercase(request.url.substr(0, 8)), "https://") || has_control_char(request.url))
+    return failure<bool>(Errc::invalid_argument,
+                         {"the libcurl transport only sends https:// requests with a well-formed URL"});
+  if (!http_impl::is_token(request.method))
+    return failure<bool>(Errc::invalid_argument, {"the HTTP method is not a valid token"});
+  for (const auto& header : request.headers) {
+    if (!http_impl::is_token(header.first))
+      return failure<bool>(Errc::invalid_argument, {"a request header name is not a valid HTTP token"});
+    if (has_control_char(header.second))
+      return failure<bool>(Errc::invalid_argument,
+                           {"the value of request header ", header.first, " contains a control character"});
+  }
+  return true;
+}
+
+using CurlHeaders = std::unique_ptr<curl_slist, CurlSlistDeleter>;
+
+// The request's headers as libcurl's list: "Name;" is libcurl's way to send an empty
+// value, and "Expect:" (unless the request has its own) stops 100-continue on a body.
+Result<CurlHeaders> curl_headers(const CurlApi& api, const HttpRequest& request) {
+  CurlHeaders headers(nullptr, CurlSlistDeleter{api.curl_slist_free_all});
+  bool has_expect = false;
+  auto add = [&headers, &api](const std::string& line) {
+    curl_slist* next = api.curl_slist_append(headers.get(), line.c_str());
+    if (next == nullptr) return false;
+    headers.release();
+    headers.reset(next);
+    return true;
+  };
+  for (const auto& header : request.headers) {
+    std::string_view value = trim(header.second);
+    if (!add(value.empty() ? cat({header.first, ";"}) : cat({header.first, ": ", value})))
+      return failure<CurlHeaders>(Errc::network, {"libcurl could not store a request header (out of memory?)"});
+    if (iequals(header.first, "Expect")) has_expect = true;
+  }
+  if (!request.body.empty() && !has_expect && !add("Expect:"))
+    return failure<CurlHeaders>(Errc::network, {"libcurl could not store a request header (out of memory?)"});
+  return headers;
+}
+
+// Sets options on one easy handle, keeping the first failure.
+struct CurlOptions {
+  const CurlApi& api;
+  CURL* easy;
+  CURLcode rc = CURLE_OK;
+
+  template <class Value>
+  void set(CURLoption option, Value value) {
+    CURLcode r = api.curl_easy_setopt(easy, option, value);
+    if (rc == CURLE_OK) rc = r;
+  }
+};
+
+// https only, no redirects, no proxy, HTTP/1.1 over TLS 1.2 or later, a fresh connection and
+// TLS session for every request, the size limit, and the callbacks.
+void set_connection_options(CurlOptions& o, CurlCall& call) {
+  // The headers may be newer than the libcurl that runs: the option follows the latter.
+#if LIBCURL_VERSION_NUM >= 0x075500
+  if (o.api.version_num >= 0x075500) {
+    o.set(CURLOPT_PROTOCOLS_STR, "https");
+    o.set(CURLOPT_REDIR_PROTOCOLS_STR, "https");
+  } else
+#endif
+  {
+    // Deprecated in 7.85.0 for the _STR forms, and the only way before.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    o.set(CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS));
+    o.set(CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS));
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+  }
+  o.set(CURLOPT_FOLLOWLOCATION, 0L);
+  o.set(CURLOPT_PROXY, "");
+  o.set(CURLOPT_NOPROXY, "*");
+  o.set(CURLOPT_NOSIGNAL, 1L);
+  o.set(CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
+  o.set(CURLOPT_FORBID_REUSE, 1L);
+  o.set(CURLOPT_FRESH_CONNECT, 1L);
+  o.set(CURLOPT_SSL_SESSIONID_CACHE, 0L);
+  o.set(CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
+  o.set(CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(MI_MAX_RESPONSE_BYTES));
+  void* data = static_cast<void*>(&call);
+  o.set(CURLOPT_HEADERFUNCTION, &CurlCall::on_header);
+  o.set(CURLOPT_HEADERDATA, data);
+  o.set(CURLOPT_WRITEFUNCTION, &CurlCall::on_body);
+  o.set(CURLOPT_WRITEDATA, data);
+  o.set(CURLOPT_NOPROGRESS, 0L);
+  o.set(CURLOPT_XFERINFOFUNCTION, &CurlCall::on_progress);
+  o.set(CURLOPT_XFERINFODATA, data);
+  o.set(CURLOPT_PREREQFUNCTION, &CurlCall::on_prereq);
+  o.set(CURLOPT_PREREQDATA, data);
+}
+
+// URL, headers, method and body.
+void set_request_options(CurlOptions& o, const HttpRequest& request, curl_slist* headers) {
+  o.set(CURLOPT_URL, request.url.c_str());
+  o.set(CURLOPT_HTTPHEADER, headers);
+  if (iequals(request.method, "GET") && request.body.empty()) {
+    o.set(CURLOPT_HTTPGET, 1L);
+  } else if (iequals(request.method, "HEAD") && request.body.empty()) {
+    o.set(CURLOPT_NOBODY, 1L);
+  } else {
+    if (iequals(request.method, "POST") || !request.body.empty()) {
+      o.set(CURLOPT_POST, 1L);
+      o.set(CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size()));
+      o.set(CURLOPT_POSTFIELDS, request.body.c_str());
+    }
+    if (!iequals(request.method, "POST")) o.set(CURLOPT_CUSTOMREQUEST, request.method.c_str());
+  }
+}
+
+// Time limits from the context and the connect timeout; the certificate check: libcurl's
+// own without a pin, only the pin (on_ssl_ctx) with one.
+void set_check_options(CurlOptions& o, const Context& ctx, Millis connect_timeout, CurlCall& call) {
+  Millis left = time_left(ctx, Millis::max());
+  Millis connect = connect_timeout > Millis(0) && connect_timeout < left ? connect_timeout : left;
+  o.set(CURLOPT_CONNECTTIMEOUT_MS, curl_millis(connect));
+  if (left != Millis::max()) o.set(CURLOPT_TIMEOUT_MS, curl_millis(left));
+  if (call.pin.empty()) {
+    o.set(CURLOPT_SSL_VERIFYPEER, 1L);
+    o.set(CURLOPT_SSL_VERIFYHOST, 2L);
+  } else {
+    o.set(CURLOPT_SSL_VERIFYPEER, 0L);
+    o.set(CURLOPT_SSL_VERIFYHOST, 0L);
+    o.set(CURLOPT_SSL_CTX_FUNCTION, &CurlCall::on_ssl_ctx);
+    o.set(CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call));
+  }
+}
+
+// Every option of one request; a libcurl that refuses one fails the request.
+Result<bool> configure(const CurlApi& api, CURL* easy, const HttpRequest& request, curl_slist* headers,
+                       CurlCall& call, char* errbuf, Millis connect_timeout) {
+  CurlOptions o{api, easy};
+  o.set(CURLOPT_ERRORBUFFER, errbuf);
+  set_connection_options(o, call);
+  set_request_options(o, request, headers);
+  set_check_options(o, *call.ctx, connect_timeout, call);
+  if (o.rc == CURLE_OK) return true;
+  if (!call.pin.empty() && (o.rc == CURLE_NOT_BUILT_IN || o.rc == CURLE_UNKNOWN_OPTION))
+    return failure<bool>(Errc::tls, {"this libcurl cannot install the certificate check Service Fabric needs; "
+                                     "use libcurl built with OpenSSL"});
+  return failure<bool>(Errc::network, {"libcurl rejected an option: ", api.curl_easy_strerror(o.rc)});
+}
+
+// Drives the transfer in short slices so a Cancel() or the deadline is seen promptly,
+// whatever libcurl is blocked on (connect, handshake, response). Returns the transfer's
+// code; an error when libcurl fails or the context stops first.
+Result<CURLcode> drive(const CurlApi& api, CURLM* multi, CURL* easy, CurlCall& call) {
+  for (;;) {
+    int running = 0;
+    CURLMcode mc = api.curl_multi_perform(multi, &running);
+    if (mc != CURLM_OK) return failure<CURLcode>(Errc::network, {"libcurl failed: ", api.curl_multi_strerror(mc)});
+    int queued = 0;
+    bool done = false;
+    CURLcode result = CURLE_OK;
+    while (CURLMsg* msg = api.curl_multi_info_read(multi, &queued)) {
+      if (msg->msg == CURLMSG_DONE && msg->easy_handle == easy) {
+        result = msg->data.result;
+        done = true;
+      }
+    }
+    if (done) return result;
+    if (running == 0) return failure<CURLcode>(Errc::network, {"libcurl stopped the request without a result"});
+    ContextStatus status = context_status(*call.ctx);
+    if (status != ContextStatus::ok) {
+      call.stopped = status;
+      return stopped<CURLcode>(status, {"waiting for the HTTPS endpoint"});
+    }
+    int wait_ms = static_cast<int>(time_left(*call.ctx, kContextSlice).count());
+    if (wait_ms < 1) wait_ms = 1;
+    mc = api.curl_multi_poll(multi, nullptr, 0, wait_ms, nullptr);
+    if (mc != CURLM_OK) return failure<CURLcode>(Errc::network, {"libcurl failed: ", api.curl_multi_strerror(mc)});
+  }
+}
+
+// The response of a transfer that completed: confirmed by the pin when there is one, with
+// the status libcurl read.
+Result<HttpResponse> finish(const CurlApi& api, CURL* easy, CurlCall& call) {
+  if (!call.pin.empty() && !(call.pin_installed && call.pin_matched))
+    return failure<HttpResponse>(Errc::tls, {"the TLS connection to the Service Fabric endpoint was not verified "
+                                             "against IDENTITY_SERVER_THUMBPRINT"});
+  long code = 0;
+  api.curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
+  if (code >= 100 && code <= 999) call.response.status = static_cast<int>(code);
+  if (call.response.status < 100 || call.response.status > 999)
+    return failure<HttpResponse>(Errc::invalid_response, {"the HTTPS endpoint's response has no valid status line"});
+  return std::move(call.response);
 }
 
 }  // namespace curl_impl
@@ -624,206 +848,51 @@ class CurlTransport final : public HttpClient {
 };
 
 Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& request) {
-  if (!pin_.empty() && pin_.size() != 20)
-    return make_error(Errc::invalid_argument, "the certificate pin must be the 20 bytes of a SHA-1 thumbprint");
-  // The pin travels with the request, so the transport checks the thumbprint the request
-  // was built for. A malformed or conflicting pin stops here, before anything is sent.
-  std::string pin = pin_;
-  if (!request.pinned_sha1.empty()) {
-    std::string from_request;
-    if (!pin_from_hex(request.pinned_sha1, from_request))
-      return make_error(Errc::invalid_argument,
-                        "the request's certificate pin (HttpRequest::pinned_sha1) must be 40 hexadecimal digits");
-    if (!pin.empty() && !constant_time_equal(pin, from_request))
-      return make_error(Errc::tls,
-                        "the request's certificate pin differs from the one this transport was created with, so "
-                        "the request was not sent");
-    pin = std::move(from_request);
-  }
+  Result<std::string> pin = curl_impl::request_pin(pin_, request);
+  if (!pin) return pin.error();
   const curl_impl::CurlApi& api = curl_impl::curl_api();
-  if (!api.problem.empty()) return make_error(Errc::tls, api.problem);
+  if (!api.problem.empty()) return failure<HttpResponse>(Errc::tls, {api.problem});
   if (api.init != CURLE_OK)
-    return make_error(Errc::network, std::string("libcurl could not be initialised (curl_global_init: ") +
-                                         api.curl_easy_strerror(api.init) + ")");
-  if (!pin.empty() && !api.pinning_problem.empty()) return make_error(Errc::tls, api.pinning_problem);
-  if (!starts_with(ascii_lowercase(request.url.substr(0, 8)), "https://") || has_control_char(request.url))
-    return make_error(Errc::invalid_argument, "the libcurl transport only sends https:// requests with a well-formed URL");
-  if (!curl_impl::is_http_token(request.method))
-    return make_error(Errc::invalid_argument, "the HTTP method is not a valid token");
-  bool has_expect = false;
-  for (const auto& header : request.headers) {
-    if (!curl_impl::is_http_token(header.first))
-      return make_error(Errc::invalid_argument, "a request header name is not a valid HTTP token");
-    if (has_control_char(header.second))
-      return make_error(Errc::invalid_argument,
-                        "the value of request header " + header.first + " contains a control character");
-    if (iequals(header.first, "Expect")) has_expect = true;
-  }
+    return failure<HttpResponse>(Errc::network, {"libcurl could not be initialised (curl_global_init: ",
+                                                 api.curl_easy_strerror(api.init), ")"});
+  if (!pin->empty() && !api.pinning_problem.empty()) return failure<HttpResponse>(Errc::tls, {api.pinning_problem});
+  Result<bool> valid = curl_impl::check_request(request);
+  if (!valid) return valid.error();
   ContextStatus status = context_status(ctx);
-  if (status != ContextStatus::ok) return context_error(status, "starting the HTTPS request");
+  if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"starting the HTTPS request"});
 
   curl_impl::SigpipeGuard sigpipe_guard;  // declared first, destroyed last: after every handle is cleaned up
   curl_impl::CurlCall call;
   call.api = &api;
   call.ctx = &ctx;
-  call.pin = pin;
-
+  call.pin = *pin;
   std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(api.curl_easy_init(),
                                                          curl_impl::CurlEasyDeleter{api.curl_easy_cleanup});
   std::unique_ptr<CURLM, curl_impl::CurlMultiDeleter> multi(api.curl_multi_init(),
                                                             curl_impl::CurlMultiDeleter{api.curl_multi_cleanup});
-  if (!easy || !multi) return make_error(Errc::network, "libcurl could not create a request handle (out of memory?)");
-  CURL* h = easy.get();
-
-  // Request headers; "Name;" is libcurl's way to send an empty value, "Expect:" stops 100-continue.
-  std::unique_ptr<curl_slist, curl_impl::CurlSlistDeleter> headers(nullptr,
-                                                                   curl_impl::CurlSlistDeleter{api.curl_slist_free_all});
-  auto add_header = [&headers, &api](const std::string& line) -> bool {
-    curl_slist* next = api.curl_slist_append(headers.get(), line.c_str());
-    if (next == nullptr) return false;
-    headers.release();
-    headers.reset(next);
-    return true;
-  };
-  for (const auto& header : request.headers) {
-    std::string_view value = trim(header.second);
-    if (!add_header(value.empty() ? header.first + ";" : header.first + ": " + std::string(value)))
-      return make_error(Errc::network, "libcurl could not store a request header (out of memory?)");
-  }
-  if (!request.body.empty() && !has_expect && !add_header("Expect:"))
-    return make_error(Errc::network, "libcurl could not store a request header (out of memory?)");
-
+  if (!easy || !multi)
+    return failure<HttpResponse>(Errc::network, {"libcurl could not create a request handle (out of memory?)"});
+  Result<curl_impl::CurlHeaders> headers = curl_impl::curl_headers(api, request);
+  if (!headers) return headers.error();
   char errbuf[CURL_ERROR_SIZE];
   errbuf[0] = '\0';
-  CURLcode rc = CURLE_OK;
-  auto set = [&rc](CURLcode r) {
-    if (rc == CURLE_OK) rc = r;
-  };
-  set(api.curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf));
-  set(api.curl_easy_setopt(h, CURLOPT_URL, request.url.c_str()));
-  // The headers may be newer than the libcurl that runs: the option follows the latter.
-#if LIBCURL_VERSION_NUM >= 0x075500
-  if (api.version_num >= 0x075500) {
-    set(api.curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https"));
-    set(api.curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "https"));
-  } else
-#endif
-  {
-    // Deprecated in 7.85.0 for the _STR forms, and the only way before.
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-#endif
-    set(api.curl_easy_setopt(h, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
-    set(api.curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS)));
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
-  }
-  set(api.curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L));
-  set(api.curl_easy_setopt(h, CURLOPT_PROXY, ""));
-  set(api.curl_easy_setopt(h, CURLOPT_NOPROXY, "*"));
-  set(api.curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
-  set(api.curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1)));
-  set(api.curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L));
-  set(api.curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L));
-  set(api.curl_easy_setopt(h, CURLOPT_SSL_SESSIONID_CACHE, 0L));
-  set(api.curl_easy_setopt(h, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2)));
-  set(api.curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.get()));
-  set(api.curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(MI_MAX_RESPONSE_BYTES)));
-  set(api.curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &curl_impl::CurlCall::on_header));
-  set(api.curl_easy_setopt(h, CURLOPT_HEADERDATA, static_cast<void*>(&call)));
-  set(api.curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &curl_impl::CurlCall::on_body));
-  set(api.curl_easy_setopt(h, CURLOPT_WRITEDATA, static_cast<void*>(&call)));
-  set(api.curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L));
-  set(api.curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &curl_impl::CurlCall::on_progress));
-  set(api.curl_easy_setopt(h, CURLOPT_XFERINFODATA, static_cast<void*>(&call)));
-  set(api.curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, &curl_impl::CurlCall::on_prereq));
-  set(api.curl_easy_setopt(h, CURLOPT_PREREQDATA, static_cast<void*>(&call)));
-  if (iequals(request.method, "GET") && request.body.empty()) {
-    set(api.curl_easy_setopt(h, CURLOPT_HTTPGET, 1L));
-  } else if (iequals(request.method, "HEAD") && request.body.empty()) {
-    set(api.curl_easy_setopt(h, CURLOPT_NOBODY, 1L));
-  } else {
-    if (iequals(request.method, "POST") || !request.body.empty()) {
-      set(api.curl_easy_setopt(h, CURLOPT_POST, 1L));
-      set(api.curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size())));
-      set(api.curl_easy_setopt(h, CURLOPT_POSTFIELDS, request.body.c_str()));
-    }
-    if (!iequals(request.method, "POST")) set(api.curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, request.method.c_str()));
-  }
-  Millis left = time_left(ctx, Millis::max());
-  Millis connect = connect_timeout_ > Millis(0) && connect_timeout_ < left ? connect_timeout_ : left;
-  set(api.curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, curl_impl::curl_millis(connect)));
-  if (left != Millis::max()) set(api.curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, curl_impl::curl_millis(left)));
-  if (pin.empty()) {
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L));
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L));
-  } else {
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L));
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L));
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, &curl_impl::CurlCall::on_ssl_ctx));
-    set(api.curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call)));
-  }
-  if (rc != CURLE_OK) {
-    if (!pin.empty() && (rc == CURLE_NOT_BUILT_IN || rc == CURLE_UNKNOWN_OPTION))
-      return make_error(Errc::tls,
-                        "this libcurl cannot install the certificate check Service Fabric needs; "
-                        "use libcurl built with OpenSSL");
-    return make_error(Errc::network, std::string("libcurl rejected an option: ") + api.curl_easy_strerror(rc));
-  }
+  Result<bool> configured =
+      curl_impl::configure(api, easy.get(), request, headers->get(), call, errbuf, connect_timeout_);
+  if (!configured) return configured.error();
 
   curl_impl::CurlAttachment attachment;
   attachment.remove = api.curl_multi_remove_handle;
-  if (api.curl_multi_add_handle(multi.get(), h) != CURLM_OK)
-    return make_error(Errc::network, "libcurl could not start the request");
+  if (api.curl_multi_add_handle(multi.get(), easy.get()) != CURLM_OK)
+    return failure<HttpResponse>(Errc::network, {"libcurl could not start the request"});
   attachment.multi = multi.get();
-  attachment.easy = h;
-
-  // Drive the transfer in short slices so a Cancel() or the deadline is seen promptly,
-  // whatever libcurl is blocked on (connect, handshake, response).
-  bool done = false;
-  CURLcode result = CURLE_OK;
-  for (;;) {
-    int running = 0;
-    CURLMcode mc = api.curl_multi_perform(multi.get(), &running);
-    if (mc != CURLM_OK)
-      return make_error(Errc::network, std::string("libcurl failed: ") + api.curl_multi_strerror(mc));
-    int queued = 0;
-    while (CURLMsg* msg = api.curl_multi_info_read(multi.get(), &queued)) {
-      if (msg->msg == CURLMSG_DONE && msg->easy_handle == h) {
-        result = msg->data.result;
-        done = true;
-      }
-    }
-    if (done) break;
-    if (running == 0) return make_error(Errc::network, "libcurl stopped the request without a result");
-    status = context_status(ctx);
-    if (status != ContextStatus::ok) {
-      call.stopped = status;
-      break;
-    }
-    int wait_ms = static_cast<int>(time_left(ctx, kContextSlice).count());
-    if (wait_ms < 1) wait_ms = 1;
-    mc = api.curl_multi_poll(multi.get(), nullptr, 0, wait_ms, nullptr);
-    if (mc != CURLM_OK)
-      return make_error(Errc::network, std::string("libcurl failed: ") + api.curl_multi_strerror(mc));
-  }
-  if (!done) return context_error(call.stopped, "waiting for the HTTPS endpoint");
-  if (result != CURLE_OK) return curl_impl::curl_failure(result, call, ctx, errbuf);
-  if (!pin.empty() && !(call.pin_installed && call.pin_matched))
-    return make_error(Errc::tls,
-                      "the TLS connection to the Service Fabric endpoint was not verified against "
-                      "IDENTITY_SERVER_THUMBPRINT");
-  long code = 0;
-  api.curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
-  if (code >= 100 && code <= 999) call.response.status = static_cast<int>(code);
-  if (call.response.status < 100 || call.response.status > 999)
-    return make_error(Errc::invalid_response, "the HTTPS endpoint's response has no valid status line");
-  return std::move(call.response);
+  attachment.easy = easy.get();
+  Result<CURLcode> result = curl_impl::drive(api, multi.get(), easy.get(), call);
+  if (!result) return result.error();
+  if (*result != CURLE_OK) return curl_impl::curl_failure(*result, call, ctx, errbuf);
+  return curl_impl::finish(api, easy.get(), call);
 }
 
-#endif  // MI_USE_CURL
+#endif  // MI_DETAIL_CURL
 
 }  // namespace detail
 }  // namespace v1

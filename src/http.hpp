@@ -86,40 +86,55 @@ void append_bounded(std::string& s, const char* data, size_t n, size_t cap) {
 
 }  // namespace http_impl
 
-bool serialize_request(const HttpRequest& request, const Url& url, std::string& out, std::string& why) {
-  out.clear();
-  if (!http_impl::is_token(request.method)) {
-    why = "the HTTP method is empty or not a valid token";
-    return false;
+// A request ready for the socket: where to connect, and the bytes to send.
+struct WireRequest {
+  Url url;
+  std::string bytes;
+};
+
+namespace http_impl {
+
+// Every header name a token, no value with a control character. The error never
+// quotes a value: it may be a secret.
+Result<bool> check_headers(const StringPairs& headers) {
+  for (const auto& header : headers) {
+    if (!is_token(header.first))
+      return failure<bool>(Errc::invalid_argument,
+                           {"the request cannot be sent: the header name \"", printable_name(header.first),
+                            "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
+    if (has_control_char(header.second))
+      return failure<bool>(Errc::invalid_argument,
+                           {"the request cannot be sent: the value of the header \"", header.first,
+                            "\" contains a control character (such as CR or LF)"});
   }
-  std::string target = url.target(), host = url.host_header();
-  for (std::string_view part : {std::string_view(target), std::string_view(host)}) {
-    for (char ch : part) {
-      unsigned char c = static_cast<unsigned char>(ch);
-      if (c <= 0x20 || c >= 0x7f) {
-        why = "the URL contains a control character, a space or a non-ASCII byte";
-        return false;
-      }
-    }
-  }
-  std::string text;
+  return true;
+}
+
+}  // namespace http_impl
+
+// Parses request.url and writes the request line, the headers, Content-Length and
+// "Connection: close". This is the built-in transport's one parse of the URL: parse_url
+// refuses any control character, space or non-ASCII byte, so the request-target and the
+// Host header built from it cannot split the request, and the Url is only ever made here.
+Result<WireRequest> serialize_request(const HttpRequest& request) {
+  Result<Url> url = parse_url(request.url);
+  if (!url)
+    return failure<WireRequest>(Errc::invalid_argument, {"the endpoint URL is invalid: ", url.error().message()});
+  if (!http_impl::is_token(request.method))
+    return failure<WireRequest>(Errc::invalid_argument,
+                                {"the request cannot be sent: the HTTP method is empty or not a valid token"});
+  Result<bool> headers = http_impl::check_headers(request.headers);
+  if (!headers) return headers.error();
+  WireRequest out;
+  std::string& text = out.bytes;
   text.reserve(256 + request.body.size());
   text += request.method;
   text += ' ';
-  text += target;
+  text += url->target();
   text += " HTTP/1.1\r\nHost: ";
-  text += host;
+  text += url->host_header();
   text += "\r\n";
   for (const auto& header : request.headers) {
-    if (!http_impl::is_token(header.first)) {
-      why = cat({"the header name \"", http_impl::printable_name(header.first),
-                 "\" is not a valid HTTP token (empty, or a control character, space or separator)"});
-      return false;
-    }
-    if (has_control_char(header.second)) {  // never quote the value: it may be a secret
-      why = cat({"the value of the header \"", header.first, "\" contains a control character (such as CR or LF)"});
-      return false;
-    }
     // The transport owns the framing headers; the request's own copies are dropped.
     if (iequals(header.first, "Host") || iequals(header.first, "Content-Length") ||
         iequals(header.first, "Transfer-Encoding") || iequals(header.first, "Connection"))
@@ -136,9 +151,8 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
   }
   text += "Connection: close\r\n\r\n";
   text += request.body;
-  out = std::move(text);
-  why.clear();
-  return true;
+  out.url = std::move(*url);
+  return out;
 }
 
 // Incremental HTTP/1.x response parser. Feed it what the socket delivers; it
@@ -146,6 +160,9 @@ bool serialize_request(const HttpRequest& request, const Url& url, std::string& 
 // (bounded by max_body_bytes), whatever the peer sends.
 class ResponseParser {
  public:
+  // A small status, not Result<T>: the parser runs once per chunk of bytes, most calls
+  // end in need_more (neither a value nor an error), and it has no Source or endpoint to
+  // put in an Error; its caller turns error() into the request's Error once.
   enum class Status { need_more, done, error };
 
   explicit ResponseParser(size_t max_header_bytes = static_cast<size_t>(MI_MAX_HEADER_BYTES),
@@ -162,8 +179,6 @@ class ResponseParser {
   }
   HttpResponse& response() noexcept { return response_; }  // valid after done
   const Error& error() const noexcept { return error_; }   // valid after error
-  // Memory held for the pending line and the body (capacities), for tests.
-  size_t buffered_bytes() const noexcept { return line_.capacity() + response_.body.capacity(); }
 
  private:
   enum class State { status_line, header_line, length_body, close_body, chunk_size, chunk_data, chunk_data_end, trailer_line, done, failed };
@@ -175,7 +190,15 @@ class ResponseParser {
   Status on_line(std::string_view line);
   Status on_status_line(std::string_view line);
   Status on_header_line(std::string_view line);
+  // What frames the body, as the head declares it.
+  struct Framing {
+    bool has_te = false, has_cl = false;
+    int codings = 0;       // Transfer-Encoding codings, in all its fields
+    bool chunked = false;  // the last coding is chunked
+    std::string length;    // normalised digits of Content-Length
+  };
   Status on_head_end();
+  Status read_framing(Framing& framing);
   Status on_chunk_size(std::string_view line);
   Status on_trailer_line(std::string_view line);
 
@@ -336,10 +359,35 @@ ResponseParser::Status ResponseParser::on_head_end() {
     state_ = State::done;
     return Status::done;
   }
-  bool has_te = false, has_cl = false;
-  int codings = 0;
-  bool chunked = false;
-  std::string length;  // normalised digits of Content-Length
+  Framing framing;
+  if (read_framing(framing) == Status::error) return Status::error;
+  if (framing.has_te && framing.has_cl) return invalid("both Transfer-Encoding and Content-Length are present");
+  if (framing.has_te) {
+    if (http10_) return invalid("Transfer-Encoding in an HTTP/1.0 response");
+    if (framing.codings != 1 || !framing.chunked)
+      return invalid("unsupported Transfer-Encoding (only chunked is understood)");
+    state_ = State::chunk_size;
+    return Status::need_more;
+  }
+  if (framing.has_cl) {
+    int64_t value = 0;
+    if (!parse_int64(framing.length, value) || static_cast<uint64_t>(value) > max_body_) return body_too_large();
+    if (value == 0) {
+      state_ = State::done;
+      return Status::done;
+    }
+    remaining_ = static_cast<uint64_t>(value);
+    response_.body.reserve(static_cast<size_t>(value));
+    state_ = State::length_body;
+    return Status::need_more;
+  }
+  state_ = State::close_body;  // no framing: the body ends when the peer closes
+  return Status::need_more;
+}
+
+// Collects the Transfer-Encoding codings and the Content-Length value (equal values in a
+// list or repeated are one); need_more, or error for a malformed or conflicting length.
+ResponseParser::Status ResponseParser::read_framing(Framing& framing) {
   for (const auto& header : response_.headers) {
     bool te = iequals(header.first, "Transfer-Encoding");
     bool cl = !te && iequals(header.first, "Content-Length");
@@ -352,43 +400,23 @@ ResponseParser::Status ResponseParser::on_head_end() {
       if (!item.empty()) {
         any = true;
         if (te) {
-          ++codings;
-          chunked = iequals(item, "chunked");
+          ++framing.codings;
+          framing.chunked = iequals(item, "chunked");
         } else {
           for (char c : item)
             if (c < '0' || c > '9') return invalid("Content-Length is not a non-negative decimal number");
           while (item.size() > 1 && item[0] == '0') item.remove_prefix(1);
-          if (has_cl && item != length) return invalid("conflicting Content-Length values");
-          length.assign(item.data(), item.size());
-          has_cl = true;
+          if (framing.has_cl && item != framing.length) return invalid("conflicting Content-Length values");
+          framing.length.assign(item.data(), item.size());
+          framing.has_cl = true;
         }
       }
       if (comma == std::string_view::npos) break;
       rest.remove_prefix(comma + 1);
     }
-    if (te) has_te = true;
+    if (te) framing.has_te = true;
     if (cl && !any) return invalid("empty Content-Length");
   }
-  if (has_te && has_cl) return invalid("both Transfer-Encoding and Content-Length are present");
-  if (has_te) {
-    if (http10_) return invalid("Transfer-Encoding in an HTTP/1.0 response");
-    if (codings != 1 || !chunked) return invalid("unsupported Transfer-Encoding (only chunked is understood)");
-    state_ = State::chunk_size;
-    return Status::need_more;
-  }
-  if (has_cl) {
-    int64_t value = 0;
-    if (!parse_int64(length, value) || static_cast<uint64_t>(value) > max_body_) return body_too_large();
-    if (value == 0) {
-      state_ = State::done;
-      return Status::done;
-    }
-    remaining_ = static_cast<uint64_t>(value);
-    response_.body.reserve(static_cast<size_t>(value));
-    state_ = State::length_body;
-    return Status::need_more;
-  }
-  state_ = State::close_body;  // no framing: the body ends when the peer closes
   return Status::need_more;
 }
 

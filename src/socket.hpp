@@ -19,6 +19,15 @@ using socket_handle = SOCKET;
 using socket_handle = int;
 #endif
 
+// How the transport turns a host name into addresses: getaddrinfo's contract, and the
+// list it returns is freed with freeaddrinfo. A parameter of SocketTransport rather than a
+// direct call, so that tests can pass a resolver that blocks until they release it.
+using Resolver = int (*)(const char* host, const char* port, const addrinfo* hints, addrinfo** out);
+
+inline int system_resolver(const char* host, const char* port, const addrinfo* hints, addrinfo** out) {
+  return ::getaddrinfo(host, port, hints, out);
+}
+
 namespace sock_impl {
 
 #if MI_DETAIL_WINDOWS
@@ -154,15 +163,10 @@ class SocketGuard {
 };
 
 // Owns a getaddrinfo result.
-struct AddrInfoGuard {
-  addrinfo* list = nullptr;
-  AddrInfoGuard() = default;
-  AddrInfoGuard(const AddrInfoGuard&) = delete;
-  AddrInfoGuard& operator=(const AddrInfoGuard&) = delete;
-  ~AddrInfoGuard() {
-    if (list) ::freeaddrinfo(list);
-  }
+struct AddrInfoDeleter {
+  void operator()(addrinfo* list) const noexcept { ::freeaddrinfo(list); }
 };
+using AddrList = std::unique_ptr<addrinfo, AddrInfoDeleter>;
 
 // getaddrinfo cannot be interrupted, so a host name is looked up on a detached
 // thread while the caller waits in context slices: Cancel(), the context's deadline
@@ -170,35 +174,25 @@ struct AddrInfoGuard {
 // finishes alone; whoever drops the last reference frees the result. At most
 // kMaxHostLookups such threads run at once: with a stalled resolver, callers that
 // give up would otherwise leave one more thread behind each time.
-#if !defined(MI_DETAIL_GETADDRINFO)
-#define MI_DETAIL_GETADDRINFO ::getaddrinfo  // the tests substitute a resolver that blocks
-#endif
-
 struct HostLookup {
   std::string host, port;
   addrinfo hints{};
+  Resolver resolve = &system_resolver;
   std::mutex mutex;
   std::condition_variable finished;
   bool done = false;
   int rc = 0;
   int sys_error = 0;  // errno when rc is EAI_SYSTEM
-  addrinfo* list = nullptr;
-
-  HostLookup() = default;
-  HostLookup(const HostLookup&) = delete;
-  HostLookup& operator=(const HostLookup&) = delete;
-  ~HostLookup() {
-    if (list) ::freeaddrinfo(list);
-  }
+  AddrList list;
 
   void run() noexcept {
     addrinfo* out = nullptr;
-    int code = MI_DETAIL_GETADDRINFO(host.c_str(), port.c_str(), &hints, &out);
+    int code = resolve(host.c_str(), port.c_str(), &hints, &out);
     int sys = errno;
     std::lock_guard<std::mutex> lock(mutex);
     rc = code;
     sys_error = sys;
-    list = out;
+    list.reset(out);
     done = true;
     finished.notify_all();
   }
@@ -384,13 +378,93 @@ Wait wait_socket(socket_handle s, bool for_write, bool connecting, const Context
   }
 }
 
-// Resolves url.host (numeric hosts without any DNS look-up) and connects to each
-// address in turn, all within connect_timeout and the context. Returns the socket.
-Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout) {
-  int err = 0;
-  if (!network_ready(err))
-    return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
+// What bounds one connect: the context, and the connect timeout (`until`, time_point::max()
+// for none) counted from the start of the connect.
+struct ConnectBudget {
+  const Context& ctx;
+  Millis timeout;
+  SteadyClock::time_point until;
+};
 
+inline SteadyClock::time_point connect_deadline(Millis connect_timeout) {
+  SteadyClock::time_point start = SteadyClock::now();
+  if (connect_timeout.count() > 0 &&
+      connect_timeout < std::chrono::duration_cast<Millis>(SteadyClock::time_point::max() - start))
+    return start + connect_timeout;
+  return SteadyClock::time_point::max();
+}
+
+// One slice of a wait on `cv`, or false when the context or the connect timeout ends it
+// (`status` then says whether the context did).
+bool wait_slice(const ConnectBudget& budget, std::unique_lock<std::mutex>& lock, std::condition_variable& cv,
+                ContextStatus& status) {
+  status = context_status(budget.ctx);
+  if (status != ContextStatus::ok) return false;
+  SteadyClock::time_point now = SteadyClock::now();
+  if (now >= budget.until) return false;
+  Millis slice = time_left(budget.ctx, kContextSlice);
+  if (budget.until != SteadyClock::time_point::max())
+    slice = std::min(slice, std::chrono::duration_cast<Millis>(budget.until - now) + Millis(1));
+  cv.wait_for(lock, slice);
+  return true;
+}
+
+// The wait for a lookup (or for a free lookup slot, `busy`) ended before its answer.
+Result<AddrList> lookup_wait_ended(const ConnectBudget& budget, ContextStatus status, const std::string& host,
+                                   const char* busy) {
+  if (status != ContextStatus::ok) return stopped<AddrList>(status, {"resolving the host name ", host});
+  return failure<AddrList>(Errc::timeout, {"resolving the host name ", host, " timed out after ",
+                                           num(budget.timeout.count()), " ms", busy,
+                                           ": check the endpoint URL and this machine's DNS settings"});
+}
+
+Result<AddrList> lookup_failed(const std::string& host, int rc, int sys_error) {
+#if MI_DETAIL_WINDOWS
+  (void)sys_error;
+  std::string reason = describe_error(rc != 0 ? rc : WSAHOST_NOT_FOUND);
+#else
+  std::string reason = rc != 0 ? ascii_lowercase(::gai_strerror(rc)) : std::string("no address");
+#if defined(EAI_SYSTEM)
+  if (rc == EAI_SYSTEM) reason = describe_error(sys_error);
+#endif
+#endif
+  return failure<AddrList>(Errc::network, {"could not resolve the host name ", host, " (", reason,
+                                           "): check the endpoint URL and this machine's DNS settings"});
+}
+
+// Looks a host name up on a helper thread, once one of the kMaxHostLookups slots is free,
+// and waits for the answer in context slices.
+Result<AddrList> lookup_host_name(const ConnectBudget& budget, const std::string& host, const std::string& port,
+                                  const addrinfo& hints, Resolver resolve) {
+  auto lookup = std::make_shared<HostLookup>();
+  lookup->host = host;
+  lookup->port = port;
+  lookup->hints = hints;
+  lookup->hints.ai_flags &= ~AI_NUMERICHOST;
+  lookup->resolve = resolve;
+  ContextStatus status = ContextStatus::ok;
+  {
+    HostLookupSlots& slots = host_lookup_slots();
+    std::unique_lock<std::mutex> lock(slots.mutex);
+    while (slots.busy >= kMaxHostLookups)
+      if (!wait_slice(budget, lock, slots.freed, status))
+        return lookup_wait_ended(budget, status, host, " (all lookup threads were busy)");
+    ++slots.busy;
+  }
+  if (!start_host_lookup(lookup)) {  // no thread to spare: look up inline
+    lookup->run();
+    release_host_lookup_slot();
+  }
+  std::unique_lock<std::mutex> lock(lookup->mutex);
+  while (!lookup->done)
+    if (!wait_slice(budget, lock, lookup->finished, status)) return lookup_wait_ended(budget, status, host, "");
+  if (lookup->rc != 0 || !lookup->list) return lookup_failed(host, lookup->rc, lookup->sys_error);
+  return std::move(lookup->list);
+}
+
+// The addresses of url.host: an IP literal converted at once, without any DNS look-up; a
+// host name looked up on a helper thread.
+Result<AddrList> resolve_host(const ConnectBudget& budget, const Url& url, Resolver resolve) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -399,119 +473,73 @@ Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::
 #if defined(AI_NUMERICSERV)
   hints.ai_flags |= AI_NUMERICSERV;
 #endif
-  const std::string port_text = num(url.port);
-  SteadyClock::time_point start = SteadyClock::now();
-  SteadyClock::time_point until = SteadyClock::time_point::max();
-  if (connect_timeout.count() > 0 &&
-      connect_timeout < std::chrono::duration_cast<Millis>(SteadyClock::time_point::max() - start))
-    until = start + connect_timeout;
+  const std::string port = num(url.port);
+  addrinfo* numeric = nullptr;
+  int rc = resolve(url.host.c_str(), port.c_str(), &hints, &numeric);
+  if (rc != 0) return lookup_host_name(budget, url.host, port, hints, resolve);  // not an IP literal
+  if (numeric == nullptr) return lookup_failed(url.host, 0, 0);
+  return AddrList(numeric);
+}
 
-  AddrInfoGuard addresses;
-  int rc = MI_DETAIL_GETADDRINFO(url.host.c_str(), port_text.c_str(), &hints, &addresses.list);
-  int sys_error = 0;
-  ContextStatus status = ContextStatus::ok;
-  if (rc != 0) {  // not an IP literal: a host name
-    addresses.list = nullptr;
-    auto lookup = std::make_shared<HostLookup>();
-    lookup->host = url.host;
-    lookup->port = port_text;
-    lookup->hints = hints;
-    lookup->hints.ai_flags &= ~AI_NUMERICHOST;
-    // One slice of a wait on `cv`, or false when the context or the connect timeout ends it.
-    auto wait_slice = [&](std::unique_lock<std::mutex>& lock, std::condition_variable& cv) {
-      status = context_status(ctx);
-      if (status != ContextStatus::ok) return false;
-      SteadyClock::time_point now = SteadyClock::now();
-      if (now >= until) return false;
-      Millis slice = time_left(ctx, kContextSlice);
-      if (until != SteadyClock::time_point::max())
-        slice = std::min(slice, std::chrono::duration_cast<Millis>(until - now) + Millis(1));
-      cv.wait_for(lock, slice);
-      return true;
-    };
-    auto wait_ended = [&](const char* busy) {
-      if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"resolving the host name ", url.host});
-      return failure<socket_handle>(Errc::timeout, {"resolving the host name ", url.host, " timed out after ",
-                                                    num(connect_timeout.count()), " ms", busy,
-                                                    ": check the endpoint URL and this machine's DNS settings"});
-    };
-    {
-      HostLookupSlots& slots = host_lookup_slots();
-      std::unique_lock<std::mutex> lock(slots.mutex);
-      while (slots.busy >= kMaxHostLookups)
-        if (!wait_slice(lock, slots.freed))
-          return wait_ended(" (all lookup threads were busy)");
-      ++slots.busy;
-    }
-    if (!start_host_lookup(lookup)) {  // no thread to spare: look up inline
-      lookup->run();
-      release_host_lookup_slot();
-    }
-    std::unique_lock<std::mutex> lock(lookup->mutex);
-    while (!lookup->done)
-      if (!wait_slice(lock, lookup->finished)) return wait_ended("");
-    rc = lookup->rc;
-    sys_error = lookup->sys_error;
-    addresses.list = lookup->list;
-    lookup->list = nullptr;
-  }
-  if (rc != 0 || addresses.list == nullptr) {
+// One address tried: `sock` connected, or kNoSocket and `err` saying why this address
+// failed (the next one may still work).
+struct Attempt {
+  socket_handle sock = kNoSocket;
+  int err = 0;
+};
+
+// Connects to one address within the budget; an error (context, connect timeout) ends
+// the whole connect.
+Result<Attempt> connect_one(const ConnectBudget& budget, const addrinfo& ai, const std::string& where) {
+  int err = 0;
+  SocketGuard sock(open_socket(ai.ai_family, ai.ai_socktype, ai.ai_protocol, err));
+  if (sock.get() == kNoSocket) return Attempt{kNoSocket, err};
 #if MI_DETAIL_WINDOWS
-    (void)sys_error;
-    std::string reason = describe_error(rc != 0 ? rc : WSAHOST_NOT_FOUND);
+  int r = ::connect(sock.get(), ai.ai_addr, static_cast<int>(ai.ai_addrlen));
+  bool pending = r != 0 && WSAGetLastError() == WSAEWOULDBLOCK;
 #else
-    std::string reason = rc != 0 ? ascii_lowercase(::gai_strerror(rc)) : std::string("no address");
-#if defined(EAI_SYSTEM)
-    if (rc == EAI_SYSTEM) reason = describe_error(sys_error);
+  int r = ::connect(sock.get(), ai.ai_addr, ai.ai_addrlen);
+  // EINTR: the connection goes on asynchronously, exactly as with EINPROGRESS.
+  bool pending = r != 0 && (errno == EINPROGRESS || errno == EINTR);
 #endif
-#endif
-    return failure<socket_handle>(Errc::network, {"could not resolve the host name ", url.host, " (", reason,
-                                                  "): check the endpoint URL and this machine's DNS settings"});
+  if (r != 0 && !pending) return Attempt{kNoSocket, last_error()};
+  if (pending) {
+    ContextStatus status = ContextStatus::ok;
+    Wait w = wait_socket(sock.get(), true, true, budget.ctx, budget.until, status, err);
+    if (w == Wait::stopped) return stopped<Attempt>(status, {"connecting to ", where});
+    if (w == Wait::deadline)
+      return failure<Attempt>(Errc::timeout, {"connecting to ", where, " timed out after ", num(budget.timeout.count()),
+                                              " ms: check that the endpoint address is right and reachable from "
+                                              "this machine (a firewall may be dropping the packets)"});
+    if (w == Wait::failed) return Attempt{kNoSocket, err};
+    int so_error = 0;
+    socklen_t len = static_cast<socklen_t>(sizeof so_error);
+    if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&so_error), &len) != 0)
+      so_error = last_error();
+    if (so_error != 0) return Attempt{kNoSocket, so_error};
   }
-  status = context_status(ctx);
+  return Attempt{sock.release(), 0};
+}
+
+// Resolves url.host and connects to each address in turn, all within connect_timeout and
+// the context. Returns the socket.
+Result<socket_handle> connect_to(const Context& ctx, const Url& url, const std::string& where, Millis connect_timeout,
+                                 Resolver resolve) {
+  int err = 0;
+  if (!network_ready(err))
+    return failure<socket_handle>(Errc::network, {"could not start WinSock (", describe_error(err), ")"});
+  const ConnectBudget budget{ctx, connect_timeout, connect_deadline(connect_timeout)};
+  Result<AddrList> addresses = resolve_host(budget, url, resolve);
+  if (!addresses) return addresses.error();
+  ContextStatus status = context_status(ctx);
   if (status != ContextStatus::ok) return stopped<socket_handle>(status, {"connecting to ", where});
 
   int connect_err = 0;
-  for (addrinfo* ai = addresses.list; ai != nullptr; ai = ai->ai_next) {
-    SocketGuard sock(open_socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol, err));
-    if (sock.get() == kNoSocket) {
-      connect_err = err;
-      continue;
-    }
-#if MI_DETAIL_WINDOWS
-    int r = ::connect(sock.get(), ai->ai_addr, static_cast<int>(ai->ai_addrlen));
-    bool pending = r != 0 && WSAGetLastError() == WSAEWOULDBLOCK;
-#else
-    int r = ::connect(sock.get(), ai->ai_addr, ai->ai_addrlen);
-    // EINTR: the connection goes on asynchronously, exactly as with EINPROGRESS.
-    bool pending = r != 0 && (errno == EINPROGRESS || errno == EINTR);
-#endif
-    if (r != 0 && !pending) {
-      connect_err = last_error();
-      continue;
-    }
-    if (pending) {
-      Wait w = wait_socket(sock.get(), true, true, ctx, until, status, err);
-      if (w == Wait::stopped) return stopped<socket_handle>(status, {"connecting to ", where});
-      if (w == Wait::deadline)
-        return failure<socket_handle>(Errc::timeout,
-                                      {"connecting to ", where, " timed out after ", num(connect_timeout.count()),
-                                       " ms: check that the endpoint address is right and reachable from "
-                                       "this machine (a firewall may be dropping the packets)"});
-      if (w == Wait::failed) {
-        connect_err = err;
-        continue;
-      }
-      int so_error = 0;
-      socklen_t len = static_cast<socklen_t>(sizeof so_error);
-      if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&so_error), &len) != 0)
-        so_error = last_error();
-      if (so_error != 0) {
-        connect_err = so_error;
-        continue;
-      }
-    }
-    return sock.release();
+  for (const addrinfo* ai = addresses->get(); ai != nullptr; ai = ai->ai_next) {
+    Result<Attempt> attempt = connect_one(budget, *ai, where);
+    if (!attempt) return attempt.error();
+    if (attempt->sock != kNoSocket) return attempt->sock;
+    connect_err = attempt->err;
   }
 #if MI_DETAIL_WINDOWS
   bool refused = connect_err == WSAECONNREFUSED;
@@ -601,34 +629,33 @@ Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const
 
 class SocketTransport final : public HttpClient {
  public:
-  // connect_timeout bounds connecting (all addresses together); zero or less: only the context does.
-  explicit SocketTransport(Millis connect_timeout = Millis(5000)) : connect_timeout_(connect_timeout) {}
+  // connect_timeout bounds connecting (all addresses together); zero or less: only the
+  // context does. `resolve` looks host names up (tests pass one that blocks on demand).
+  explicit SocketTransport(Millis connect_timeout = Millis(5000), Resolver resolve = &system_resolver)
+      : connect_timeout_(connect_timeout), resolve_(resolve) {}
   Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
 
  private:
   Millis connect_timeout_;
+  Resolver resolve_;
 };
 
 Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& request) {
-  Url url;
-  std::string why;
-  if (!parse_url(request.url, url, why))
-    return failure<HttpResponse>(Errc::invalid_argument, {"the endpoint URL is invalid: ", why});
+  Result<WireRequest> wire = serialize_request(request);  // the one parse of request.url
+  if (!wire) return wire.error();
+  const Url& url = wire->url;
   if (url.scheme != "http")
     return failure<HttpResponse>(Errc::tls, {"HTTPS needs MI_USE_CURL: this build has no TLS transport (define "
                                              "MI_USE_CURL where MI_IMPLEMENTATION is defined, with the libcurl and "
                                              "OpenSSL headers installed)"});
-  std::string wire;
-  if (!serialize_request(request, url, wire, why))
-    return failure<HttpResponse>(Errc::invalid_argument, {"the request cannot be sent: ", why});
   const std::string where = url.authority();
   ContextStatus status = context_status(ctx);
   if (status != ContextStatus::ok) return stopped<HttpResponse>(status, {"connecting to ", where});
 
-  Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_);
+  Result<socket_handle> connected = sock_impl::connect_to(ctx, url, where, connect_timeout_, resolve_);
   if (!connected) return connected.error();
   sock_impl::SocketGuard sock(connected.value());
-  Result<bool> sent = sock_impl::send_all(ctx, sock.get(), wire, where);
+  Result<bool> sent = sock_impl::send_all(ctx, sock.get(), wire->bytes, where);
   if (!sent) return sent.error();
   return sock_impl::receive_response(ctx, sock.get(), where);
 }

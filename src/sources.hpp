@@ -373,16 +373,18 @@ Result<bool> check_identity(const SourceSpec& spec, const ID& id) {
 // Parses an endpoint URL taken from variable `name`: malformed, wrong scheme or a control
 // character is invalid_argument. The message names the variable, not the value.
 Result<Url> endpoint_from(const std::string& value, const char* name, const char* scheme, Source source) {
-  Url url;
   std::string why;
   if (has_control_char(value)) {
     why = "it contains a control character";
-  } else if (!parse_url(value, url, why)) {
-    // why is set by parse_url
-  } else if (url.scheme != scheme) {
-    why = cat({"its scheme must be ", scheme, "://"});
   } else {
-    return url;
+    Result<Url> parsed = parse_url(value);
+    if (!parsed) {
+      why = parsed.error().message();
+    } else if (parsed->scheme != scheme) {
+      why = cat({"its scheme must be ", scheme, "://"});
+    } else {
+      return parsed;
+    }
   }
   return ErrorAccess::make(Errc::invalid_argument,
                            cat({name, " is not a valid ", scheme, " URL (", why, "); check the ",

@@ -106,119 +106,90 @@ bool valid_ipv6(std::string_view s) {
 // Characters allowed in a host name: letters, digits, '-', '.', '_', '~'.
 inline bool host_char(char c) noexcept { return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~'; }
 
+Result<Url> bad_url(std::string_view why) { return failure<Url>(Errc::invalid_argument, {why}); }
+
+// The authority split into its host (IPv6 without brackets) and the text after ':'.
+struct HostPort {
+  std::string_view host;
+  std::string_view port;  // empty when absent or "host:" (both mean the default)
+};
+
+// "host[:port]" or "[IPv6][:port]"; the host is checked, the port only split off.
+Result<HostPort> split_authority(std::string_view authority) {
+  HostPort out;
+  if (!authority.empty() && authority[0] == '[') {
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos)
+      return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal (missing ']')"});
+    out.host = authority.substr(1, close - 1);
+    if (!valid_ipv6(out.host)) return failure<HostPort>(Errc::invalid_argument, {"bad IPv6 literal"});
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty() && after[0] != ':')
+      return failure<HostPort>(Errc::invalid_argument, {"unexpected characters after the IPv6 literal"});
+    if (!after.empty()) out.port = after.substr(1);
+  } else {
+    size_t colon = authority.find(':');
+    out.host = authority.substr(0, colon);
+    if (colon != std::string_view::npos) out.port = authority.substr(colon + 1);
+    for (char c : out.host)
+      if (!host_char(c))
+        return failure<HostPort>(Errc::invalid_argument, {"the host name contains a character that is not allowed"});
+  }
+  if (out.host.empty()) return failure<HostPort>(Errc::invalid_argument, {"the URL has no host"});
+  return out;
+}
+
+// Decimal 1-65535; empty text is the scheme's default (RFC 3986 allows "host:").
+Result<uint16_t> parse_port(std::string_view text, uint16_t default_port) {
+  if (text.empty()) return default_port;
+  if (text.size() > 5) return failure<uint16_t>(Errc::invalid_argument, {"the port is out of range (1-65535)"});
+  unsigned value = 0;
+  for (char c : text) {
+    if (!is_digit(c)) return failure<uint16_t>(Errc::invalid_argument, {"the port is not a number"});
+    value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (value == 0 || value > 65535)
+    return failure<uint16_t>(Errc::invalid_argument, {"the port is out of range (1-65535)"});
+  return static_cast<uint16_t>(value);
+}
+
 }  // namespace url_impl
 
-bool parse_url(std::string_view text, Url& out, std::string& why) {
-  out.scheme.clear();  // reset (cheaper to compile than assigning a fresh Url)
-  out.host.clear();
-  out.port = 0;
-  out.path.clear();
-  out.query.clear();
+// Parses and validates an absolute http:// or https:// URL. The error (invalid_argument)
+// says what is wrong in words and never quotes the URL, which may carry a secret.
+Result<Url> parse_url(std::string_view text) {
   for (char ch : text) {
     unsigned char c = static_cast<unsigned char>(ch);
-    if (c <= 0x20 || c >= 0x7f) {
-      why = "the URL contains a control character, a space or a non-ASCII byte";
-      return false;
-    }
+    if (c <= 0x20 || c >= 0x7f)
+      return url_impl::bad_url("the URL contains a control character, a space or a non-ASCII byte");
   }
   size_t sep = text.find("://");
-  if (sep == std::string_view::npos || sep == 0) {
-    why = "not an absolute http:// or https:// URL";
-    return false;
-  }
-  std::string scheme = ascii_lowercase(text.substr(0, sep));
-  if (scheme != "http" && scheme != "https") {
-    why = "the scheme must be http or https";
-    return false;
-  }
+  if (sep == std::string_view::npos || sep == 0) return url_impl::bad_url("not an absolute http:// or https:// URL");
+  Url url;
+  url.scheme = ascii_lowercase(text.substr(0, sep));
+  if (url.scheme != "http" && url.scheme != "https") return url_impl::bad_url("the scheme must be http or https");
   std::string_view rest = text.substr(sep + 3);
-  size_t hash = rest.find('#');
-  if (hash != std::string_view::npos) rest = rest.substr(0, hash);  // a fragment is never sent
+  rest = rest.substr(0, rest.find('#'));  // a fragment is never sent
 
   size_t authority_end = rest.find_first_of("/?");
   std::string_view authority = rest.substr(0, authority_end);
-  std::string_view path_and_query = authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
-  if (authority.find('@') != std::string_view::npos) {
-    why = "the URL must not contain user information (user@host)";
-    return false;
-  }
+  if (authority.find('@') != std::string_view::npos)
+    return url_impl::bad_url("the URL must not contain user information (user@host)");
+  Result<url_impl::HostPort> host_port = url_impl::split_authority(authority);
+  if (!host_port) return host_port.error();
+  const uint16_t default_port = url.scheme == "https" ? uint16_t{443} : uint16_t{80};
+  Result<uint16_t> port = url_impl::parse_port(host_port->port, default_port);
+  if (!port) return port.error();
+  url.host = ascii_lowercase(host_port->host);
+  url.port = *port;
 
-  std::string_view host, port_text;
-  bool has_port = false;
-  if (!authority.empty() && authority[0] == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) {
-      why = "bad IPv6 literal (missing ']')";
-      return false;
-    }
-    host = authority.substr(1, close - 1);
-    if (!url_impl::valid_ipv6(host)) {
-      why = "bad IPv6 literal";
-      return false;
-    }
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after[0] != ':') {
-        why = "unexpected characters after the IPv6 literal";
-        return false;
-      }
-      has_port = true;
-      port_text = after.substr(1);
-    }
-  } else {
-    size_t colon = authority.find(':');
-    host = authority.substr(0, colon);
-    if (colon != std::string_view::npos) {
-      has_port = true;
-      port_text = authority.substr(colon + 1);
-    }
-    for (char c : host) {
-      if (!url_impl::host_char(c)) {
-        why = "the host name contains a character that is not allowed";
-        return false;
-      }
-    }
-  }
-  if (host.empty()) {
-    why = "the URL has no host";
-    return false;
-  }
-
-  uint16_t port = scheme == "https" ? 443 : 80;
-  if (has_port && !port_text.empty()) {  // "host:" with an empty port means the default (RFC 3986)
-    unsigned value = 0;
-    if (port_text.size() > 5) {
-      why = "the port is out of range (1-65535)";
-      return false;
-    }
-    for (char c : port_text) {
-      if (!url_impl::is_digit(c)) {
-        why = "the port is not a number";
-        return false;
-      }
-      value = value * 10 + static_cast<unsigned>(c - '0');
-    }
-    if (value == 0 || value > 65535) {
-      why = "the port is out of range (1-65535)";
-      return false;
-    }
-    port = static_cast<uint16_t>(value);
-  }
-
-  std::string_view path = path_and_query, query;
+  std::string_view path_and_query =
+      authority_end == std::string_view::npos ? std::string_view() : rest.substr(authority_end);
   size_t qmark = path_and_query.find('?');
-  if (qmark != std::string_view::npos) {
-    path = path_and_query.substr(0, qmark);
-    query = path_and_query.substr(qmark + 1);
-  }
-
-  out.scheme = std::move(scheme);
-  out.host = ascii_lowercase(host);
-  out.port = port;
-  out.path = path.empty() ? std::string("/") : std::string(path);
-  out.query = std::string(query);
-  why.clear();
-  return true;
+  std::string_view path = path_and_query.substr(0, qmark);
+  url.path = path.empty() ? std::string("/") : std::string(path);
+  if (qmark != std::string_view::npos) url.query = std::string(path_and_query.substr(qmark + 1));
+  return url;
 }
 
 std::string merge_query(std::string_view existing_raw,
@@ -242,9 +213,11 @@ std::string merge_query(std::string_view existing_raw,
     pos = amp + 1;
   }
   for (const auto& p : params) add_pair(pairs, p.first, p.second);
-  // Stable insertion sort by name: a handful of parameters, and far less code than std::stable_sort.
-  for (size_t i = 1; i < pairs.size(); ++i)
-    for (size_t j = i; j > 0 && pairs[j].first < pairs[j - 1].first; --j) pairs[j].swap(pairs[j - 1]);
+  // By name; stable, so repeated names keep their order (endpoint's first, then ours).
+  std::stable_sort(pairs.begin(), pairs.end(),
+                   [](const std::pair<std::string, std::string>& a, const std::pair<std::string, std::string>& b) {
+                     return a.first < b.first;
+                   });
   std::string out;
   for (const auto& p : pairs) {
     if (!out.empty()) out.push_back('&');

@@ -7,6 +7,9 @@
 #   consumer_add_subdirectory  add_subdirectory(<source tree>)
 #   consumer_fetch_content     FetchContent with SOURCE_DIR = the source tree (no download)
 #   consumer_single_header     the header copied alone; c++ -std=c++17 main.cpp -pthread
+#   consumer_meson_subproject  Meson: dependency('managed_identity'[_impl]) from subprojects/ (a copy)
+#   consumer_meson_wrap        Meson: the same from a wrap-file whose archive is in packagecache
+#                              (both skipped, exit 77, without meson: Debian's `meson` package)
 # The first three exist only with MI_INSTALL (install rules). Scratch: <build>/tests/consumers.
 # Label `consumer`: ctest -L consumer runs them alone.
 find_package(PkgConfig QUIET)
@@ -57,6 +60,14 @@ endif()
 mi_add_consumer_test(add_subdirectory)
 mi_add_consumer_test(fetch_content)
 mi_add_consumer_test(single_header)
+find_program(MESON_EXECUTABLE meson)
+if(MESON_EXECUTABLE)
+  set(_mi_meson_arg "--meson=${MESON_EXECUTABLE}")
+else()
+  set(_mi_meson_arg "")
+endif()
+mi_add_consumer_test(meson_subproject ${_mi_meson_arg})
+mi_add_consumer_test(meson_wrap ${_mi_meson_arg})
 
 # A sanitized build installs an instrumented library: its consumer must link the runtime too.
 if(MI_SANITIZE AND _mi_install_tests)

@@ -47,6 +47,8 @@ KEEP_VARS = ("PATH", "SYSTEMROOT", "SystemRoot", "WINDIR", "TZ", "LANG", "LC_ALL
 SOURCE_NAMES = {"imds": "DefaultToIMDS", "appservice": "AppService", "azureml": "AzureML",
                 "cloudshell": "CloudShell", "arc": "AzureArc", "servicefabric": "ServiceFabric"}
 SECRET_VARS = ("IDENTITY_HEADER", "MSI_SECRET")
+# mi-token's exit statuses (its --help and the README list them).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ENDPOINT, EXIT_REFUSED, EXIT_TRANSPORT = 0, 1, 2, 3, 4, 5
 
 
 # ---- bookkeeping ----------------------------------------------------------------
@@ -371,17 +373,17 @@ def no_retry(c, source, *emu_args):
     """--no-retry: one attempt, the 503 comes back at once."""
     with Emulator(source, "--fail", 5, "--fail-status", 503, *emu_args) as emu:
         run = mi_token(["--no-retry", RESOURCE], emu.env())
-        c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+        c.eq(run.rc, EXIT_REFUSED, "exit status (%s)" % run.describe())
         c.eq(run.stdout, "", "stdout")
         c.check("status: 503" in run.stderr, "stderr names status 503: %r" % run.stderr)
         check_stats(c, emu, token_requests=1, tokens_issued=0)
 
 
 def endpoint_400(c, source, *emu_args):
-    """An endpoint answering 400 in its own error shape: exit 1, `error:` on stderr, no token."""
+    """An endpoint answering 400 in its own error shape: exit 4 (refused), `error:` on stderr, no token."""
     with Emulator(source, "--fail", 100, "--fail-status", 400, *emu_args) as emu:
         run = mi_token(["--repeat", 2, RESOURCE], emu.env())
-        c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+        c.eq(run.rc, EXIT_REFUSED, "exit status (%s)" % run.describe())
         c.eq(run.stdout, "", "stdout (no token)")
         c.check(run.stderr.startswith("error: "), "stderr starts with 'error: ': %r" % run.stderr)
         c.check("status: 400" in run.stderr, "stderr has 'status: 400': %r" % run.stderr)
@@ -396,7 +398,7 @@ def unsupported(c, source, flag, *emu_args):
     """mi::New refuses an ID kind the source cannot take, before any request."""
     with Emulator(source, *emu_args) as emu:
         run = mi_token([flag, "some-id", RESOURCE], emu.env())
-        c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+        c.eq(run.rc, EXIT_FAILED, "exit status (%s)" % run.describe())
         c.check("code: unsupported_identity" in run.stderr, "stderr: %r" % run.stderr)
         st = emu.stats()
         c.eq(st["requests"], 0, "emulator requests")
@@ -481,7 +483,7 @@ def imds():
     def imds_timeout(c):
         with Emulator("imds", "--delay-ms", 5000) as emu:
             run = mi_token(["--timeout-ms", 300, "--no-retry", RESOURCE], emu.env())
-            c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+            c.eq(run.rc, EXIT_NO_ENDPOINT, "exit status (%s)" % run.describe())
             c.check("code: timeout" in run.stderr, "stderr: %r" % run.stderr)
             c.check(run.elapsed < 4.0, "took %.1f s; the deadline was 0.3 s" % run.elapsed)
 
@@ -555,7 +557,7 @@ def appservice():
     def appservice_wrong_secret(c):
         with Emulator("appservice") as emu:
             run = mi_token([RESOURCE], emu.env(IDENTITY_HEADER="not-the-secret"))
-            c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+            c.eq(run.rc, EXIT_REFUSED, "exit status (%s)" % run.describe())
             c.check("status: 401" in run.stderr, "stderr: %r" % run.stderr)
             c.check("not-the-secret" not in run.stderr, "stderr holds the secret header value")
 
@@ -695,7 +697,7 @@ def arc():
             # An agent that ignores the selector (no echo): fail closed, nothing cached.
             with Emulator("arc", "--no-echo", *d) as emu:
                 run = mi_token(["--client-id", "9d3f2d6c-3c41-4d2f-9a66-4c3e5e1c9f10", RESOURCE], emu.env())
-                c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+                c.eq(run.rc, EXIT_FAILED, "exit status (%s)" % run.describe())
                 c.eq(run.stdout, "", "stdout (no token)")
                 c.check("code: arc_challenge" in run.stderr, "stderr: %r" % run.stderr)
                 c.check("eyJ" not in run.stderr, "stderr looks like it holds a token")
@@ -750,7 +752,7 @@ def servicefabric():
     def servicefabric_thumbprint_mismatch(c):
         with Emulator("servicefabric") as emu:
             run = mi_token(["--no-retry", RESOURCE], emu.env(IDENTITY_SERVER_THUMBPRINT="00" * 20))
-            c.eq(run.rc, 1, "exit status (%s)" % run.describe())
+            c.eq(run.rc, EXIT_TRANSPORT, "exit status (%s)" % run.describe())
             c.check("code: tls" in run.stderr, "stderr: %r" % run.stderr)
             c.eq(emu.stats()["requests"], 0, "HTTP requests that reached the server")
             check_no_secrets(c, run, emu)
@@ -792,7 +794,613 @@ def usage():
         c.eq((run.rc, run.stdout.strip()), (0, expected), "mi-token --source in a clean environment")
 
 
-SOURCES = [imds, appservice, azureml, cloudshell, arc, servicefabric]
+# ---- mi-token --cache: the per-user file cache ---------------------------------------------------
+
+CACHE_DIR_NAME = "managed-identity"
+
+
+class TempDir:
+    """A scratch directory for one case (a fake $XDG_RUNTIME_DIR or $TMPDIR), removed after."""
+
+    def __init__(self):
+        import tempfile
+        self.path = tempfile.mkdtemp(prefix="mi-token-e2e-")
+        os.chmod(self.path, 0o700)
+
+    def __enter__(self):
+        return self.path
+
+    def __exit__(self, *exc):
+        import shutil
+        for root, dirs, files in os.walk(self.path):   # a case may have chowned or chmodded things
+            for d in dirs:
+                try:
+                    os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
+                except (OSError, NotImplementedError):
+                    pass
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def cache_env(emu, runtime_dir, **more):
+    return emu.env(XDG_RUNTIME_DIR=runtime_dir, MI_TOKEN_CACHE=None, **more)
+
+
+def cache_files(folder):
+    """Names in the cache folder, without the lock files."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n for n in os.listdir(folder) if not n.endswith(".lock"))
+
+
+def token_files(folder):
+    return [n for n in cache_files(folder) if n.endswith(".token")]
+
+
+def check_cached_pair(c, emu, env, args=(), resource=RESOURCE, requests=1):
+    """Two --cache runs: the first from the endpoint, the second from the file."""
+    first = mi_token(["--cache"] + list(args) + [resource], env)
+    second = mi_token(["--cache"] + list(args) + [resource], env)
+    ok = c.eq((first.rc, second.rc), (0, 0), "exit statuses (%s | %s)" % (first.describe(), second.describe()))
+    if ok and c.eq((len(first.lines), len(second.lines)), (1, 1), "JSON lines"):
+        c.eq(second.lines[0]["tokenSource"], "Cache", "second run's tokenSource")
+        c.eq(second.lines[0]["accessToken"], first.lines[0]["accessToken"], "second run's token")
+        c.eq(second.lines[0]["expires_on"], first.lines[0]["expires_on"], "second run's expires_on")
+        c.eq(second.lines[0]["resource"], first.lines[0]["resource"], "second run's resource")
+        check_no_secrets(c, second, emu, [first.lines[0]["accessToken"]])
+    check_stats(c, emu, token_requests=requests)
+    return first, second
+
+
+def skip_unless_posix():
+    if os.name != "posix" or MI_TOKEN.endswith(".exe") or "wine" in MI_TOKEN:
+        return "the file cache is POSIX only"
+    return None
+
+
+def cache():
+    if os.path.exists(ARC_HIMDS):
+        print("SKIP cache: %s exists, so the environment selects Azure Arc" % ARC_HIMDS)
+        RESULTS.skipped += 1
+        return
+
+    @case
+    def cache_folder_and_file_modes(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds") as emu:
+            first, _ = check_cached_pair(c, emu, cache_env(emu, rt))
+            if first.lines:
+                c.eq(first.lines[0]["tokenSource"], "IdentityProvider", "first run's tokenSource")
+            folder = os.path.join(rt, CACHE_DIR_NAME)
+            st = os.lstat(folder)
+            c.check(os.path.isdir(folder) and not os.path.islink(folder), "cache folder is a directory")
+            c.eq(oct(st.st_mode & 0o7777), oct(0o700), "cache folder mode")
+            c.eq(st.st_uid, os.geteuid(), "cache folder owner")
+            files = cache_files(folder)
+            c.eq(len(token_files(folder)), 1, "token files (%r)" % files)
+            c.eq(files, token_files(folder), "only token files besides the locks (no temporary left)")
+            for name in os.listdir(folder):
+                fst = os.lstat(os.path.join(folder, name))
+                c.eq(oct(fst.st_mode & 0o7777), oct(0o600), "mode of %s" % name)
+                c.eq(fst.st_uid, os.geteuid(), "owner of %s" % name)
+            if first.lines:
+                tok = first.lines[0]["accessToken"]
+                with open(os.path.join(folder, token_files(folder)[0])) as f:
+                    c.check(tok in f.read(), "the token file holds the token")
+
+    @case
+    def cache_env_variable_opt_in(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds") as emu:
+            env = emu.env(XDG_RUNTIME_DIR=rt, MI_TOKEN_CACHE="1")
+            a = mi_token([RESOURCE], env)
+            b = mi_token([RESOURCE], env)
+            if c.eq((a.rc, b.rc), (0, 0), "exit statuses (%s)" % b.describe()):
+                c.eq(b.lines[0]["tokenSource"], "Cache", "second run with MI_TOKEN_CACHE=1")
+            off = mi_token(["--no-cache", RESOURCE], env)
+            if c.eq(off.rc, 0, "exit status of --no-cache (%s)" % off.describe()):
+                c.eq(off.lines[0]["tokenSource"], "IdentityProvider", "--no-cache overrides MI_TOKEN_CACHE")
+            check_stats(c, emu, token_requests=2)
+            plain = mi_token([RESOURCE], emu.env(XDG_RUNTIME_DIR=rt, MI_TOKEN_CACHE=None))
+            if c.eq(plain.rc, 0, "exit status (%s)" % plain.describe()):
+                c.eq(plain.lines[0]["tokenSource"], "IdentityProvider", "the cache is off by default")
+
+    @case
+    def cache_tmpdir_fallback(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as tmp, Emulator("imds") as emu:
+            env = emu.env(XDG_RUNTIME_DIR=None, TMPDIR=tmp)
+            check_cached_pair(c, emu, env)
+            folder = os.path.join(tmp, "%s-%d" % (CACHE_DIR_NAME, os.geteuid()))
+            if c.check(os.path.isdir(folder), "per-user folder %s created (have %r)" % (folder, os.listdir(tmp))):
+                c.eq(oct(os.lstat(folder).st_mode & 0o7777), oct(0o700), "folder mode")
+                c.eq(len(token_files(folder)), 1, "token files")
+
+    def expect_refused(c, emu, env, folder, why):
+        """The folder is refused: the token still comes (from the endpoint, each time), a warning
+        names the folder, and nothing is written into it."""
+        before = sorted(os.listdir(folder)) if os.path.isdir(folder) else None
+        a = mi_token(["--cache", RESOURCE], env)
+        b = mi_token(["--cache", RESOURCE], env)
+        if c.eq((a.rc, b.rc), (0, 0), "exit statuses with a refused folder (%s)" % b.describe()):
+            c.eq([a.lines[0]["tokenSource"], b.lines[0]["tokenSource"]], ["IdentityProvider"] * 2,
+                 "tokenSource with a refused folder (%s)" % why)
+            c.check("not using the cache" in b.stderr, "warning on stderr (%s): %r" % (why, b.stderr))
+            check_no_secrets(c, b, emu, [a.lines[0]["accessToken"], b.lines[0]["accessToken"]])
+        after = sorted(os.listdir(folder)) if os.path.isdir(folder) else None
+        c.eq(after, before, "folder contents after a refusal (%s)" % why)
+        return a, b
+
+    @case
+    def cache_folder_open_to_others_refused(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        for mode in (0o750, 0o705, 0o777, 0o1777):
+            with TempDir() as rt, Emulator("imds") as emu:
+                folder = os.path.join(rt, CACHE_DIR_NAME)
+                os.mkdir(folder)
+                os.chmod(folder, mode)
+                expect_refused(c, emu, cache_env(emu, rt), folder, "mode %o" % mode)
+                c.eq(oct(os.lstat(folder).st_mode & 0o7777), oct(mode), "mode left alone")
+                check_stats(c, emu, token_requests=2)
+
+    @case
+    def cache_folder_symlink_refused(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, TempDir() as target, Emulator("imds") as emu:
+            os.symlink(target, os.path.join(rt, CACHE_DIR_NAME))
+            expect_refused(c, emu, cache_env(emu, rt), target, "a symbolic link")
+            c.eq(os.listdir(target), [], "nothing written through the link")
+
+    @case
+    def cache_folder_other_owner_refused(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        if os.geteuid() != 0:
+            return "needs root to give a folder to another user"
+        with TempDir() as rt, Emulator("imds") as emu:
+            folder = os.path.join(rt, CACHE_DIR_NAME)
+            os.mkdir(folder, 0o700)
+            os.chown(folder, 65534, 65534)
+            expect_refused(c, emu, cache_env(emu, rt), folder, "owned by uid 65534")
+        with TempDir() as tmp, Emulator("imds") as emu:
+            # The shared temporary directory: another user got there first.
+            folder = os.path.join(tmp, "%s-%d" % (CACHE_DIR_NAME, os.geteuid()))
+            os.mkdir(folder, 0o700)
+            os.chown(folder, 65534, 65534)
+            expect_refused(c, emu, emu.env(XDG_RUNTIME_DIR=None, TMPDIR=tmp), folder, "TMPDIR, uid 65534")
+
+    @case
+    def cache_bad_files_ignored_and_replaced(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        other = "https://storage.azure.com"
+
+        def garbage(path):
+            with open(path, "wb") as f:
+                f.write(os.urandom(3000))
+
+        def truncate(path):
+            data = open(path, "rb").read()
+            with open(path, "wb") as f:
+                f.write(data[:len(data) // 2])
+
+        def empty(path):
+            open(path, "wb").close()
+
+        def bad_version(path):
+            data = open(path, "rb").read()
+            with open(path, "wb") as f:
+                f.write(data.replace(b"mi-token-cache 1", b"mi-token-cache 9", 1))
+
+        def huge(path):
+            with open(path, "wb") as f:
+                f.write(open(path + ".orig", "rb").read() + b"x" * 2000000)
+
+        def nul_in_token(path):
+            data = open(path, "rb").read()
+            with open(path, "wb") as f:
+                f.write(data.replace(b"access_token ", b"access_token \x00", 1))
+
+        def open_mode(path):
+            os.chmod(path, 0o644)
+
+        def foreign_owner(path):
+            if os.geteuid() == 0:
+                os.chown(path, 65534, 65534)
+            else:
+                os.chmod(path, 0o640)
+
+        def symlink(path):
+            os.rename(path, path + ".elsewhere")
+            os.symlink(path + ".elsewhere", path)
+
+        def hardlink(path):
+            os.link(path, path + ".second-link")
+
+        def other_key(path):
+            # Another key's file (same user) under this key's name: never served for this key.
+            folder = os.path.dirname(path)
+            others = [n for n in token_files(folder) if os.path.join(folder, n) != path]
+            data = open(os.path.join(folder, others[0]), "rb").read()
+            with open(path, "wb") as f:
+                f.write(data)
+
+        def a_directory(path):
+            os.unlink(path)
+            os.mkdir(path, 0o700)
+
+        for name, spoil in (("garbage", garbage), ("truncated", truncate), ("empty", empty),
+                            ("unknown version", bad_version), ("2 MB", huge), ("NUL in the token", nul_in_token),
+                            ("mode 0644", open_mode), ("another owner", foreign_owner), ("symbolic link", symlink),
+                            ("second hard link", hardlink), ("another key's file", other_key),
+                            ("a directory", a_directory)):
+            with TempDir() as rt, Emulator("imds") as emu:
+                env = cache_env(emu, rt)
+                folder = os.path.join(rt, CACHE_DIR_NAME)
+                seed_other = mi_token(["--cache", other], env)
+                before_files = set(token_files(folder))
+                first = mi_token(["--cache", RESOURCE], env)
+                if not c.eq((seed_other.rc, first.rc), (0, 0), "%s: seeding runs (%s)" % (name, first.describe())):
+                    continue
+                mine = [n for n in token_files(folder) if n not in before_files]
+                if not c.eq(len(mine), 1, "%s: the new key's file" % name):
+                    continue
+                path = os.path.join(folder, mine[0])
+                import shutil
+                shutil.copyfile(path, path + ".orig")
+                spoil(path)
+                os.unlink(path + ".orig")
+                again = mi_token(["--cache", RESOURCE], env)
+                if c.eq(again.rc, 0, "%s: exit status (%s)" % (name, again.describe())):
+                    c.eq(again.lines[0]["tokenSource"], "IdentityProvider", "%s: file ignored" % name)
+                    c.eq(token_payload(again.lines[0]["accessToken"]).get("aud"), RESOURCE, "%s: audience" % name)
+                    c.check(again.lines[0]["accessToken"] != first.lines[0]["accessToken"], "%s: new token" % name)
+                    check_no_secrets(c, again, emu, [first.lines[0]["accessToken"], again.lines[0]["accessToken"]])
+                # Replaced: the next run is served from a sound file.
+                third = mi_token(["--cache", RESOURCE], env)
+                if c.eq(third.rc, 0, "%s: third run (%s)" % (name, third.describe())) and again.lines:
+                    c.eq(third.lines[0]["tokenSource"], "Cache", "%s: replaced file used" % name)
+                    c.eq(third.lines[0]["accessToken"], again.lines[0]["accessToken"], "%s: replaced token" % name)
+                if not os.path.isdir(path):
+                    fst = os.lstat(path)
+                    c.check(not os.path.islink(path), "%s: the link itself is replaced" % name)
+                    c.eq((oct(fst.st_mode & 0o7777), fst.st_uid, fst.st_nlink), (oct(0o600), os.geteuid(), 1),
+                         "%s: mode, owner and links of the replacement" % name)
+                check_stats(c, emu, token_requests=3)
+
+    @case
+    def cache_key_rules(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds") as emu:
+            env = cache_env(emu, rt)
+            runs = [mi_token(["--cache"] + a, env) for a in (
+                [RESOURCE],
+                [RESOURCE.upper()],                             # resource: case-insensitive
+                [RESOURCE + "/.default"],                       # the library's /.default trim
+                ["--client-id", "abc", RESOURCE],               # another identity
+                ["--client-id", "ABC", RESOURCE],               # ID value: case-insensitive
+                ["--object-id", "abc", RESOURCE],               # same text, another kind
+                ["https://storage.azure.com"])]                 # another resource
+            if c.eq([r.rc for r in runs], [0] * len(runs), "exit statuses (%s)" % runs[-1].describe()):
+                c.eq([r.lines[0]["tokenSource"] for r in runs],
+                     ["IdentityProvider", "Cache", "Cache", "IdentityProvider", "Cache", "IdentityProvider",
+                      "IdentityProvider"], "tokenSource per key")
+                c.eq(token_payload(runs[5].lines[0]["accessToken"]).get("oid"), "abc", "object ID token")
+            check_stats(c, emu, token_requests=4)
+            c.eq(len(token_files(os.path.join(rt, CACHE_DIR_NAME))), 4, "one file per key")
+
+    @case
+    def cache_five_minute_rule(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds", "--lifetime", 240) as emu:
+            env = cache_env(emu, rt)
+            runs = [mi_token(["--cache", RESOURCE], env) for _ in range(2)]
+            if c.eq([r.rc for r in runs], [0, 0], "exit statuses"):
+                c.eq([r.lines[0]["tokenSource"] for r in runs], ["IdentityProvider"] * 2,
+                     "a token expiring within 5 minutes is not served from the file")
+            check_stats(c, emu, token_requests=2)
+        with TempDir() as rt, Emulator("imds") as emu:
+            # A file whose token has come within 5 minutes of its expiry is not used.
+            env = cache_env(emu, rt)
+            first = mi_token(["--cache", RESOURCE], env)
+            folder = os.path.join(rt, CACHE_DIR_NAME)
+            path = os.path.join(folder, token_files(folder)[0])
+            text = open(path).read()
+            soon = int(time.time()) + 280
+            text = re.sub(r"(?m)^expires_on \d+$", "expires_on %d" % soon, text)
+            text = re.sub(r"(?m)^refresh_on \d+$", "refresh_on 0", text)
+            with open(path, "w") as f:
+                f.write(text)
+            again = mi_token(["--cache", RESOURCE], env)
+            if c.eq((first.rc, again.rc), (0, 0), "exit statuses (%s)" % again.describe()):
+                c.eq(again.lines[0]["tokenSource"], "IdentityProvider", "tokenSource of a nearly expired file")
+            check_stats(c, emu, token_requests=2)
+
+    @case
+    def cache_claims_bypass(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds") as emu:
+            env = cache_env(emu, rt)
+            first = mi_token(["--cache", RESOURCE], env)
+            claims = mi_token(["--cache", "--claims", '{"access_token":{"nbf":{"essential":true}}}', RESOURCE], env)
+            after = mi_token(["--cache", RESOURCE], env)
+            if c.eq([first.rc, claims.rc, after.rc], [0, 0, 0], "exit statuses (%s)" % claims.describe()):
+                c.eq(claims.lines[0]["tokenSource"], "IdentityProvider", "claims never read the file")
+                c.check(claims.lines[0]["accessToken"] != first.lines[0]["accessToken"], "claims got a new token")
+                c.eq(after.lines[0]["tokenSource"], "Cache", "after claims")
+                c.eq(after.lines[0]["accessToken"], claims.lines[0]["accessToken"],
+                     "the token fetched with claims replaces the rejected one")
+            check_stats(c, emu, token_requests=2)
+
+    @case
+    def cache_concurrent_cold_calls_coalesce(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds", "--delay-ms", 300) as emu:
+            env = cache_env(emu, rt)
+            procs = [subprocess.Popen([MI_TOKEN, "--cache", RESOURCE], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for _ in range(50)]
+            outs = [p.communicate(timeout=120) for p in procs]
+            rcs = [p.returncode for p in procs]
+            c.eq(rcs, [0] * 50, "exit statuses (stderr: %r)" % [e for _, e in outs if e][:2])
+            tokens = set()
+            sources = []
+            for out, _ in outs:
+                try:
+                    line = json.loads(out)
+                    tokens.add(line["accessToken"])
+                    sources.append(line["tokenSource"])
+                except ValueError:
+                    c.check(False, "not JSON: %r" % out[:200])
+            c.eq(len(tokens), 1, "distinct tokens among 50 concurrent processes")
+            c.eq(sources.count("IdentityProvider"), 1, "processes that made the request")
+            check_stats(c, emu, token_requests=1)
+
+    @case
+    def cache_concurrent_failure_shared(c):
+        # The endpoint refuses (400, final): the processes that waited for the one request get
+        # its outcome instead of asking one after another; a later call asks again.
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds", "--fail", 1000, "--fail-status", 400, "--delay-ms", 500) as emu:
+            env = cache_env(emu, rt)
+            procs = [subprocess.Popen([MI_TOKEN, "--cache", RESOURCE], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for _ in range(20)]
+            outs = [p.communicate(timeout=120) for p in procs]
+            c.eq([p.returncode for p in procs], [EXIT_REFUSED] * 20, "exit statuses")
+            c.eq([o for o, _ in outs], [""] * 20, "stdout")
+            c.check(all("status: 400" in e and "code: http_status" in e for _, e in outs),
+                    "every process reports the endpoint's answer: %r" % [e for _, e in outs][:2])
+            check_stats(c, emu, token_requests=1)
+            later = mi_token(["--cache", RESOURCE], env)
+            c.eq(later.rc, EXIT_REFUSED, "exit status of a later call")
+            check_stats(c, emu, token_requests=2)
+
+    @case
+    def cache_sequential_calls_one_request(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds") as emu:
+            env = cache_env(emu, rt)
+            runs = [mi_token(["--cache", "--output", "token", RESOURCE], env) for _ in range(20)]
+            c.eq([r.rc for r in runs], [0] * 20, "exit statuses")
+            c.eq(len({r.stdout for r in runs}), 1, "one token for 20 runs")
+            check_stats(c, emu, token_requests=1)
+
+    @case
+    def cache_proactive_refresh(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds", "--refresh-in", 3) as emu:
+            env = cache_env(emu, rt)
+            first = mi_token(["--cache", RESOURCE], env)
+            hit = mi_token(["--cache", RESOURCE], env)
+            time.sleep(3.3)
+            refreshed = mi_token(["--cache", RESOURCE], env)
+            after = mi_token(["--cache", RESOURCE], env)
+            runs = [first, hit, refreshed, after]
+            if c.eq([r.rc for r in runs], [0] * 4, "exit statuses (%s)" % refreshed.describe()):
+                c.eq([r.lines[0]["tokenSource"] for r in runs],
+                     ["IdentityProvider", "Cache", "IdentityProvider", "Cache"], "tokenSource")
+                c.check(refreshed.lines[0]["accessToken"] != first.lines[0]["accessToken"], "refresh got a new token")
+                c.eq(after.lines[0]["accessToken"], refreshed.lines[0]["accessToken"], "refreshed token stored")
+            check_stats(c, emu, token_requests=2)
+
+    @case
+    def cache_refresh_failure_keeps_token(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt:
+            with Emulator("imds", "--refresh-in", 2) as emu:
+                env = cache_env(emu, rt)
+                first = mi_token(["--cache", RESOURCE], env)
+            # The endpoint is gone: a counting listener that closes every connection stands in.
+            trap = Trap()
+            try:
+                env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = trap.url
+                time.sleep(2.3)
+                failed = mi_token(["--cache", RESOURCE], env)
+                attempts = trap.connections
+                cooled = mi_token(["--cache", RESOURCE], env)
+                runs = [first, failed, cooled]
+                if c.eq([r.rc for r in runs], [0] * 3, "exit statuses (%s)" % failed.describe()):
+                    c.eq([r.lines[0]["tokenSource"] for r in runs[1:]], ["Cache", "Cache"],
+                         "the still valid token is served when the refresh fails")
+                    c.eq(failed.lines[0]["accessToken"], first.lines[0]["accessToken"], "token kept")
+                    check_no_secrets(c, failed, emu, [first.lines[0]["accessToken"]])
+                c.eq(attempts, 1, "one refresh attempt (no retries)")
+                c.eq(trap.connections, 1, "no attempt during the cool-down")
+            finally:
+                trap.close()
+
+    @case
+    def cache_never_prints_token_on_stderr(c):
+        if skip_unless_posix():
+            return skip_unless_posix()
+        with TempDir() as rt, Emulator("imds") as emu:
+            env = cache_env(emu, rt)
+            a = mi_token(["--cache", "--verbose", RESOURCE], env)
+            b = mi_token(["--cache", "--verbose", RESOURCE], env)
+            if c.eq((a.rc, b.rc), (0, 0), "exit statuses"):
+                for r in (a, b):
+                    check_no_secrets(c, r, emu, [a.lines[0]["accessToken"]])
+                    c.check("eyJ" not in r.stderr, "stderr looks like it holds a token: %r" % r.stderr)
+
+
+# ---- mi-token for people: --output, --decode, --help, exit statuses -------------------------------
+
+def people():
+    if os.path.exists(ARC_HIMDS):
+        print("SKIP people: %s exists, so the environment selects Azure Arc" % ARC_HIMDS)
+        RESULTS.skipped += 1
+        return
+
+    @case
+    def output_forms(c):
+        with Emulator("imds") as emu:
+            env = emu.env()
+            js = mi_token(["--output", "json", RESOURCE], env)
+            tok = mi_token(["--output", "token", RESOURCE], env)
+            hdr = mi_token(["--output=header", RESOURCE], env)
+            exp = mi_token(["--output", "env", RESOURCE], env)
+            if not c.eq([r.rc for r in (js, tok, hdr, exp)], [0] * 4, "exit statuses (%s)" % exp.describe()):
+                return
+            # Each run is a new process with its own token: check the form, and the audience.
+            jwt = r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
+            c.check(re.fullmatch(jwt + "\n", tok.stdout), "--output token: the bare token and a newline: %r"
+                    % tok.stdout[:40])
+            c.eq(token_payload(tok.stdout.strip()).get("aud"), RESOURCE, "--output token: audience")
+            c.check(re.fullmatch("Authorization: Bearer " + jwt + "\n", hdr.stdout), "--output header: %r"
+                    % hdr.stdout[:40])
+            c.eq(token_payload(hdr.stdout.split()[-1]).get("aud"), RESOURCE, "--output header: audience")
+            c.check(js.lines[0]["accessToken"] not in tok.stdout + hdr.stdout, "four runs, four tokens")
+            lines = exp.stdout.splitlines()
+            c.check(all(l.startswith("export ") for l in lines), "--output env: export lines: %r" % lines[:1])
+            sh = subprocess.run(["sh", "-c", exp.stdout + 'printf "%s|%s|%s|%s" "$MI_ACCESS_TOKEN" '
+                                 '"$MI_TOKEN_TYPE" "$MI_EXPIRES_ON" "$MI_RESOURCE"'],
+                                capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "")})
+            parts = sh.stdout.split("|")
+            if c.eq(len(parts), 4, "sh read the export lines: %r" % sh.stderr):
+                c.eq(token_payload(parts[0]).get("aud"), RESOURCE, "MI_ACCESS_TOKEN")
+                c.eq(parts[1], "Bearer", "MI_TOKEN_TYPE")
+                c.check(parts[2].isdigit(), "MI_EXPIRES_ON is epoch seconds: %r" % parts[2])
+                c.eq(parts[3], RESOURCE, "MI_RESOURCE")
+            rep = mi_token(["--output", "token", "--repeat", 2, RESOURCE], env)
+            c.eq(len(rep.stdout.splitlines()), 2, "--repeat 2 --output token: two lines")
+
+    @case
+    def output_env_quotes_resource(c):
+        with Emulator("imds") as emu:
+            weird = "https://example.com/it's $(touch /nonexistent-mi)"
+            exp = mi_token(["--output", "env", weird], emu.env())
+            if c.eq(exp.rc, 0, "exit status (%s)" % exp.describe()):
+                sh = subprocess.run(["sh", "-c", exp.stdout + 'printf "%s" "$MI_RESOURCE"'], capture_output=True,
+                                    text=True, env={"PATH": os.environ.get("PATH", "")})
+                c.eq(sh.stdout, weird, "resource survives the shell quoting")
+
+    @case
+    def decode(c):
+        with Emulator("imds") as emu:
+            run = mi_token(["--decode", "--client-id", "c0ffee", RESOURCE], emu.env())
+            if not c.eq(run.rc, 0, "exit status (%s)" % run.describe()):
+                return
+            c.eq(len(run.lines), 1, "one JSON object")
+            out = run.lines[0] if run.lines else {}
+            c.eq(out.get("verified"), False, "marked as not verified")
+            c.check("not verified" in out.get("note", ""), "note says not verified: %r" % out.get("note"))
+            c.eq(out.get("header", {}).get("alg"), "RS256", "header alg")
+            claims = out.get("claims", {})
+            c.eq(claims.get("aud"), RESOURCE, "aud")
+            c.eq(claims.get("iss"), "https://sts.windows.net/mi-emulator/", "iss")
+            c.eq(claims.get("appid"), "c0ffee", "appid")
+            c.check(isinstance(claims.get("exp"), int) and isinstance(claims.get("iat"), int), "exp and iat")
+            c.check("jti" not in claims and "n" not in claims, "only the listed claims: %r" % sorted(claims))
+            c.eq(out.get("tokenSource"), "IdentityProvider", "tokenSource")
+            st = emu.stats()
+            c.eq(st["token_requests"], 1, "requests")
+            raw = mi_token(["--output", "token", RESOURCE], emu.env())
+            if raw.rc == 0:
+                sig = raw.stdout.strip().split(".")[-1]
+                c.check(sig not in run.stdout, "the signature is not printed")
+
+    @case
+    def help_lists_everything(c):
+        env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
+        run = mi_token(["--help"], env)
+        c.eq(run.rc, 0, "exit status")
+        for word in ("--client-id", "--object-id", "--resource-id", "--claims", "--repeat", "--timeout-ms",
+                     "--no-retry", "--verbose", "--source", "--output", "--decode", "--cache", "--no-cache",
+                     "--help", "MI_TOKEN_CACHE", "XDG_RUNTIME_DIR", "TMPDIR", "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+                     "IDENTITY_ENDPOINT", "MSI_ENDPOINT"):
+            c.check(word in run.stdout, "--help mentions %s" % word)
+        for code in range(6):
+            c.check(re.search(r"(?m)^\s+%d\s" % code, run.stdout), "--help lists exit status %d" % code)
+
+    @case
+    def exit_no_endpoint(c):
+        # A loopback port nobody listens on: connection refused, nothing answered.
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
+        env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = "http://127.0.0.1:%d" % port
+        run = mi_token(["--no-retry", RESOURCE], env)
+        c.eq(run.rc, EXIT_NO_ENDPOINT, "exit status (%s)" % run.describe())
+        c.eq(run.stdout, "", "stdout")
+
+    @case
+    def exit_refused(c):
+        with Emulator("imds", "--fail", 10, "--fail-status", 403) as emu:
+            run = mi_token(["--no-retry", RESOURCE], emu.env())
+            c.eq(run.rc, EXIT_REFUSED, "exit status (%s)" % run.describe())
+
+    @case
+    def exit_transport(c):
+        # Something that is not a token endpoint answers: a success without a token.
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        port = srv.getsockname()[1]
+
+        def serve():
+            try:
+                conn, _ = srv.accept()
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                             b"Connection: close\r\n\r\n{}")
+                conn.close()
+            except OSError:
+                pass
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
+        env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = "http://127.0.0.1:%d" % port
+        run = mi_token(["--no-retry", RESOURCE], env)
+        srv.close()
+        c.eq(run.rc, EXIT_TRANSPORT, "exit status (%s)" % run.describe())
+        c.check("code: invalid_response" in run.stderr, "stderr: %r" % run.stderr)
+
+    @case
+    def usage_errors_new_options(c):
+        env = {k: os.environ[k] for k in KEEP_VARS if k in os.environ}
+        env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = TRAP.url
+        for args in (["--output", "xml", RESOURCE], ["--output"], ["--decode=yes", RESOURCE],
+                     ["--cache=1", RESOURCE], ["--decode", "--output", "token", RESOURCE]):
+            run = mi_token(args, env)
+            c.eq(run.rc, EXIT_USAGE, "exit status of %r (%s)" % (args, run.describe()))
+            c.eq(run.stdout, "", "stdout of %r" % (args,))
+
+
+SOURCES = [imds, appservice, azureml, cloudshell, arc, servicefabric, cache, people]
 
 
 def main(argv):

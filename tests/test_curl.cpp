@@ -123,6 +123,12 @@ std::string pin_of(const tlssrv::Identity& id) {
   return pin;
 }
 
+// A check's outcome as before Result<bool>: true, or false with its message in `why`.
+bool ok(const mi::Result<bool>& checked, std::string& why) {
+  why = checked ? std::string() : checked.error().message();
+  return checked.ok();
+}
+
 const tlssrv::Identity& server_identity() {
   static const tlssrv::Identity id = tlssrv::make_identity("127.0.0.1");
   return id;
@@ -145,21 +151,21 @@ TEST_CASE("curl: the TLS backend check accepts only libcurl on the same OpenSSL"
   using mi::detail::curl_tls_backend_supports_pinning;
   std::string why;
   const unsigned long v3 = 0x30000130UL, v111 = 0x1010117fUL;
-  CHECK(curl_tls_backend_supports_pinning("OpenSSL/3.0.19", v3, why));
-  CHECK(curl_tls_backend_supports_pinning("OpenSSL/3.2.1 (Schannel)", v3, why));
-  CHECK(curl_tls_backend_supports_pinning("OpenSSL/1.1.1w", v111, why));
-  CHECK_FALSE(curl_tls_backend_supports_pinning("OpenSSL/1.1.1w", v3, why));
+  CHECK(ok(curl_tls_backend_supports_pinning("OpenSSL/3.0.19", v3), why));
+  CHECK(ok(curl_tls_backend_supports_pinning("OpenSSL/3.2.1 (Schannel)", v3), why));
+  CHECK(ok(curl_tls_backend_supports_pinning("OpenSSL/1.1.1w", v111), why));
+  CHECK_FALSE(ok(curl_tls_backend_supports_pinning("OpenSSL/1.1.1w", v3), why));
   CHECK(why.find("same OpenSSL") != std::string::npos);
-  CHECK_FALSE(curl_tls_backend_supports_pinning("OpenSSL/1.0.2u", v111, why));
-  CHECK_FALSE(curl_tls_backend_supports_pinning("GnuTLS/3.7.9", v3, why));
+  CHECK_FALSE(ok(curl_tls_backend_supports_pinning("OpenSSL/1.0.2u", v111), why));
+  CHECK_FALSE(ok(curl_tls_backend_supports_pinning("GnuTLS/3.7.9", v3), why));
   CHECK(why == "the libcurl TLS backend is GnuTLS/3.7.9; Service Fabric certificate pinning needs libcurl built with OpenSSL");
-  CHECK_FALSE(curl_tls_backend_supports_pinning("(OpenSSL/3.0.2) Schannel", v3, why));
+  CHECK_FALSE(ok(curl_tls_backend_supports_pinning("(OpenSSL/3.0.2) Schannel", v3), why));
   CHECK(why.find("Service Fabric certificate pinning needs libcurl built with OpenSSL") != std::string::npos);
-  CHECK_FALSE(curl_tls_backend_supports_pinning("LibreSSL/3.3.6", v3, why));
-  CHECK_FALSE(curl_tls_backend_supports_pinning("BoringSSL", v3, why));
-  CHECK_FALSE(curl_tls_backend_supports_pinning("", v3, why));
+  CHECK_FALSE(ok(curl_tls_backend_supports_pinning("LibreSSL/3.3.6", v3), why));
+  CHECK_FALSE(ok(curl_tls_backend_supports_pinning("BoringSSL", v3), why));
+  CHECK_FALSE(ok(curl_tls_backend_supports_pinning("", v3), why));
   CHECK(why.find("is none") != std::string::npos);
-  CHECK_FALSE(curl_tls_backend_supports_pinning("OpenSSL/", v3, why));
+  CHECK_FALSE(ok(curl_tls_backend_supports_pinning("OpenSSL/", v3), why));
   // The libcurl this program uses (loaded, or linked with MI_CURL_LINKED).
   const mi::detail::curl_impl::CurlApi& api = mi::detail::curl_impl::curl_api();
   REQUIRE_MESSAGE(api.problem.empty(), api.problem);
@@ -167,39 +173,39 @@ TEST_CASE("curl: the TLS backend check accepts only libcurl on the same OpenSSL"
   const curl_version_info_data* info = api.curl_version_info(CURLVERSION_NOW);
   REQUIRE(info != nullptr);
   REQUIRE(info->ssl_version != nullptr);
-  CHECK_MESSAGE(curl_tls_backend_supports_pinning(info->ssl_version, OPENSSL_VERSION_NUMBER, why), why);
+  CHECK_MESSAGE(ok(curl_tls_backend_supports_pinning(info->ssl_version, OPENSSL_VERSION_NUMBER), why), why);
   CHECK(api.version_num == info->version_num);
 }
 
 TEST_CASE("curl: libcurl's OpenSSL library must be of the headers' OpenSSL series") {
   using mi::detail::openssl_library_matches_headers;
   std::string why;
-  CHECK(openssl_library_matches_headers(0x30000130UL, 0x30000130UL, why));
-  CHECK(openssl_library_matches_headers(0x30200010UL, 0x30000020UL, why));  // 3.2 at run time, 3.0 headers
-  CHECK(openssl_library_matches_headers(0x1010117fUL, 0x1010107fUL, why));  // 1.1.1w and 1.1.1g
-  CHECK_FALSE(openssl_library_matches_headers(0x1010117fUL, 0x30000130UL, why));
+  CHECK(ok(openssl_library_matches_headers(0x30000130UL, 0x30000130UL), why));
+  CHECK(ok(openssl_library_matches_headers(0x30200010UL, 0x30000020UL), why));  // 3.2 at run time, 3.0 headers
+  CHECK(ok(openssl_library_matches_headers(0x1010117fUL, 0x1010107fUL), why));  // 1.1.1w and 1.1.1g
+  CHECK_FALSE(ok(openssl_library_matches_headers(0x1010117fUL, 0x30000130UL), why));
   CHECK(why == "libcurl runs with OpenSSL 1.1 but this program was compiled with the OpenSSL 3.0 headers; "
                "build libcurl and managed_identity.hpp against the same OpenSSL");
-  CHECK_FALSE(openssl_library_matches_headers(0x30000130UL, 0x1010117fUL, why));
-  CHECK_FALSE(openssl_library_matches_headers(0x1000215fUL, 0x1010117fUL, why));  // 1.0.2 against 1.1
+  CHECK_FALSE(ok(openssl_library_matches_headers(0x30000130UL, 0x1010117fUL), why));
+  CHECK_FALSE(ok(openssl_library_matches_headers(0x1000215fUL, 0x1010117fUL), why));  // 1.0.2 against 1.1
   // The OpenSSL this program's libcurl runs with.
   const mi::detail::curl_impl::CurlApi& api = mi::detail::curl_impl::curl_api();
   const bool resolved = api.OpenSSL_version_num != nullptr;
   REQUIRE(resolved);
-  CHECK_MESSAGE(openssl_library_matches_headers(api.OpenSSL_version_num(), OPENSSL_VERSION_NUMBER, why), why);
+  CHECK_MESSAGE(ok(openssl_library_matches_headers(api.OpenSSL_version_num(), OPENSSL_VERSION_NUMBER), why), why);
 }
 
 TEST_CASE("curl: libcurl older than 7.80.0 is refused") {
   using mi::detail::curl_version_supported;
   std::string why;
-  CHECK(curl_version_supported(0x075000, why));  // 7.80.0
-  CHECK(curl_version_supported(0x075801, why));  // 7.88.1
-  CHECK(curl_version_supported(0x080b00, why));  // 8.11.0
-  CHECK_FALSE(curl_version_supported(0x074f01, why));
+  CHECK(ok(curl_version_supported(0x075000), why));  // 7.80.0
+  CHECK(ok(curl_version_supported(0x075801), why));  // 7.88.1
+  CHECK(ok(curl_version_supported(0x080b00), why));  // 8.11.0
+  CHECK_FALSE(ok(curl_version_supported(0x074f01), why));
   CHECK(why == "libcurl 7.79.1 is too old: Service Fabric needs 7.80.0 or later (CURLOPT_PREREQFUNCTION)");
-  CHECK_FALSE(curl_version_supported(0x074a00, why));
+  CHECK_FALSE(ok(curl_version_supported(0x074a00), why));
   CHECK(why.find("7.74.0") != std::string::npos);
-  CHECK_FALSE(curl_version_supported(0, why));
+  CHECK_FALSE(ok(curl_version_supported(0), why));
 }
 
 TEST_CASE("curl: the right thumbprint, in any accepted spelling, gets the request through") {

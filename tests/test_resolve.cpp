@@ -1,6 +1,6 @@
 // Host-name resolution is bounded like every other wait (docs/protocol.md §8): getaddrinfo
-// cannot be interrupted, so the library looks names up on a helper thread. Here
-// getaddrinfo is replaced by a resolver that blocks on names under ".blocked.test"
+// cannot be interrupted, so the library looks names up on a helper thread. Here the
+// transport is given a resolver (its run-time seam) that blocks on names under ".blocked.test"
 // until the test releases it, so "the call returned while the lookup was still
 // blocked" is a fact the test reads, not a timing.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
@@ -102,7 +102,6 @@ void release_and_drain() {
 }
 }  // namespace fake_dns
 
-#define MI_DETAIL_GETADDRINFO fake_dns::getaddrinfo
 #define MI_IMPLEMENTATION
 #include "managed_identity.hpp"
 
@@ -121,6 +120,11 @@ using mi::HttpRequest;
 using mi::detail::SocketTransport;
 
 namespace {
+// The built-in transport, resolving names with the fake resolver.
+SocketTransport fake_transport(std::chrono::milliseconds connect_timeout = std::chrono::milliseconds(5000)) {
+  return SocketTransport(connect_timeout, &fake_dns::getaddrinfo);
+}
+
 HttpRequest get(const std::string& url) {
   HttpRequest request;
   request.method = "GET";
@@ -169,7 +173,7 @@ std::thread cancel_once_blocked(const mi::Context& ctx) {
 TEST_CASE("resolve: a host name is looked up off the caller's thread and then used") {
   fake_dns::reset();
   testsrv::Server server([](const testsrv::Request&) { return testsrv::Reply::json("{\"ok\":true}"); });
-  SocketTransport transport;
+  SocketTransport transport = fake_transport();
   const std::string url = "http://imds.blocked.test:" + std::to_string(server.port()) + "/x";
 
   // Released in advance: the lookup returns at once, and the request reaches the server.
@@ -200,7 +204,7 @@ TEST_CASE("resolve: a host name is looked up off the caller's thread and then us
 TEST_CASE("resolve: an IP literal never reaches the name resolver's thread") {
   fake_dns::reset();
   testsrv::Server server([](const testsrv::Request&) { return testsrv::Reply::json("{}"); });
-  SocketTransport transport;
+  SocketTransport transport = fake_transport();
   auto result = transport.Do(mi::Context::Background(), get(server.url("/x")));
   REQUIRE(result.ok());
   std::lock_guard<std::mutex> lock(fake_dns::mutex);
@@ -210,7 +214,7 @@ TEST_CASE("resolve: an IP literal never reaches the name resolver's thread") {
 
 TEST_CASE("resolve: Cancel() ends the wait for a blocked lookup") {
   fake_dns::reset();
-  SocketTransport transport;
+  SocketTransport transport = fake_transport();
   mi::Context ctx = mi::Context::Background().WithCancel();
   std::thread canceler = cancel_once_blocked(ctx);
   auto result = transport.Do(ctx, get("http://cancel.blocked.test:80/x"));
@@ -227,7 +231,7 @@ TEST_CASE("resolve: Cancel() ends the wait for a blocked lookup") {
 TEST_CASE("resolve: the context's deadline and the connect timeout bound a blocked lookup") {
   SUBCASE("deadline") {
     fake_dns::reset();
-    SocketTransport transport;
+    SocketTransport transport = fake_transport();
     auto result = transport.Do(mi::Context::Background().WithTimeout(std::chrono::milliseconds(100)),
                                get("http://deadline.blocked.test:80/x"));
     const int still_blocked = fake_dns::blocked();
@@ -239,7 +243,7 @@ TEST_CASE("resolve: the context's deadline and the connect timeout bound a block
   }
   SUBCASE("connect timeout") {
     fake_dns::reset();
-    SocketTransport transport(std::chrono::milliseconds(100));
+    SocketTransport transport = fake_transport(std::chrono::milliseconds(100));
     auto result = transport.Do(mi::Context::Background(), get("http://connect.blocked.test:80/x"));
     const int still_blocked = fake_dns::blocked();
     REQUIRE_FALSE(result.ok());
@@ -253,7 +257,7 @@ TEST_CASE("resolve: the context's deadline and the connect timeout bound a block
 
 TEST_CASE("resolve: an abandoned lookup finishes alone, and a failed one is a network error") {
   fake_dns::reset();
-  SocketTransport transport(std::chrono::milliseconds(50));
+  SocketTransport transport = fake_transport(std::chrono::milliseconds(50));
   for (int i = 0; i < 3; ++i) {  // three callers give up; three lookups are left behind
     auto result = transport.Do(mi::Context::Background(), get("http://abandoned" + std::to_string(i) + ".blocked.test:80/x"));
     REQUIRE_FALSE(result.ok());
@@ -278,7 +282,9 @@ TEST_CASE("resolve: a client aimed at a host name honours Cancel() through Acqui
   fake_dns::reset();
   support::fresh_cache();
   support::set_env("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://pod.blocked.test:1");  // IMDS, at a name that blocks
-  auto client = mi::New(mi::SystemAssigned());
+  auto client = mi::New(mi::SystemAssigned(),
+                        mi::WithHTTPClient(std::make_shared<SocketTransport>(std::chrono::milliseconds(5000),
+                                                                             &fake_dns::getaddrinfo)));
   REQUIRE(client);
   mi::Context ctx = mi::Context::Background().WithCancel();
   std::thread canceler = cancel_once_blocked(ctx);
@@ -294,7 +300,7 @@ TEST_CASE("resolve: a client aimed at a host name honours Cancel() through Acqui
 TEST_CASE("resolve: at most 4 lookups at once; 40 callers with short deadlines leave at most 4 threads") {
   fake_dns::reset();
   const int threads_before = live_threads();
-  SocketTransport transport(std::chrono::milliseconds(20));
+  SocketTransport transport = fake_transport(std::chrono::milliseconds(20));
   for (int i = 0; i < 40; ++i) {
     auto result = transport.Do(mi::Context::Background().WithTimeout(std::chrono::milliseconds(20)),
                                get("http://pile" + std::to_string(i) + ".blocked.test:80/x"));
@@ -315,10 +321,10 @@ TEST_CASE("resolve: at most 4 lookups at once; 40 callers with short deadlines l
 TEST_CASE("resolve: a lookup waiting for a free slot proceeds once one frees") {
   fake_dns::reset();
   testsrv::Server server([](const testsrv::Request&) { return testsrv::Reply::json("{\"ok\":true}"); });
-  SocketTransport stalled(std::chrono::milliseconds(20));
+  SocketTransport stalled = fake_transport(std::chrono::milliseconds(20));
   stall_lookups(stalled, 4);
 
-  SocketTransport transport;
+  SocketTransport transport = fake_transport();
   std::atomic<bool> done{false};
   mi::Result<mi::HttpResponse> result = mi::detail::make_error(Errc::network, "not run");
   std::thread caller([&] {
@@ -344,9 +350,9 @@ TEST_CASE("resolve: a lookup waiting for a free slot proceeds once one frees") {
 
 TEST_CASE("resolve: a lookup waiting for a free slot honours Cancel() and its deadline") {
   fake_dns::reset();
-  SocketTransport stalled(std::chrono::milliseconds(20));
+  SocketTransport stalled = fake_transport(std::chrono::milliseconds(20));
   stall_lookups(stalled, 4);
-  SocketTransport transport;
+  SocketTransport transport = fake_transport();
 
   mi::Context ctx = mi::Context::Background().WithCancel();
   std::thread canceler([ctx] {

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="$(nproc)"
-bash tools/install_deps.sh doctest-dev libcurl4-openssl-dev libssl-dev pkg-config clang clang-tidy cppcheck
+bash tools/install_deps.sh doctest-dev libcurl4-openssl-dev libssl-dev pkg-config clang clang-tidy cppcheck meson
 
 echo "== 1. amalgamation"
 python3 amalgamate.py --check

@@ -8,6 +8,10 @@
   add_subdirectory  add_subdirectory(<source tree>)
   fetch_content     FetchContent with SOURCE_DIR = the source tree (nothing downloaded)
   single_header     managed_identity.hpp copied alone next to main.cpp; c++ -std=c++17 main.cpp -pthread
+  meson_subproject  tests/consumers/meson with the source tree copied into subprojects/managed_identity
+                    and dependency('managed_identity') / dependency('managed_identity_impl')
+  meson_wrap        the same through a wrap-file whose archive (made from the source tree) is already
+                    in subprojects/packagecache, so Meson unpacks it and downloads nothing
 
 Each consumer is configured with MI_BUILD_TESTS=OFF and MI_BUILD_EXAMPLES=OFF, built, and
 main.cpp run. main.cpp asks for a token with a canceled context, so nothing is sent; the run
@@ -270,6 +274,76 @@ def do_single_header(args):
     run_program(os.path.join(work, "app"), args.version)
 
 
+# What a Meson user gets: the files the top-level meson.build uses, and the licence.
+MESON_FILES = ("meson.build", "managed_identity.hpp", "cmake/managed_identity_impl.cpp", "LICENSE")
+MESON_PROVIDE = "[provide]\ndependency_names = managed_identity, managed_identity_impl\n"
+
+
+def copy_meson_tree(source_dir, dest):
+    for rel in MESON_FILES:
+        os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+        shutil.copyfile(os.path.join(source_dir, rel), os.path.join(dest, rel))
+
+
+def meson_consumer(args, populate):
+    """tests/consumers/meson (with main.cpp and impl.cpp) in <work>/src; populate(src/subprojects)
+    brings the library in; then meson setup, compile, and both programs run."""
+    meson = args.meson or shutil.which("meson")
+    if not meson or meson.endswith("NOTFOUND") or args.cxx_id == "MSVC":
+        log("SKIP: no meson (Debian: apt-get install meson)")
+        return SKIP
+    src = fresh_dir(os.path.join(args.work_dir, "src"))
+    for name in ("meson/meson.build", "meson/meson_options.txt", "main.cpp", "impl.cpp"):
+        shutil.copyfile(os.path.join(HERE, name), os.path.join(src, os.path.basename(name)))
+    with open(os.path.join(src, "meson.build"), encoding="utf-8") as f:
+        text = f.read().replace("'../main.cpp'", "'main.cpp'").replace("'../impl.cpp'", "'impl.cpp'")
+    with open(os.path.join(src, "meson.build"), "w", encoding="utf-8") as f:
+        f.write(text)
+    populate(os.path.join(src, "subprojects"))
+    build = os.path.join(args.work_dir, "build")
+    if os.path.isdir(build):
+        shutil.rmtree(build)
+    env = dict(os.environ)
+    env["CXX"] = args.cxx
+    # --wrap-mode=nodownload: a wrap that would need the network fails instead.
+    run([meson, "setup", build, src, "--wrap-mode=nodownload", "-Dexpected_version=" + args.version], env=env)
+    run([meson, "compile", "-C", build, "-j", "2"], env=env)
+    for name in ("app_impl", "app_header_only"):
+        run_program(find_executable(build, name), args.version)
+
+
+def do_meson_subproject(args):
+    def populate(subprojects):
+        copy_meson_tree(args.source_dir, os.path.join(subprojects, "managed_identity"))
+        # The directory is there already: this wrap only says which dependencies it provides.
+        with open(os.path.join(subprojects, "managed_identity.wrap"), "w", encoding="utf-8") as f:
+            f.write("[wrap-file]\ndirectory = managed_identity\n\n" + MESON_PROVIDE)
+    return meson_consumer(args, populate)
+
+
+def do_meson_wrap(args):
+    import hashlib
+    import tarfile
+
+    def populate(subprojects):
+        cache = os.path.join(subprojects, "packagecache")
+        os.makedirs(cache)
+        archive = os.path.join(cache, "managed_identity-%s.tar.gz" % args.version)
+        staging = fresh_dir(os.path.join(args.work_dir, "archive"))
+        top = "managed_identity-%s" % args.version
+        copy_meson_tree(args.source_dir, os.path.join(staging, top))
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(os.path.join(staging, top), arcname=top)
+        with open(archive, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        # The URL is never fetched: the archive is in packagecache and the mode is nodownload.
+        with open(os.path.join(subprojects, "managed_identity.wrap"), "w", encoding="utf-8") as f:
+            f.write("[wrap-file]\ndirectory = %s\nsource_url = https://example.invalid/%s.tar.gz\n"
+                    "source_filename = %s\nsource_hash = %s\n\n%s"
+                    % (top, top, os.path.basename(archive), digest, MESON_PROVIDE))
+    return meson_consumer(args, populate)
+
+
 MODES = {
     "install": do_install,
     "find_package": do_find_package,
@@ -277,6 +351,8 @@ MODES = {
     "add_subdirectory": do_add_subdirectory,
     "fetch_content": do_fetch_content,
     "single_header": do_single_header,
+    "meson_subproject": do_meson_subproject,
+    "meson_wrap": do_meson_wrap,
 }
 
 
@@ -300,6 +376,7 @@ def main():
     p.add_argument("--curl-linked", default="OFF", help="whether it links libcurl (MI_CURL_LINKED)")
     p.add_argument("--impl-type", default="STATIC_LIBRARY", help="the installed mi::managed_identity_impl's TYPE")
     p.add_argument("--pkg-config", default="")
+    p.add_argument("--meson", default="", help="the meson program (default: found on PATH)")
     args = p.parse_args()
     args.source_dir = os.path.abspath(args.source_dir)
     args.work_dir = os.path.abspath(args.work_dir)
