@@ -624,6 +624,27 @@ Result<bool> choose_pinned_transport(const SourceSpec& spec, ClientState& st) {
   return true;
 }
 
+#if MI_DETAIL_CURL
+// How the built-in transport checks a chain-validated endpoint (docs/protocol.md §12): the
+// AKS token proxy against its own CA alone, with its TLS server name and never through an
+// HTTP proxy (the proxy would have to reach the server name, which only the cluster knows);
+// Entra ID against the system's trust store plus WithCAFile's anchors, through the
+// environment's HTTPS_PROXY unless NO_PROXY exempts it, since Entra ID is on the internet.
+CurlTrust chain_trust(const ClientState& st) {
+  CurlTrust trust;
+  const WorkloadSetup* workload = st.workload.get();
+  if (workload != nullptr && workload->token_proxy) {
+    trust.only_ca_file = workload->proxy_ca_file;
+    trust.only_ca_pem = workload->proxy_ca_pem;
+    trust.sni_name = workload->sni_name;
+  } else {
+    trust.extra_ca_file = st.config.ca_file;
+    trust.use_proxy = true;
+  }
+  return trust;
+}
+#endif
+
 // The transport the source's TLS mode asks for: the user's HttpClient if given (a pinned
 // source checks it can pin), else the built-in one. Without libcurl an https source gets
 // none, and its requests fail with tls (no_transport_error).
@@ -636,7 +657,8 @@ Result<bool> choose_transport(const SourceSpec& spec, ClientState& st) {
     case TlsMode::chain_validated:
       st.transport = st.config.http;
 #if MI_DETAIL_CURL
-      if (!st.transport) st.transport = std::make_shared<CurlTransport>(std::string(), st.config.connect_timeout);
+      if (!st.transport)
+        st.transport = std::make_shared<CurlTransport>(std::string(), st.config.connect_timeout, chain_trust(st));
 #endif
       return true;
   }
