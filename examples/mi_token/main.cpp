@@ -75,6 +75,7 @@ class Clients {
     if (!slot) {
       std::vector<mi::ClientOption> options;
       if (one_attempt) options.push_back(mi::WithRetryPolicyDisabled());
+      if (!opt_.ca_file.empty()) options.push_back(mi::WithCAFile(opt_.ca_file));
       if (opt_.verbose) {
         options.push_back(mi::WithLogger([](mi::LogLevel level, std::string_view message) {
           std::fprintf(stderr, "[%s] %.*s\n", level_name(level), static_cast<int>(message.size()), message.data());
