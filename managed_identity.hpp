@@ -35,7 +35,7 @@
 //   MI_IMPLEMENTATION        impl TU   compile the implementation here
 //   MI_NO_EXCEPTIONS         all TUs   never throw (auto-detected from -fno-exceptions);
 //                                      Result::value() on an error then aborts
-//   MI_USE_CURL              impl TU   HTTPS through libcurl (needed by Service Fabric);
+//   MI_USE_CURL              impl TU   HTTPS through libcurl (Service Fabric, workload identity);
 //                                      libcurl must use OpenSSL; builds with the libcurl
 //                                      and OpenSSL headers; libcurl is loaded with dlopen
 //                                      at the first HTTPS request (POSIX; -ldl on old glibc)
@@ -55,10 +55,13 @@
 // TRANSPORTS
 //   http:// endpoints (IMDS, App Service, Arc, Cloud Shell, Azure ML) use a small
 //   HTTP/1.1 client over POSIX or WinSock sockets: no proxy, no redirects, bounded
-//   sizes and times. https:// (Service Fabric) needs MI_USE_CURL. Any transport
-//   can be replaced with mi::WithHTTPClient(std::shared_ptr<mi::HttpClient>).
+//   sizes and times. https:// (Service Fabric, workload identity) needs MI_USE_CURL;
+//   only workload identity's Entra ID requests honour HTTPS_PROXY / NO_PROXY. Any
+//   transport can be replaced with mi::WithHTTPClient(std::shared_ptr<mi::HttpClient>).
 //
 // SOURCES (detected from the environment by mi::GetSource(), once per client)
+//   WorkloadIdentity  AZURE_FEDERATED_TOKEN_FILE + AZURE_TENANT_ID (AKS; checked first;
+//                  AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST, AZURE_KUBERNETES_TOKEN_PROXY)
 //   AppService     IDENTITY_ENDPOINT + IDENTITY_HEADER
 //   ServiceFabric  IDENTITY_ENDPOINT + IDENTITY_HEADER + IDENTITY_SERVER_THUMBPRINT
 //   AzureML        MSI_ENDPOINT + MSI_SECRET (+ DEFAULT_IDENTITY_CLIENT_ID)
@@ -78,7 +81,8 @@
 //
 // SECURITY NOTES
 //   Checked: Service Fabric's server certificate is pinned to
-//   IDENTITY_SERVER_THUMBPRINT during the handshake; Arc key files must be
+//   IDENTITY_SERVER_THUMBPRINT during the handshake; Entra ID's certificate chain
+//   and host name are validated (system store plus mi::WithCAFile); Arc key files must be
 //   regular files of at most 4096 bytes in the agent's token directory; every
 //   value put in a URL is percent-encoded; response sizes are bounded.
 //   Not checked: that a plain-http metadata endpoint is genuine (nothing can be).
@@ -208,7 +212,8 @@ inline ID UserAssignedResourceID(std::string resource_id) {
 
 // ---- sources ---------------------------------------------------------------
 
-enum class Source { DefaultToIMDS, AppService, AzureArc, CloudShell, ServiceFabric, AzureML };
+enum class Source { DefaultToIMDS, AppService, AzureArc, CloudShell, ServiceFabric, AzureML,
+                    WorkloadIdentity };
 
 inline std::string_view to_string(Source source) noexcept {
   switch (source) {
@@ -218,6 +223,7 @@ inline std::string_view to_string(Source source) noexcept {
     case Source::CloudShell: return "CloudShell";
     case Source::ServiceFabric: return "ServiceFabric";
     case Source::AzureML: return "AzureML";
+    case Source::WorkloadIdentity: return "WorkloadIdentity";
   }
   return "Unknown";
 }
@@ -475,6 +481,10 @@ ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client);
 ClientOption WithRetryPolicyDisabled();
 ClientOption WithClientCapabilities(std::vector<std::string> capabilities);
 ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger);
+// Extra trust anchors (a PEM file) for the HTTPS endpoints whose certificate chain is
+// validated (WorkloadIdentity), on top of the system's trust store; used by the built-in
+// libcurl transport only, and never for Service Fabric (its certificate is pinned).
+ClientOption WithCAFile(std::string pem_path);
 AcquireTokenOption WithClaims(std::string claims);
 
 // Extra options (beyond MSAL Go's set; README.md lists them).
@@ -1431,6 +1441,53 @@ bool JsonParser::parse_object(JsonValue* out, int depth) {
 // most the longest string, whatever the body's shape. A null `keep` builds the whole tree.
 JsonStatus parse_json(std::string_view text, JsonKeep keep, JsonValue& out) {
   return JsonParser(text, keep).parse_document(out);
+}
+
+// `value` as compact JSON text: strings escaped as RFC 8259 requires (UTF-8 passes through,
+// the parser validated it), numbers exactly as written. Depth is bounded by the parser's.
+MI_DETAIL_COLD void write_json(const JsonValue& value, std::string& out) {
+  auto write_string = [&out](std::string_view text) {
+    static const char hex[] = "0123456789abcdef";
+    out.push_back('"');
+    for (char ch : text) {
+      unsigned char c = static_cast<unsigned char>(ch);
+      if (c == '"' || c == '\\') {
+        out.push_back('\\');
+        out.push_back(ch);
+      } else if (c < 0x20 || c == 0x7f) {
+        out += "\\u00";
+        out.push_back(hex[c >> 4]);
+        out.push_back(hex[c & 15]);
+      } else {
+        out.push_back(ch);
+      }
+    }
+    out.push_back('"');
+  };
+  switch (value.type) {
+    case JsonValue::Type::Null: out += "null"; return;
+    case JsonValue::Type::Bool: out += value.boolean ? "true" : "false"; return;
+    case JsonValue::Type::Number: out += value.text; return;
+    case JsonValue::Type::String: write_string(value.text); return;
+    case JsonValue::Type::Array:
+      out.push_back('[');
+      for (size_t i = 0; i < value.items.size(); ++i) {
+        if (i > 0) out.push_back(',');
+        write_json(value.items[i], out);
+      }
+      out.push_back(']');
+      return;
+    case JsonValue::Type::Object:
+      out.push_back('{');
+      for (size_t i = 0; i < value.members.size(); ++i) {
+        if (i > 0) out.push_back(',');
+        write_string(value.members[i].first);
+        out.push_back(':');
+        write_json(value.members[i].second, out);
+      }
+      out.push_back('}');
+      return;
+  }
 }
 
 }  // namespace
@@ -2938,8 +2995,9 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
 }  // namespace mi
 
 // ---- src/curl.hpp ----
-// HTTPS for Service Fabric through libcurl (only with MI_USE_CURL), and the
-// IDENTITY_SERVER_THUMBPRINT helpers every build needs (docs/protocol.md §4).
+// HTTPS through libcurl (only with MI_USE_CURL): Service Fabric's pinned endpoint and
+// workload identity's chain-validated one; and the IDENTITY_SERVER_THUMBPRINT helpers every
+// build needs (docs/protocol.md §4, §12).
 //
 // Pinning: with a thumbprint, libcurl's own chain and host-name checks are off
 // and an OpenSSL certificate-verification callback installed through
@@ -2949,6 +3007,12 @@ Result<HttpResponse> SocketTransport::Do(const Context& ctx, const HttpRequest& 
 // CURLOPT_PREREQFUNCTION check refuses to send the request if, for any reason,
 // the pin was not confirmed (fail closed). Only libcurl built on OpenSSL can do
 // this; any other TLS backend fails closed with a tls error.
+//
+// Chain validation (CurlTrust): libcurl's own chain and host-name checks against the
+// system's trust store, plus extra anchors added to the connection's OpenSSL store
+// (mi::WithCAFile); or, for the AKS token proxy, against its CA alone, with a chosen TLS
+// server name (the URL names it, CURLOPT_CONNECT_TO reaches the proxy's address). Only
+// such transfers may go through the HTTPS_PROXY the environment names.
 //
 // Loading: every libcurl and OpenSSL function is called through a table (CurlApi),
 // filled once at the first HTTPS request: from libcurl loaded with dlopen (the
@@ -2980,6 +3044,16 @@ namespace detail {
 namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 #if MI_DETAIL_CURL
+
+// How a transfer without a pin checks the server (docs/protocol.md §12). Empty: the system's
+// trust store, no proxy.
+struct CurlTrust {
+  std::string extra_ca_file;  // mi::WithCAFile: PEM anchors added to the system's store
+  std::string only_ca_file;   // the token proxy's CA, trusted alone: a PEM file ...
+  std::string only_ca_pem;    // ... or PEM text
+  std::string sni_name;       // sent as the TLS server name and matched by the certificate
+  bool use_proxy = false;     // HTTPS_PROXY / NO_PROXY from the environment apply
+};
 
 // Compares without an early exit, so the time taken does not depend on where the
 // inputs differ (the lengths are not secret).
@@ -3090,7 +3164,8 @@ namespace curl_impl {
   X(curl_multi_poll) X(curl_multi_strerror) X(curl_slist_append) X(curl_slist_free_all)
 #define MI_DETAIL_OPENSSL_FUNCTIONS(X)                                                                    \
   X(OpenSSL_version_num) X(X509_STORE_CTX_get0_cert) X(X509_digest) X(EVP_sha1)                          \
-  X(X509_STORE_CTX_set_error) X(SSL_CTX_set_verify) X(SSL_CTX_set_cert_verify_callback)
+  X(X509_STORE_CTX_set_error) X(SSL_CTX_set_verify) X(SSL_CTX_set_cert_verify_callback)                \
+  X(SSL_CTX_load_verify_locations)
 
 struct CurlApi {
 #define MI_DETAIL_CURL_MEMBER(name) decltype(&::name) name = nullptr;
@@ -3204,7 +3279,7 @@ void check_pinning(CurlApi& api, CurlLibrary& library, const curl_version_info_d
 CurlApi load_curl_api() {
   CurlApi api;
   auto fail = [&api](std::string_view what) {
-    api.problem = cat({"Service Fabric needs HTTPS: ", what, "; ", kCurlRemedy});
+    api.problem = cat({"HTTPS is not available: ", what, "; ", kCurlRemedy});
     return api;
   };
   Result<CurlLibrary> library = open_curl_library();
@@ -3236,6 +3311,8 @@ struct CurlCall {
   const CurlApi* api = nullptr;
   const Context* ctx = nullptr;
   std::string_view pin;         // 20 bytes, or empty for "no pin"
+  const CurlTrust* trust = nullptr;  // without a pin: how the chain is checked
+  bool anchors_unreadable = false;   // the extra CA file could not be loaded
   bool pin_installed = false;   // the OpenSSL callback was put on the connection's SSL_CTX
   bool pin_matched = false;     // the leaf certificate matched
   bool pin_mismatch = false;    // a leaf certificate did not match
@@ -3280,6 +3357,19 @@ struct CurlCall {
     call->api->SSL_CTX_set_verify(tls, SSL_VERIFY_PEER, nullptr);
     call->api->SSL_CTX_set_cert_verify_callback(tls, &CurlCall::on_verify, arg);
     call->pin_installed = true;
+    return CURLE_OK;
+  }
+
+  // Adds mi::WithCAFile's anchors to the store libcurl filled from the system's (libcurl
+  // sets the store up before it calls this), so both are trusted.
+  static CURLcode on_ssl_ctx_anchors(CURL*, void* ssl_ctx, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    SSL_CTX* tls = static_cast<SSL_CTX*>(ssl_ctx);
+    if (tls == nullptr) return CURLE_SSL_CONNECT_ERROR;
+    if (call->api->SSL_CTX_load_verify_locations(tls, call->trust->extra_ca_file.c_str(), nullptr) != 1) {
+      call->anchors_unreadable = true;
+      return CURLE_SSL_CACERT_BADFILE;
+    }
     return CURLE_OK;
   }
 
@@ -3478,6 +3568,9 @@ Result<bool> callback_failure(const CurlCall& call) {
   if (call.pin_unchecked)
     return failure<bool>(Errc::tls, {"the TLS connection to the Service Fabric endpoint was not verified against "
                                      "IDENTITY_SERVER_THUMBPRINT, so the request was not sent"});
+  if (call.anchors_unreadable)
+    return failure<bool>(Errc::tls, {"mi::WithCAFile: '", call.trust->extra_ca_file,
+                                     "' could not be loaded as PEM certificates, so the request was not sent"});
   if (call.headers_too_large)
     return failure<bool>(Errc::invalid_response, {"the HTTPS response head is larger than MI_MAX_HEADER_BYTES (",
                                                   num(MI_MAX_HEADER_BYTES), " bytes)"});
@@ -3629,8 +3722,9 @@ struct CurlOptions {
   }
 };
 
-// https only, no redirects, no proxy, HTTP/1.1 over TLS 1.2 or later, a fresh connection and
-// TLS session for every request, the size limit, and the callbacks.
+// https only, no redirects, no proxy (unless the trust allows the environment's), HTTP/1.1
+// over TLS 1.2 or later, a fresh connection and TLS session for every request, the size
+// limit, and the callbacks.
 void set_connection_options(CurlOptions& o, CurlCall& call) {
   // The headers may be newer than the libcurl that runs: the option follows the latter.
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -3652,8 +3746,10 @@ void set_connection_options(CurlOptions& o, CurlCall& call) {
 #endif
   }
   o.set(CURLOPT_FOLLOWLOCATION, 0L);
-  o.set(CURLOPT_PROXY, "");
-  o.set(CURLOPT_NOPROXY, "*");
+  if (call.trust == nullptr || !call.trust->use_proxy) {
+    o.set(CURLOPT_PROXY, "");
+    o.set(CURLOPT_NOPROXY, "*");
+  }
   o.set(CURLOPT_NOSIGNAL, 1L);
   o.set(CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
   o.set(CURLOPT_FORBID_REUSE, 1L);
@@ -3691,8 +3787,30 @@ void set_request_options(CurlOptions& o, const HttpRequest& request, curl_slist*
   }
 }
 
+// Without a pin, which anchors libcurl's own check trusts: the token proxy's CA alone (the
+// system's directory turned off too), or the system's plus mi::WithCAFile's.
+void set_trust_options(CurlOptions& o, CurlCall& call) {
+  const CurlTrust& trust = *call.trust;
+  if (!trust.only_ca_file.empty() || !trust.only_ca_pem.empty()) {
+    if (!trust.only_ca_file.empty()) {
+      o.set(CURLOPT_CAINFO, trust.only_ca_file.c_str());
+    } else {
+      curl_blob blob{const_cast<char*>(trust.only_ca_pem.data()), trust.only_ca_pem.size(), CURL_BLOB_COPY};
+      o.set(CURLOPT_CAINFO_BLOB, &blob);
+    }
+    o.set(CURLOPT_CAPATH, static_cast<const char*>(nullptr));
+  } else if (!trust.extra_ca_file.empty()) {
+#if LIBCURL_VERSION_NUM >= 0x075700
+    // A cached store would be shared beyond this transfer: the anchors go into a fresh one.
+    if (o.api.version_num >= 0x075700) o.set(CURLOPT_CA_CACHE_TIMEOUT, 0L);
+#endif
+    o.set(CURLOPT_SSL_CTX_FUNCTION, &CurlCall::on_ssl_ctx_anchors);
+    o.set(CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call));
+  }
+}
+
 // Time limits from the context and the connect timeout; the certificate check: libcurl's
-// own without a pin, only the pin (on_ssl_ctx) with one.
+// own without a pin (with the trust's anchors), only the pin (on_ssl_ctx) with one.
 void set_check_options(CurlOptions& o, const Context& ctx, Millis connect_timeout, CurlCall& call) {
   Millis left = time_left(ctx, Millis::max());
   Millis connect = connect_timeout > Millis(0) && connect_timeout < left ? connect_timeout : left;
@@ -3701,6 +3819,7 @@ void set_check_options(CurlOptions& o, const Context& ctx, Millis connect_timeou
   if (call.pin.empty()) {
     o.set(CURLOPT_SSL_VERIFYPEER, 1L);
     o.set(CURLOPT_SSL_VERIFYHOST, 2L);
+    if (call.trust != nullptr) set_trust_options(o, call);
   } else {
     o.set(CURLOPT_SSL_VERIFYPEER, 0L);
     o.set(CURLOPT_SSL_VERIFYHOST, 0L);
@@ -3711,16 +3830,20 @@ void set_check_options(CurlOptions& o, const Context& ctx, Millis connect_timeou
 
 // Every option of one request; a libcurl that refuses one fails the request.
 Result<bool> configure(const CurlApi& api, CURL* easy, const HttpRequest& request, curl_slist* headers,
-                       CurlCall& call, char* errbuf, Millis connect_timeout) {
+                       curl_slist* connect_to, CurlCall& call, char* errbuf, Millis connect_timeout) {
   CurlOptions o{api, easy};
   o.set(CURLOPT_ERRORBUFFER, errbuf);
   set_connection_options(o, call);
   set_request_options(o, request, headers);
+  if (connect_to != nullptr) o.set(CURLOPT_CONNECT_TO, connect_to);
   set_check_options(o, *call.ctx, connect_timeout, call);
   if (o.rc == CURLE_OK) return true;
   if (!call.pin.empty() && (o.rc == CURLE_NOT_BUILT_IN || o.rc == CURLE_UNKNOWN_OPTION))
     return failure<bool>(Errc::tls, {"this libcurl cannot install the certificate check Service Fabric needs; "
                                      "use libcurl built with OpenSSL"});
+  if (call.trust != nullptr && (o.rc == CURLE_NOT_BUILT_IN || o.rc == CURLE_UNKNOWN_OPTION))
+    return failure<bool>(Errc::tls, {"this libcurl cannot set the trust anchors this endpoint needs (",
+                                     api.curl_easy_strerror(o.rc), "); use libcurl built with OpenSSL"});
   return failure<bool>(Errc::network, {"libcurl rejected an option: ", api.curl_easy_strerror(o.rc)});
 }
 
@@ -3776,16 +3899,41 @@ class CurlTransport final : public HttpClient {
   // pinned_sha1: 20 bytes (the normalised IDENTITY_SERVER_THUMBPRINT), or empty
   // for "no pin". A request's own pinned_sha1 (40 hex digits) is checked as well:
   // with neither, libcurl's normal verification applies; with both, they must agree.
+  // `trust` says how a request without a pin is checked (CurlTrust).
   // libcurl is not touched (nor loaded) before the first request.
-  CurlTransport(std::string pinned_sha1, Millis connect_timeout)
-      : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout) {}
+  CurlTransport(std::string pinned_sha1, Millis connect_timeout, CurlTrust trust = CurlTrust())
+      : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout), trust_(std::move(trust)) {}
   Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
   bool PinsServerCertificate() const noexcept override { return true; }
 
  private:
   std::string pin_;
   Millis connect_timeout_;
+  CurlTrust trust_;
 };
+
+namespace curl_impl {
+
+// With a TLS server name of its own (the AKS token proxy), the request's URL names it, so
+// that libcurl sends it and checks the certificate against it, while CURLOPT_CONNECT_TO
+// ("name:port:address:port") reaches the address the URL had. The Host header keeps that
+// address, as the proxy expects.
+Result<bool> route_to_server_name(const CurlApi& api, const std::string& sni_name, HttpRequest& request,
+                                  CurlHeaders& connect_to) {
+  Result<Url> url = parse_url(request.url);
+  if (!url) return url.error();
+  const bool ipv6 = url->host.find(':') != std::string::npos;
+  const std::string line =
+      cat({sni_name, ":", num(url->port), ":", ipv6 ? "[" : "", url->host, ipv6 ? "]" : "", ":", num(url->port)});
+  add_pair(request.headers, "Host", url->host_header());
+  url->host = sni_name;
+  request.url = url->str();
+  connect_to.reset(api.curl_slist_append(nullptr, line.c_str()));
+  if (!connect_to) return failure<bool>(Errc::network, {"libcurl could not store the connection route (out of memory?)"});
+  return true;
+}
+
+}  // namespace curl_impl
 
 Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& request) {
   Result<std::string> pin = curl_impl::request_pin(pin_, request);
@@ -3796,6 +3944,9 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
     return failure<HttpResponse>(Errc::network, {"libcurl could not be initialised (curl_global_init: ",
                                                  api.curl_easy_strerror(api.init), ")"});
   if (!pin->empty() && !api.pinning_problem.empty()) return failure<HttpResponse>(Errc::tls, {api.pinning_problem});
+  // Extra anchors go into libcurl's OpenSSL store, so they need what pinning needs.
+  if (pin->empty() && !trust_.extra_ca_file.empty() && !api.pinning_problem.empty())
+    return failure<HttpResponse>(Errc::tls, {"mi::WithCAFile needs libcurl's OpenSSL backend: ", api.pinning_problem});
   Result<bool> valid = curl_impl::check_request(request);
   if (!valid) return valid.error();
   ContextStatus status = context_status(ctx);
@@ -3806,18 +3957,29 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   call.api = &api;
   call.ctx = &ctx;
   call.pin = *pin;
+  call.trust = pin->empty() ? &trust_ : nullptr;
+  // Declared before the handles, so they outlive the transfer that points at them.
+  HttpRequest routed;
+  const HttpRequest* sent = &request;
+  curl_impl::CurlHeaders connect_to(nullptr, curl_impl::CurlSlistDeleter{api.curl_slist_free_all});
+  if (call.trust != nullptr && !trust_.sni_name.empty()) {
+    routed = request;
+    Result<bool> route = curl_impl::route_to_server_name(api, trust_.sni_name, routed, connect_to);
+    if (!route) return route.error();
+    sent = &routed;
+  }
   std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(api.curl_easy_init(),
                                                          curl_impl::CurlEasyDeleter{api.curl_easy_cleanup});
   std::unique_ptr<CURLM, curl_impl::CurlMultiDeleter> multi(api.curl_multi_init(),
                                                             curl_impl::CurlMultiDeleter{api.curl_multi_cleanup});
   if (!easy || !multi)
     return failure<HttpResponse>(Errc::network, {"libcurl could not create a request handle (out of memory?)"});
-  Result<curl_impl::CurlHeaders> headers = curl_impl::curl_headers(api, request);
+  Result<curl_impl::CurlHeaders> headers = curl_impl::curl_headers(api, *sent);
   if (!headers) return headers.error();
   char errbuf[CURL_ERROR_SIZE];
   errbuf[0] = '\0';
-  Result<bool> configured =
-      curl_impl::configure(api, easy.get(), request, headers->get(), call, errbuf, connect_timeout_);
+  Result<bool> configured = curl_impl::configure(api, easy.get(), *sent, headers->get(), connect_to.get(), call,
+                                                 errbuf, connect_timeout_);
   if (!configured) return configured.error();
 
   curl_impl::CurlAttachment attachment;
@@ -4197,12 +4359,13 @@ MI_DETAIL_COLD ErrorBody parse_error_body(std::string_view body) {
 }  // namespace mi
 
 // ---- src/sources.hpp ----
-// The six sources. Each is described once, by its entry in kSources below: how it is
+// The seven sources. Each is described once, by its entry in kSources below: how it is
 // detected (docs/protocol.md §1), its request (§2), its retry class (§8), its transport's
 // TLS mode (§4) and the hints its errors carry. Where a source's protocol truly differs
 // from the table, its entry names one function, defined in the source's section further
 // down: Azure ML's always-sent clientid, Service Fabric's revocation hash and
-// capabilities (and its pinned endpoint, fixed at New), the Azure Arc challenge (§3).
+// capabilities (and its pinned endpoint, fixed at New), the Azure Arc challenge (§3),
+// workload identity's inputs fixed at New and its client-credentials form (§12).
 // Adding a source is one entry, plus such a function where its protocol needs one.
 
 namespace mi {
@@ -4215,6 +4378,8 @@ constexpr const char* kImdsEndpoint = "http://169.254.169.254/metadata/identity/
 constexpr const char* kImdsPath = "/metadata/identity/oauth2/token";
 constexpr const char* kArcDefaultEndpoint = "http://127.0.0.1:40342/metadata/identity/oauth2/token";
 constexpr size_t kArcMaxKeyBytes = 4096;
+constexpr const char* kEntraAuthority = "https://login.microsoftonline.com/";
+constexpr size_t kMaxFederatedTokenBytes = 64 * 1024;
 
 // ---- what a source is ------------------------------------------------------------------
 
@@ -4222,30 +4387,38 @@ constexpr size_t kArcMaxKeyBytes = 4096;
 enum class TlsMode {
   plain,            // http:// through the built-in socket transport
   pinned,           // https:// whose leaf certificate must match a thumbprint fixed at New
-  chain_validated,  // https:// checked against the trust store (no source uses it yet)
+  chain_validated,  // https:// whose chain and host name are checked against the trust store
 };
 
-// A retry class (docs/protocol.md §8). Every class retries transport errors and 404, 408, 429.
+// A retry class (docs/protocol.md §8, §12). Every class retries transport errors, 408 and 429.
 struct RetryClass {
   bool every_5xx = false;      // 500-599; otherwise 500, 502, 503 and 504 only
   bool exponential = false;    // waits 1 s, 2 s, 4 s, ...; otherwise 1 s each
   bool imds_updating = false;  // 410 ("IMDS is being updated"): up to 7 retries, 10 s apart
+  bool not_found = true;       // 404: a managed identity still being assigned (never so for Entra ID)
 };
-constexpr RetryClass kImdsRetries{true, true, true};
+constexpr RetryClass kImdsRetries{true, true, true, true};
 constexpr RetryClass kStandardRetries{};
+constexpr RetryClass kEntraRetries{false, true, false, false};
 
 struct Header {
   const char* name = nullptr;
   const char* value = nullptr;
 };
 
-// Up to three names or headers in a table entry; unused slots stay null.
-template <class T>
-struct Three {
-  T at[3]{};
+// Up to N names or headers in a table entry; unused slots stay null.
+template <class T, size_t N>
+struct Slots {
+  T at[N]{};
   const T* begin() const { return at; }
-  const T* end() const { return at + 3; }
+  const T* end() const { return at + N; }
 };
+template <class T>
+using Three = Slots<T, 3>;
+
+}  // namespace
+struct WorkloadSetup;  // below, outside the unnamed namespace: ClientState holds one
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // What one acquisition adds to the request the table describes.
 struct RequestExtras {
@@ -4253,6 +4426,7 @@ struct RequestExtras {
   std::string_view claims;                                 // non-empty: a claims request (§7)
   const std::string* cached_token = nullptr;               // the token cached for the key, if any
   const std::vector<std::string>* capabilities = nullptr;  // the client's, not a copy
+  const WorkloadSetup* workload = nullptr;                 // workload identity: its inputs fixed at New
 };
 
 struct BuiltRequest {
@@ -4269,6 +4443,18 @@ struct PinnedEndpoint {
   std::string sha1_bytes;   // the same 20 bytes raw, for the built-in transport
 };
 
+// Workload identity's inputs, read and checked at New (docs/protocol.md §12). The token
+// file's contents are not among them: kubelet rotates the file, so it is read per request.
+struct WorkloadSetup {
+  std::string client_id;   // the user-assigned client ID, else AZURE_CLIENT_ID
+  std::string token_file;  // AZURE_FEDERATED_TOKEN_FILE
+  Url url;                 // {authority}{tenant}/oauth2/v2.0/token, through the token proxy if any
+  // The AKS token proxy (identity binding): its TLS trusts only its own CA, given as a
+  // file or as PEM text, and the certificate must name sni_name when that is set.
+  bool token_proxy = false;
+  std::string proxy_ca_file, proxy_ca_pem, sni_name;
+};
+
 namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // The functions entries name; each is defined in its source's section below.
@@ -4277,6 +4463,10 @@ void azure_ml_parameters(const ID& id, const RequestExtras& extras, StringPairs&
 void service_fabric_parameters(const ID& id, const RequestExtras& extras, StringPairs& params);
 Result<bool> arc_answer_challenge(const HttpResponse& leg1, BuiltRequest& built);
 Result<bool> arc_confirm_identity(const ID& id, const TokenEcho& echo);
+struct SourceSpec;
+Result<WorkloadSetup> workload_setup(const SourceSpec& spec, const ID& id);
+Result<bool> workload_request(std::string_view resource, const RequestExtras& extras, BuiltRequest& out);
+const char* entra_hint(const ErrorBody& body);
 
 struct SourceSpec {
   Source source = Source::DefaultToIMDS;
@@ -4303,9 +4493,14 @@ struct SourceSpec {
   const char* id_refusal = nullptr;
   const char* secret_variable = nullptr;  // read at every request, sent in secret_header
   const char* secret_header = nullptr;
-  Three<Header> headers;                    // fixed headers, after User-Agent and the secret
+  Slots<Header, 4> headers;                 // fixed headers, after User-Agent and the secret
   const char* request_id_header = nullptr;  // a new UUID per acquisition, also the errors' correlation id
   void (*add_parameters)(const ID&, const RequestExtras&, StringPairs&) = nullptr;
+  // Set: the source's inputs are read and checked at New (their failure fails New), and the
+  // request's URL and parameters come from own_request instead of the fields above (which
+  // then only describe the source, its headers and its refusals).
+  Result<WorkloadSetup> (*setup)(const SourceSpec&, const ID&) = nullptr;
+  Result<bool> (*own_request)(std::string_view resource, const RequestExtras&, BuiltRequest&) = nullptr;
 
   // Transport and retries (§4, §8).
   TlsMode tls = TlsMode::plain;
@@ -4321,7 +4516,40 @@ struct SourceSpec {
   const char* hint_400 = nullptr;
   const char* hint_401_403 = nullptr;
   const char* hint_not_json = nullptr;  // a 403, 502, 503 or 504 whose body is not JSON
+  const char* (*hint_for_body)(const ErrorBody&) = nullptr;  // ahead of the above, when it has one
 };
+
+// AKS workload identity: a projected service-account token, exchanged with Microsoft Entra
+// ID for an access token (docs/protocol.md §12). First, so that a pod that asked for it
+// never silently gets the node's identity instead.
+constexpr SourceSpec workload_identity_spec() {
+  SourceSpec s;
+  s.source = Source::WorkloadIdentity;
+  s.label = "Microsoft Entra ID";
+  s.detect_variables = {{"AZURE_FEDERATED_TOKEN_FILE", "AZURE_TENANT_ID"}};
+  s.method = "POST";
+  s.endpoint_variable = "AZURE_AUTHORITY_HOST";
+  s.endpoint_default = kEntraAuthority;
+  s.scheme = "https";
+  s.form_body = true;
+  s.client_id_parameter = "client_id";
+  s.id_refusal = "workload identity names the application by its client ID; use mi::UserAssignedClientID(), or "
+                 "mi::SystemAssigned() for AZURE_CLIENT_ID";
+  s.headers = {{{"Accept", "application/json"},
+                {"x-client-SKU", "managed-identity-cpp"},
+                {"x-client-Ver", MI_VERSION_STRING},
+                {"return-client-request-id", "true"}}};
+  s.request_id_header = "client-request-id";
+  s.setup = workload_setup;
+  s.own_request = workload_request;
+  s.tls = TlsMode::chain_validated;
+  s.retry = kEntraRetries;
+  s.hint_400 = "check AZURE_CLIENT_ID, AZURE_TENANT_ID and the application's federated identity credential";
+  s.hint_401_403 = "Microsoft Entra ID refused the service-account token; check the application's federated "
+                   "identity credential (issuer and subject) and AZURE_FEDERATED_TOKEN_FILE";
+  s.hint_for_body = entra_hint;
+  return s;
+}
 
 // Service Fabric: IDENTITY_ENDPOINT and IDENTITY_HEADER, with a certificate thumbprint.
 constexpr SourceSpec service_fabric_spec() {
@@ -4434,8 +4662,9 @@ constexpr SourceSpec imds_spec() {
 }
 
 // In detection order (docs/protocol.md §1): the first entry that matches is the source.
-constexpr SourceSpec kSources[] = {service_fabric_spec(), app_service_spec(), azure_ml_spec(),
-                                   cloud_shell_spec(),    azure_arc_spec(),   imds_spec()};
+constexpr SourceSpec kSources[] = {workload_identity_spec(), service_fabric_spec(), app_service_spec(),
+                                   azure_ml_spec(),          cloud_shell_spec(),    azure_arc_spec(),
+                                   imds_spec()};
 constexpr size_t kSourceCount = sizeof kSources / sizeof kSources[0];
 static_assert(kSources[kSourceCount - 1].source == Source::DefaultToIMDS, "IMDS is the fallback, tried last");
 
@@ -4598,10 +4827,17 @@ Result<bool> add_headers(const SourceSpec& spec, const RequestExtras& extras, Bu
 // pinned source fixed at New.
 Result<BuiltRequest> build_request(const SourceSpec& spec, const ID& id, std::string_view resource,
                                    const RequestExtras& extras, const PinnedEndpoint* pinned) {
-  Result<Url> url = request_url(spec, pinned);
-  if (!url) return url.error();
   BuiltRequest out;
   out.request.method = spec.method;
+  if (spec.own_request != nullptr) {
+    Result<bool> own = spec.own_request(resource, extras, out);
+    if (!own) return own.error();
+    Result<bool> headers = add_headers(spec, extras, out);
+    if (!headers) return headers.error();
+    return out;
+  }
+  Result<Url> url = request_url(spec, pinned);
+  if (!url) return url.error();
   StringPairs params = request_parameters(spec, id, resource, extras);
   if (spec.form_body) {
     out.request.body = form_encode(params);  // the URL is sent as configured
@@ -4703,6 +4939,281 @@ Result<PinnedEndpoint> pinned_endpoint(const SourceSpec& spec) {
   out.url = std::move(*url);
   out.pinned_sha1 = pin_hex(out.sha1_bytes);
   return out;
+}
+
+// ---- Workload identity (docs/protocol.md §12) -------------------------------------------------
+
+// A tenant goes into the token URL's path, so only a GUID or a domain name may: dot-separated
+// labels of 1 to 63 letters, digits or hyphens, none empty (a GUID is one such label).
+bool valid_domain_name(std::string_view name) noexcept {
+  if (name.empty()) return false;
+  size_t label = 0;
+  for (char c : name) {
+    if (c == '.') {
+      if (label == 0) return false;
+      label = 0;
+      continue;
+    }
+    const bool allowed = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+    if (!allowed || ++label > 63) return false;
+  }
+  return label > 0;
+}
+
+MI_DETAIL_COLD Error workload_error(std::initializer_list<std::string_view> message) {
+  return ErrorAccess::make(Errc::invalid_argument, cat(message), Source::WorkloadIdentity);
+}
+
+// AZURE_KUBERNETES_TOKEN_PROXY and its TLS settings (identity binding): the request goes to
+// the proxy's scheme, host and port, the proxy's path in front of the authority's.
+MI_DETAIL_COLD Result<bool> workload_token_proxy(const std::string& proxy, WorkloadSetup& out) {
+  if (has_control_char(proxy) || proxy.find('#') != std::string::npos)
+    return workload_error({"AZURE_KUBERNETES_TOKEN_PROXY must be an https URL without a query or fragment"});
+  Result<Url> url = endpoint_from(proxy, "AZURE_KUBERNETES_TOKEN_PROXY", "https", Source::WorkloadIdentity);
+  if (!url) return url.error();
+  if (!url->query.empty() || proxy.find('?') != std::string::npos)
+    return workload_error({"AZURE_KUBERNETES_TOKEN_PROXY must be an https URL without a query or fragment"});
+  std::string prefix = url->path;
+  while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
+  out.url.scheme = url->scheme;
+  out.url.host = url->host;
+  out.url.port = url->port;
+  out.url.path = cat({prefix, out.url.path});
+  out.proxy_ca_file = env("AZURE_KUBERNETES_CA_FILE");
+  out.proxy_ca_pem = env("AZURE_KUBERNETES_CA_DATA");
+  if (out.proxy_ca_file.empty() == out.proxy_ca_pem.empty())
+    return workload_error({"AZURE_KUBERNETES_TOKEN_PROXY is set, so exactly one of AZURE_KUBERNETES_CA_FILE and "
+                           "AZURE_KUBERNETES_CA_DATA must be set (the token proxy's CA)"});
+  out.sni_name = env("AZURE_KUBERNETES_SNI_NAME");
+  if (!out.sni_name.empty() && !valid_domain_name(out.sni_name))
+    return workload_error({"AZURE_KUBERNETES_SNI_NAME must be a host name (letters, digits, '-' and '.')"});
+  out.token_proxy = true;
+  return true;
+}
+
+// The inputs fixed at New: the client, the tenant, the token endpoint and its TLS trust.
+MI_DETAIL_COLD Result<WorkloadSetup> workload_setup(const SourceSpec& spec, const ID& id) {
+  WorkloadSetup out;
+  out.client_id = id.kind() == IDKind::ClientID ? id.value() : env("AZURE_CLIENT_ID");
+  if (out.client_id.empty())
+    return workload_error({"workload identity needs the application's client ID: set AZURE_CLIENT_ID (the workload "
+                           "identity webhook sets it from the service account's azure.workload.identity/client-id "
+                           "annotation) or pass mi::UserAssignedClientID()"});
+  const std::string tenant = env("AZURE_TENANT_ID");
+  if (!valid_domain_name(tenant))
+    return workload_error({"AZURE_TENANT_ID must be a tenant ID (a GUID) or a domain name"});
+  Result<Url> authority = endpoint_from(configured_endpoint(spec), spec.endpoint_variable, spec.scheme, spec.source);
+  if (!authority) return authority.error();
+  out.url = std::move(*authority);
+  if (out.url.path.back() != '/') out.url.path.push_back('/');
+  out.url.path = cat({out.url.path, tenant, "/oauth2/v2.0/token"});
+  out.token_file = env("AZURE_FEDERATED_TOKEN_FILE");
+  const std::string proxy = env("AZURE_KUBERNETES_TOKEN_PROXY");
+  if (!proxy.empty()) {
+    Result<bool> proxied = workload_token_proxy(proxy, out);
+    if (!proxied) return proxied.error();
+  }
+  return out;
+}
+
+MI_DETAIL_COLD Error token_file_error(const std::string& path, std::string_view rule) {
+  return workload_error({"AZURE_FEDERATED_TOKEN_FILE ('", path.size() > 200 ? path.substr(0, 200) : path, "') ",
+                         rule, "; nothing was sent"});
+}
+
+#if MI_DETAIL_WINDOWS
+// Opens the file (links followed), checks the open handle (a regular file within the limit)
+// and reads it.
+Result<std::string> read_token_file(const std::string& path) {
+  HANDLE file = CreateFileA(path.c_str(), GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                            nullptr, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, nullptr);
+  if (file == INVALID_HANDLE_VALUE) {
+    DWORD code = GetLastError();
+    if (code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND) return token_file_error(path, "does not exist");
+    return token_file_error(path, cat({"could not be opened (error ", num(static_cast<long long>(code)), ")"}));
+  }
+  BY_HANDLE_FILE_INFORMATION info;
+  bool regular = GetFileType(file) == FILE_TYPE_DISK && GetFileInformationByHandle(file, &info) &&
+                 (info.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY) == 0;
+  if (!regular) {
+    CloseHandle(file);
+    return token_file_error(path, "is not a regular file");
+  }
+  uint64_t size = (static_cast<uint64_t>(info.nFileSizeHigh) << 32) | info.nFileSizeLow;
+  if (size > kMaxFederatedTokenBytes) {
+    CloseHandle(file);
+    return token_file_error(path, "is larger than 64 KiB");
+  }
+  std::string text(static_cast<size_t>(size), '\0');
+  DWORD got = 0;
+  bool ok = size == 0 || (ReadFile(file, &text[0], static_cast<DWORD>(size), &got, nullptr) && got == size);
+  CloseHandle(file);
+  if (!ok) {
+    std::fill(text.begin(), text.end(), '\0');
+    return token_file_error(path, "could not be read");
+  }
+  return text;
+}
+#else
+// Opens the file without blocking (a FIFO must not hang the caller), following links (kubelet
+// rotates the token by swapping one), checks the open descriptor (a regular file within the
+// limit) and reads it.
+Result<std::string> read_token_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ENOENT) return token_file_error(path, "does not exist");
+    return token_file_error(path, cat({"could not be opened (", std::strerror(err), ")"}));
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return token_file_error(path, "is not a regular file");
+  }
+  if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) > kMaxFederatedTokenBytes) {
+    ::close(fd);
+    return token_file_error(path, "is larger than 64 KiB");
+  }
+  // Read at most one byte past the limit, in case the file grew after fstat.
+  std::string text(kMaxFederatedTokenBytes + 1, '\0');
+  size_t total = 0;
+  bool ok = true;
+  while (total < text.size()) {
+    ssize_t n = ::read(fd, &text[total], text.size() - total);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ok = false;
+      break;
+    }
+    if (n == 0) break;
+    total += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (!ok || total > kMaxFederatedTokenBytes) {
+    std::fill(text.begin(), text.end(), '\0');
+    return token_file_error(path, ok ? "is larger than 64 KiB" : "could not be read");
+  }
+  text.resize(total);
+  return text;
+}
+#endif
+
+// The client assertion: the file's text without surrounding white space, non-empty and
+// without a control character (it is a JWT; anything else is not what kubelet wrote).
+Result<std::string> read_assertion(const std::string& path) {
+  Result<std::string> text = read_token_file(path);
+  if (!text) return text;
+  std::string_view assertion = trim(*text);
+  const char* problem = assertion.empty() ? "is empty" : nullptr;
+  for (char ch : assertion)
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) problem = "holds a control character";
+  std::string out = problem == nullptr ? std::string(assertion) : std::string();
+  std::fill(text->begin(), text->end(), '\0');
+  if (problem != nullptr) return token_file_error(path, problem);
+  return out;
+}
+
+// The claims form field (docs/protocol.md §7, §12): the caller's claims object with the
+// client capabilities as access_token.xms_cc.values; "" when there is neither.
+MI_DETAIL_COLD Result<std::string> workload_claims(std::string_view claims, const std::vector<std::string>* caps) {
+  const bool have_caps = caps != nullptr && !caps->empty();
+  if (claims.empty() && !have_caps) return std::string();
+  JsonValue root;
+  root.type = JsonValue::Type::Object;
+  if (!claims.empty() && (!parse_json(claims, nullptr, root) || !root.is_object()))
+    return ErrorAccess::make(Errc::invalid_argument, "mi::WithClaims: the claims must be a JSON object",
+                             Source::WorkloadIdentity);
+  if (!have_caps) return std::string(claims);
+  // The named member, made an object if it is not one; later members of the same name are
+  // dropped so that the text sent has one meaning.
+  auto member = [](JsonValue& object, const char* name) -> JsonValue& {
+    JsonValue* found = nullptr;
+    auto& members = object.members;
+    for (size_t i = 0; i < members.size();) {
+      if (members[i].first != name) {
+        ++i;
+      } else if (found == nullptr) {
+        found = &members[i++].second;
+      } else {
+        members.erase(members.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+    }
+    if (found == nullptr) {
+      members.emplace_back(name, JsonValue());
+      found = &members.back().second;
+    }
+    return *found;
+  };
+  auto reset = [](JsonValue& value, JsonValue::Type type) {
+    value = JsonValue();
+    value.type = type;
+  };
+  JsonValue& access_token = member(root, "access_token");
+  if (!access_token.is_object()) reset(access_token, JsonValue::Type::Object);
+  JsonValue& xms_cc = member(access_token, "xms_cc");
+  if (!xms_cc.is_object()) reset(xms_cc, JsonValue::Type::Object);
+  JsonValue& values = member(xms_cc, "values");
+  reset(values, JsonValue::Type::Array);
+  for (const std::string& cap : *caps) {
+    JsonValue item;
+    item.type = JsonValue::Type::String;
+    item.text = cap;
+    values.items.push_back(std::move(item));
+  }
+  std::string out;
+  write_json(root, out);
+  return out;
+}
+
+// The client-credentials form with the token file as the client assertion, read now: kubelet
+// rotates the file. The assertion is a secret from here on.
+Result<bool> workload_request(std::string_view resource, const RequestExtras& extras, BuiltRequest& out) {
+  if (extras.workload == nullptr)
+    return ErrorAccess::make(Errc::invalid_argument, "workload identity's inputs were not set up by mi::New",
+                             Source::WorkloadIdentity);
+  const WorkloadSetup& setup = *extras.workload;
+  Result<std::string> claims = workload_claims(extras.claims, extras.capabilities);
+  if (!claims) return claims.error();
+  Result<std::string> assertion = read_assertion(setup.token_file);
+  if (!assertion) return assertion.error();
+  StringPairs form;
+  add_pair(form, "grant_type", "client_credentials");
+  add_pair(form, "client_id", setup.client_id);
+  add_pair(form, "scope", cat({resource, "/.default"}));
+  add_pair(form, "client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
+  add_pair(form, "client_assertion", *assertion);
+  if (!claims->empty()) add_pair(form, "claims", *claims);
+  out.request.url = setup.url.str();
+  out.request.body = form_encode(form);
+  for (auto& field : form)
+    if (field.first == "client_assertion") std::fill(field.second.begin(), field.second.end(), '\0');
+  out.secrets.push_back(std::move(*assertion));
+  return true;
+}
+
+// What to fix for the AADSTS codes a misconfigured pod meets; Entra's description starts
+// with the code ("AADSTS70021: No matching federated identity record found ...").
+MI_DETAIL_COLD const char* entra_hint(const ErrorBody& body) {
+  std::string_view text = trim(body.description);
+  const std::string_view prefix = "AADSTS";
+  if (!starts_with(text, prefix)) return nullptr;
+  text.remove_prefix(prefix.size());
+  std::string_view code = text.substr(0, text.find_first_not_of("0123456789"));
+  if (code == "70021")
+    return "no federated identity credential of the application matches the service-account token: check the "
+           "credential's issuer (the cluster's OIDC issuer URL) and subject "
+           "(system:serviceaccount:<namespace>:<service account>)";
+  if (code == "700016")
+    return "the client ID is not an application in this tenant: check AZURE_CLIENT_ID (or the ID given to "
+           "mi::UserAssignedClientID), the service account's azure.workload.identity/client-id annotation, and "
+           "AZURE_TENANT_ID";
+  if (code == "700024")
+    return "the service-account token in AZURE_FEDERATED_TOKEN_FILE has expired: check that kubelet still rotates "
+           "the projected token (the pod's token volume) and the node's clock";
+  if (code == "90002")
+    return "no such tenant: check AZURE_TENANT_ID, and that AZURE_AUTHORITY_HOST is the authority of the tenant's "
+           "cloud";
+  return nullptr;
 }
 
 // ---- Azure Arc (docs/protocol.md §1 step 4, §3) --------------------------------------------------
@@ -5309,6 +5820,7 @@ struct ClientConfig {
   Millis attempt_timeout{30000};
   std::function<SysClock::time_point()> clock;
   std::function<void(Millis)> sleep;
+  std::string ca_file;               // WithCAFile: extra trust anchors for chain-validated HTTPS
 };
 
 struct AcquireConfig {
@@ -5323,6 +5835,7 @@ struct ClientState {
   ClientConfig config;
   std::shared_ptr<HttpClient> transport;  // null only for an https source built without libcurl
   std::unique_ptr<const PinnedEndpoint> pinned;  // TlsMode::pinned: the endpoint and pin as read at New
+  std::unique_ptr<const WorkloadSetup> workload;  // workload identity: its inputs as read at New
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
 
@@ -5360,7 +5873,8 @@ namespace {  // internal linkage: nothing below is visible outside this translat
 // The source's retry class (SourceSpec::retry) decides the next three.
 bool retryable_status(Source source, int status) {
   const RetryClass& rc = source_spec(source).retry;
-  if (status == 404 || status == 408 || status == 429) return true;
+  if (status == 404) return rc.not_found;
+  if (status == 408 || status == 429) return true;
   if (status == 410) return rc.imds_updating;
   if (rc.every_5xx) return status >= 500 && status <= 599;
   return status == 500 || status == 502 || status == 503 || status == 504;
@@ -5541,7 +6055,9 @@ MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse
     if (!excerpt.empty()) message += cat({" (\"", excerpt, "\")"});
   }
   if (attempts > 1) message += cat({" after ", num(attempts), " attempts"});
-  message += cat({"; ", status_hint(st.source, response.status, details.json)});
+  const SourceSpec& spec = source_spec(st.source);
+  const char* body_hint = spec.hint_for_body != nullptr ? spec.hint_for_body(details) : nullptr;
+  message += cat({"; ", body_hint != nullptr ? body_hint : status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
   ErrorAccess::set_server_details(e, std::move(code), std::move(description),
@@ -5694,7 +6210,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   const std::string request_id = spec.request_id_header != nullptr ? uuid4() : std::string();
   Result<BuiltRequest> built = build_request(spec, st.id, resource,
                                              RequestExtras{request_id, options.claims, cached_token,
-                                                           &st.config.capabilities},
+                                                           &st.config.capabilities, st.workload.get()},
                                              st.pinned.get());
   if (!built) return finish_error(st, built.error(), request_id);
   // An endpoint that echoes the token we hold (claims, refresh) must not get it into a message.
@@ -5909,6 +6425,27 @@ Result<bool> choose_pinned_transport(const SourceSpec& spec, ClientState& st) {
   return true;
 }
 
+#if MI_DETAIL_CURL
+// How the built-in transport checks a chain-validated endpoint (docs/protocol.md §12): the
+// AKS token proxy against its own CA alone, with its TLS server name and never through an
+// HTTP proxy (the proxy would have to reach the server name, which only the cluster knows);
+// Entra ID against the system's trust store plus WithCAFile's anchors, through the
+// environment's HTTPS_PROXY unless NO_PROXY exempts it, since Entra ID is on the internet.
+CurlTrust chain_trust(const ClientState& st) {
+  CurlTrust trust;
+  const WorkloadSetup* workload = st.workload.get();
+  if (workload != nullptr && workload->token_proxy) {
+    trust.only_ca_file = workload->proxy_ca_file;
+    trust.only_ca_pem = workload->proxy_ca_pem;
+    trust.sni_name = workload->sni_name;
+  } else {
+    trust.extra_ca_file = st.config.ca_file;
+    trust.use_proxy = true;
+  }
+  return trust;
+}
+#endif
+
 // The transport the source's TLS mode asks for: the user's HttpClient if given (a pinned
 // source checks it can pin), else the built-in one. Without libcurl an https source gets
 // none, and its requests fail with tls (no_transport_error).
@@ -5921,7 +6458,8 @@ Result<bool> choose_transport(const SourceSpec& spec, ClientState& st) {
     case TlsMode::chain_validated:
       st.transport = st.config.http;
 #if MI_DETAIL_CURL
-      if (!st.transport) st.transport = std::make_shared<CurlTransport>(std::string(), st.config.connect_timeout);
+      if (!st.transport)
+        st.transport = std::make_shared<CurlTransport>(std::string(), st.config.connect_timeout, chain_trust(st));
 #endif
       return true;
   }
@@ -5968,6 +6506,12 @@ MI_DETAIL_COLD ClientOption WithLogger(std::function<void(LogLevel, std::string_
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.logger = p.logger; });
 }
+MI_DETAIL_COLD ClientOption WithCAFile(std::string pem_path) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->ca_file = std::move(pem_path);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.ca_file = p.ca_file; });
+}
 MI_DETAIL_COLD AcquireTokenOption WithClaims(std::string claims) {
   return AcquireTokenOption([claims = std::move(claims)](detail::AcquireConfig& c) { c.claims = claims; });
 }
@@ -6006,6 +6550,11 @@ Result<Client> New(ID id, const std::vector<ClientOption>& options) {
   const detail::SourceSpec& spec = detail::source_spec(state->source);
   Result<bool> supported = detail::check_identity(spec, id);
   if (!supported) return supported.error();
+  if (spec.setup != nullptr) {
+    Result<detail::WorkloadSetup> setup = spec.setup(spec, id);
+    if (!setup) return setup.error();
+    state->workload.reset(new detail::WorkloadSetup(std::move(*setup)));
+  }
   state->id = std::move(id);
   for (const ClientOption& option : options) option.apply(state->config);
   Result<bool> transport = detail::choose_transport(spec, *state);

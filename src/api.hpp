@@ -78,7 +78,8 @@ inline ID UserAssignedResourceID(std::string resource_id) {
 
 // ---- sources ---------------------------------------------------------------
 
-enum class Source { DefaultToIMDS, AppService, AzureArc, CloudShell, ServiceFabric, AzureML };
+enum class Source { DefaultToIMDS, AppService, AzureArc, CloudShell, ServiceFabric, AzureML,
+                    WorkloadIdentity };
 
 inline std::string_view to_string(Source source) noexcept {
   switch (source) {
@@ -88,6 +89,7 @@ inline std::string_view to_string(Source source) noexcept {
     case Source::CloudShell: return "CloudShell";
     case Source::ServiceFabric: return "ServiceFabric";
     case Source::AzureML: return "AzureML";
+    case Source::WorkloadIdentity: return "WorkloadIdentity";
   }
   return "Unknown";
 }
@@ -345,6 +347,10 @@ ClientOption WithHTTPClient(std::shared_ptr<HttpClient> client);
 ClientOption WithRetryPolicyDisabled();
 ClientOption WithClientCapabilities(std::vector<std::string> capabilities);
 ClientOption WithLogger(std::function<void(LogLevel, std::string_view)> logger);
+// Extra trust anchors (a PEM file) for the HTTPS endpoints whose certificate chain is
+// validated (WorkloadIdentity), on top of the system's trust store; used by the built-in
+// libcurl transport only, and never for Service Fabric (its certificate is pinned).
+ClientOption WithCAFile(std::string pem_path);
 AcquireTokenOption WithClaims(std::string claims);
 
 // Extra options (beyond MSAL Go's set; README.md lists them).

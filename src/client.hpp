@@ -22,6 +22,7 @@ struct ClientConfig {
   Millis attempt_timeout{30000};
   std::function<SysClock::time_point()> clock;
   std::function<void(Millis)> sleep;
+  std::string ca_file;               // WithCAFile: extra trust anchors for chain-validated HTTPS
 };
 
 struct AcquireConfig {
@@ -36,6 +37,7 @@ struct ClientState {
   ClientConfig config;
   std::shared_ptr<HttpClient> transport;  // null only for an https source built without libcurl
   std::unique_ptr<const PinnedEndpoint> pinned;  // TlsMode::pinned: the endpoint and pin as read at New
+  std::unique_ptr<const WorkloadSetup> workload;  // workload identity: its inputs as read at New
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
 
@@ -73,7 +75,8 @@ namespace {  // internal linkage: nothing below is visible outside this translat
 // The source's retry class (SourceSpec::retry) decides the next three.
 bool retryable_status(Source source, int status) {
   const RetryClass& rc = source_spec(source).retry;
-  if (status == 404 || status == 408 || status == 429) return true;
+  if (status == 404) return rc.not_found;
+  if (status == 408 || status == 429) return true;
   if (status == 410) return rc.imds_updating;
   if (rc.every_5xx) return status >= 500 && status <= 599;
   return status == 500 || status == 502 || status == 503 || status == 504;
@@ -254,7 +257,9 @@ MI_DETAIL_COLD Error http_status_error(const ClientState& st, const HttpResponse
     if (!excerpt.empty()) message += cat({" (\"", excerpt, "\")"});
   }
   if (attempts > 1) message += cat({" after ", num(attempts), " attempts"});
-  message += cat({"; ", status_hint(st.source, response.status, details.json)});
+  const SourceSpec& spec = source_spec(st.source);
+  const char* body_hint = spec.hint_for_body != nullptr ? spec.hint_for_body(details) : nullptr;
+  message += cat({"; ", body_hint != nullptr ? body_hint : status_hint(st.source, response.status, details.json)});
   Error e = ErrorAccess::make(Errc::http_status, redact(message, secrets), st.source);
   ErrorAccess::set_status(e, response.status);
   ErrorAccess::set_server_details(e, std::move(code), std::move(description),
@@ -407,7 +412,7 @@ Result<AuthResult> fetch_token(const ClientState& st, const Context& ctx, std::s
   const std::string request_id = spec.request_id_header != nullptr ? uuid4() : std::string();
   Result<BuiltRequest> built = build_request(spec, st.id, resource,
                                              RequestExtras{request_id, options.claims, cached_token,
-                                                           &st.config.capabilities},
+                                                           &st.config.capabilities, st.workload.get()},
                                              st.pinned.get());
   if (!built) return finish_error(st, built.error(), request_id);
   // An endpoint that echoes the token we hold (claims, refresh) must not get it into a message.
@@ -622,6 +627,27 @@ Result<bool> choose_pinned_transport(const SourceSpec& spec, ClientState& st) {
   return true;
 }
 
+#if MI_DETAIL_CURL
+// How the built-in transport checks a chain-validated endpoint (docs/protocol.md §12): the
+// AKS token proxy against its own CA alone, with its TLS server name and never through an
+// HTTP proxy (the proxy would have to reach the server name, which only the cluster knows);
+// Entra ID against the system's trust store plus WithCAFile's anchors, through the
+// environment's HTTPS_PROXY unless NO_PROXY exempts it, since Entra ID is on the internet.
+CurlTrust chain_trust(const ClientState& st) {
+  CurlTrust trust;
+  const WorkloadSetup* workload = st.workload.get();
+  if (workload != nullptr && workload->token_proxy) {
+    trust.only_ca_file = workload->proxy_ca_file;
+    trust.only_ca_pem = workload->proxy_ca_pem;
+    trust.sni_name = workload->sni_name;
+  } else {
+    trust.extra_ca_file = st.config.ca_file;
+    trust.use_proxy = true;
+  }
+  return trust;
+}
+#endif
+
 // The transport the source's TLS mode asks for: the user's HttpClient if given (a pinned
 // source checks it can pin), else the built-in one. Without libcurl an https source gets
 // none, and its requests fail with tls (no_transport_error).
@@ -634,7 +660,8 @@ Result<bool> choose_transport(const SourceSpec& spec, ClientState& st) {
     case TlsMode::chain_validated:
       st.transport = st.config.http;
 #if MI_DETAIL_CURL
-      if (!st.transport) st.transport = std::make_shared<CurlTransport>(std::string(), st.config.connect_timeout);
+      if (!st.transport)
+        st.transport = std::make_shared<CurlTransport>(std::string(), st.config.connect_timeout, chain_trust(st));
 #endif
       return true;
   }
@@ -681,6 +708,12 @@ MI_DETAIL_COLD ClientOption WithLogger(std::function<void(LogLevel, std::string_
   return detail::patch_option(std::move(patch),
                               [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.logger = p.logger; });
 }
+MI_DETAIL_COLD ClientOption WithCAFile(std::string pem_path) {
+  std::shared_ptr<detail::ClientConfig> patch = detail::new_patch();
+  patch->ca_file = std::move(pem_path);
+  return detail::patch_option(std::move(patch),
+                              [](detail::ClientConfig& c, const detail::ClientConfig& p) { c.ca_file = p.ca_file; });
+}
 MI_DETAIL_COLD AcquireTokenOption WithClaims(std::string claims) {
   return AcquireTokenOption([claims = std::move(claims)](detail::AcquireConfig& c) { c.claims = claims; });
 }
@@ -719,6 +752,11 @@ Result<Client> New(ID id, const std::vector<ClientOption>& options) {
   const detail::SourceSpec& spec = detail::source_spec(state->source);
   Result<bool> supported = detail::check_identity(spec, id);
   if (!supported) return supported.error();
+  if (spec.setup != nullptr) {
+    Result<detail::WorkloadSetup> setup = spec.setup(spec, id);
+    if (!setup) return setup.error();
+    state->workload.reset(new detail::WorkloadSetup(std::move(*setup)));
+  }
   state->id = std::move(id);
   for (const ClientOption& option : options) option.apply(state->config);
   Result<bool> transport = detail::choose_transport(spec, *state);

@@ -1,5 +1,6 @@
-// HTTPS for Service Fabric through libcurl (only with MI_USE_CURL), and the
-// IDENTITY_SERVER_THUMBPRINT helpers every build needs (docs/protocol.md §4).
+// HTTPS through libcurl (only with MI_USE_CURL): Service Fabric's pinned endpoint and
+// workload identity's chain-validated one; and the IDENTITY_SERVER_THUMBPRINT helpers every
+// build needs (docs/protocol.md §4, §12).
 //
 // Pinning: with a thumbprint, libcurl's own chain and host-name checks are off
 // and an OpenSSL certificate-verification callback installed through
@@ -9,6 +10,12 @@
 // CURLOPT_PREREQFUNCTION check refuses to send the request if, for any reason,
 // the pin was not confirmed (fail closed). Only libcurl built on OpenSSL can do
 // this; any other TLS backend fails closed with a tls error.
+//
+// Chain validation (CurlTrust): libcurl's own chain and host-name checks against the
+// system's trust store, plus extra anchors added to the connection's OpenSSL store
+// (mi::WithCAFile); or, for the AKS token proxy, against its CA alone, with a chosen TLS
+// server name (the URL names it, CURLOPT_CONNECT_TO reaches the proxy's address). Only
+// such transfers may go through the HTTPS_PROXY the environment names.
 //
 // Loading: every libcurl and OpenSSL function is called through a table (CurlApi),
 // filled once at the first HTTPS request: from libcurl loaded with dlopen (the
@@ -44,6 +51,16 @@ namespace detail {
 namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 #if MI_DETAIL_CURL
+
+// How a transfer without a pin checks the server (docs/protocol.md §12). Empty: the system's
+// trust store, no proxy.
+struct CurlTrust {
+  std::string extra_ca_file;  // mi::WithCAFile: PEM anchors added to the system's store
+  std::string only_ca_file;   // the token proxy's CA, trusted alone: a PEM file ...
+  std::string only_ca_pem;    // ... or PEM text
+  std::string sni_name;       // sent as the TLS server name and matched by the certificate
+  bool use_proxy = false;     // HTTPS_PROXY / NO_PROXY from the environment apply
+};
 
 // Compares without an early exit, so the time taken does not depend on where the
 // inputs differ (the lengths are not secret).
@@ -154,7 +171,8 @@ namespace curl_impl {
   X(curl_multi_poll) X(curl_multi_strerror) X(curl_slist_append) X(curl_slist_free_all)
 #define MI_DETAIL_OPENSSL_FUNCTIONS(X)                                                                    \
   X(OpenSSL_version_num) X(X509_STORE_CTX_get0_cert) X(X509_digest) X(EVP_sha1)                          \
-  X(X509_STORE_CTX_set_error) X(SSL_CTX_set_verify) X(SSL_CTX_set_cert_verify_callback)
+  X(X509_STORE_CTX_set_error) X(SSL_CTX_set_verify) X(SSL_CTX_set_cert_verify_callback)                \
+  X(SSL_CTX_load_verify_locations)
 
 struct CurlApi {
 #define MI_DETAIL_CURL_MEMBER(name) decltype(&::name) name = nullptr;
@@ -268,7 +286,7 @@ void check_pinning(CurlApi& api, CurlLibrary& library, const curl_version_info_d
 CurlApi load_curl_api() {
   CurlApi api;
   auto fail = [&api](std::string_view what) {
-    api.problem = cat({"Service Fabric needs HTTPS: ", what, "; ", kCurlRemedy});
+    api.problem = cat({"HTTPS is not available: ", what, "; ", kCurlRemedy});
     return api;
   };
   Result<CurlLibrary> library = open_curl_library();
@@ -300,6 +318,8 @@ struct CurlCall {
   const CurlApi* api = nullptr;
   const Context* ctx = nullptr;
   std::string_view pin;         // 20 bytes, or empty for "no pin"
+  const CurlTrust* trust = nullptr;  // without a pin: how the chain is checked
+  bool anchors_unreadable = false;   // the extra CA file could not be loaded
   bool pin_installed = false;   // the OpenSSL callback was put on the connection's SSL_CTX
   bool pin_matched = false;     // the leaf certificate matched
   bool pin_mismatch = false;    // a leaf certificate did not match
@@ -344,6 +364,19 @@ struct CurlCall {
     call->api->SSL_CTX_set_verify(tls, SSL_VERIFY_PEER, nullptr);
     call->api->SSL_CTX_set_cert_verify_callback(tls, &CurlCall::on_verify, arg);
     call->pin_installed = true;
+    return CURLE_OK;
+  }
+
+  // Adds mi::WithCAFile's anchors to the store libcurl filled from the system's (libcurl
+  // sets the store up before it calls this), so both are trusted.
+  static CURLcode on_ssl_ctx_anchors(CURL*, void* ssl_ctx, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    SSL_CTX* tls = static_cast<SSL_CTX*>(ssl_ctx);
+    if (tls == nullptr) return CURLE_SSL_CONNECT_ERROR;
+    if (call->api->SSL_CTX_load_verify_locations(tls, call->trust->extra_ca_file.c_str(), nullptr) != 1) {
+      call->anchors_unreadable = true;
+      return CURLE_SSL_CACERT_BADFILE;
+    }
     return CURLE_OK;
   }
 
@@ -542,6 +575,9 @@ Result<bool> callback_failure(const CurlCall& call) {
   if (call.pin_unchecked)
     return failure<bool>(Errc::tls, {"the TLS connection to the Service Fabric endpoint was not verified against "
                                      "IDENTITY_SERVER_THUMBPRINT, so the request was not sent"});
+  if (call.anchors_unreadable)
+    return failure<bool>(Errc::tls, {"mi::WithCAFile: '", call.trust->extra_ca_file,
+                                     "' could not be loaded as PEM certificates, so the request was not sent"});
   if (call.headers_too_large)
     return failure<bool>(Errc::invalid_response, {"the HTTPS response head is larger than MI_MAX_HEADER_BYTES (",
                                                   num(MI_MAX_HEADER_BYTES), " bytes)"});
@@ -693,8 +729,9 @@ struct CurlOptions {
   }
 };
 
-// https only, no redirects, no proxy, HTTP/1.1 over TLS 1.2 or later, a fresh connection and
-// TLS session for every request, the size limit, and the callbacks.
+// https only, no redirects, no proxy (unless the trust allows the environment's), HTTP/1.1
+// over TLS 1.2 or later, a fresh connection and TLS session for every request, the size
+// limit, and the callbacks.
 void set_connection_options(CurlOptions& o, CurlCall& call) {
   // The headers may be newer than the libcurl that runs: the option follows the latter.
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -716,8 +753,10 @@ void set_connection_options(CurlOptions& o, CurlCall& call) {
 #endif
   }
   o.set(CURLOPT_FOLLOWLOCATION, 0L);
-  o.set(CURLOPT_PROXY, "");
-  o.set(CURLOPT_NOPROXY, "*");
+  if (call.trust == nullptr || !call.trust->use_proxy) {
+    o.set(CURLOPT_PROXY, "");
+    o.set(CURLOPT_NOPROXY, "*");
+  }
   o.set(CURLOPT_NOSIGNAL, 1L);
   o.set(CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
   o.set(CURLOPT_FORBID_REUSE, 1L);
@@ -755,8 +794,30 @@ void set_request_options(CurlOptions& o, const HttpRequest& request, curl_slist*
   }
 }
 
+// Without a pin, which anchors libcurl's own check trusts: the token proxy's CA alone (the
+// system's directory turned off too), or the system's plus mi::WithCAFile's.
+void set_trust_options(CurlOptions& o, CurlCall& call) {
+  const CurlTrust& trust = *call.trust;
+  if (!trust.only_ca_file.empty() || !trust.only_ca_pem.empty()) {
+    if (!trust.only_ca_file.empty()) {
+      o.set(CURLOPT_CAINFO, trust.only_ca_file.c_str());
+    } else {
+      curl_blob blob{const_cast<char*>(trust.only_ca_pem.data()), trust.only_ca_pem.size(), CURL_BLOB_COPY};
+      o.set(CURLOPT_CAINFO_BLOB, &blob);
+    }
+    o.set(CURLOPT_CAPATH, static_cast<const char*>(nullptr));
+  } else if (!trust.extra_ca_file.empty()) {
+#if LIBCURL_VERSION_NUM >= 0x075700
+    // A cached store would be shared beyond this transfer: the anchors go into a fresh one.
+    if (o.api.version_num >= 0x075700) o.set(CURLOPT_CA_CACHE_TIMEOUT, 0L);
+#endif
+    o.set(CURLOPT_SSL_CTX_FUNCTION, &CurlCall::on_ssl_ctx_anchors);
+    o.set(CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call));
+  }
+}
+
 // Time limits from the context and the connect timeout; the certificate check: libcurl's
-// own without a pin, only the pin (on_ssl_ctx) with one.
+// own without a pin (with the trust's anchors), only the pin (on_ssl_ctx) with one.
 void set_check_options(CurlOptions& o, const Context& ctx, Millis connect_timeout, CurlCall& call) {
   Millis left = time_left(ctx, Millis::max());
   Millis connect = connect_timeout > Millis(0) && connect_timeout < left ? connect_timeout : left;
@@ -765,6 +826,7 @@ void set_check_options(CurlOptions& o, const Context& ctx, Millis connect_timeou
   if (call.pin.empty()) {
     o.set(CURLOPT_SSL_VERIFYPEER, 1L);
     o.set(CURLOPT_SSL_VERIFYHOST, 2L);
+    if (call.trust != nullptr) set_trust_options(o, call);
   } else {
     o.set(CURLOPT_SSL_VERIFYPEER, 0L);
     o.set(CURLOPT_SSL_VERIFYHOST, 0L);
@@ -775,16 +837,20 @@ void set_check_options(CurlOptions& o, const Context& ctx, Millis connect_timeou
 
 // Every option of one request; a libcurl that refuses one fails the request.
 Result<bool> configure(const CurlApi& api, CURL* easy, const HttpRequest& request, curl_slist* headers,
-                       CurlCall& call, char* errbuf, Millis connect_timeout) {
+                       curl_slist* connect_to, CurlCall& call, char* errbuf, Millis connect_timeout) {
   CurlOptions o{api, easy};
   o.set(CURLOPT_ERRORBUFFER, errbuf);
   set_connection_options(o, call);
   set_request_options(o, request, headers);
+  if (connect_to != nullptr) o.set(CURLOPT_CONNECT_TO, connect_to);
   set_check_options(o, *call.ctx, connect_timeout, call);
   if (o.rc == CURLE_OK) return true;
   if (!call.pin.empty() && (o.rc == CURLE_NOT_BUILT_IN || o.rc == CURLE_UNKNOWN_OPTION))
     return failure<bool>(Errc::tls, {"this libcurl cannot install the certificate check Service Fabric needs; "
                                      "use libcurl built with OpenSSL"});
+  if (call.trust != nullptr && (o.rc == CURLE_NOT_BUILT_IN || o.rc == CURLE_UNKNOWN_OPTION))
+    return failure<bool>(Errc::tls, {"this libcurl cannot set the trust anchors this endpoint needs (",
+                                     api.curl_easy_strerror(o.rc), "); use libcurl built with OpenSSL"});
   return failure<bool>(Errc::network, {"libcurl rejected an option: ", api.curl_easy_strerror(o.rc)});
 }
 
@@ -840,16 +906,41 @@ class CurlTransport final : public HttpClient {
   // pinned_sha1: 20 bytes (the normalised IDENTITY_SERVER_THUMBPRINT), or empty
   // for "no pin". A request's own pinned_sha1 (40 hex digits) is checked as well:
   // with neither, libcurl's normal verification applies; with both, they must agree.
+  // `trust` says how a request without a pin is checked (CurlTrust).
   // libcurl is not touched (nor loaded) before the first request.
-  CurlTransport(std::string pinned_sha1, Millis connect_timeout)
-      : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout) {}
+  CurlTransport(std::string pinned_sha1, Millis connect_timeout, CurlTrust trust = CurlTrust())
+      : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout), trust_(std::move(trust)) {}
   Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
   bool PinsServerCertificate() const noexcept override { return true; }
 
  private:
   std::string pin_;
   Millis connect_timeout_;
+  CurlTrust trust_;
 };
+
+namespace curl_impl {
+
+// With a TLS server name of its own (the AKS token proxy), the request's URL names it, so
+// that libcurl sends it and checks the certificate against it, while CURLOPT_CONNECT_TO
+// ("name:port:address:port") reaches the address the URL had. The Host header keeps that
+// address, as the proxy expects.
+Result<bool> route_to_server_name(const CurlApi& api, const std::string& sni_name, HttpRequest& request,
+                                  CurlHeaders& connect_to) {
+  Result<Url> url = parse_url(request.url);
+  if (!url) return url.error();
+  const bool ipv6 = url->host.find(':') != std::string::npos;
+  const std::string line =
+      cat({sni_name, ":", num(url->port), ":", ipv6 ? "[" : "", url->host, ipv6 ? "]" : "", ":", num(url->port)});
+  add_pair(request.headers, "Host", url->host_header());
+  url->host = sni_name;
+  request.url = url->str();
+  connect_to.reset(api.curl_slist_append(nullptr, line.c_str()));
+  if (!connect_to) return failure<bool>(Errc::network, {"libcurl could not store the connection route (out of memory?)"});
+  return true;
+}
+
+}  // namespace curl_impl
 
 Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& request) {
   Result<std::string> pin = curl_impl::request_pin(pin_, request);
@@ -860,6 +951,9 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
     return failure<HttpResponse>(Errc::network, {"libcurl could not be initialised (curl_global_init: ",
                                                  api.curl_easy_strerror(api.init), ")"});
   if (!pin->empty() && !api.pinning_problem.empty()) return failure<HttpResponse>(Errc::tls, {api.pinning_problem});
+  // Extra anchors go into libcurl's OpenSSL store, so they need what pinning needs.
+  if (pin->empty() && !trust_.extra_ca_file.empty() && !api.pinning_problem.empty())
+    return failure<HttpResponse>(Errc::tls, {"mi::WithCAFile needs libcurl's OpenSSL backend: ", api.pinning_problem});
   Result<bool> valid = curl_impl::check_request(request);
   if (!valid) return valid.error();
   ContextStatus status = context_status(ctx);
@@ -870,18 +964,29 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   call.api = &api;
   call.ctx = &ctx;
   call.pin = *pin;
+  call.trust = pin->empty() ? &trust_ : nullptr;
+  // Declared before the handles, so they outlive the transfer that points at them.
+  HttpRequest routed;
+  const HttpRequest* sent = &request;
+  curl_impl::CurlHeaders connect_to(nullptr, curl_impl::CurlSlistDeleter{api.curl_slist_free_all});
+  if (call.trust != nullptr && !trust_.sni_name.empty()) {
+    routed = request;
+    Result<bool> route = curl_impl::route_to_server_name(api, trust_.sni_name, routed, connect_to);
+    if (!route) return route.error();
+    sent = &routed;
+  }
   std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(api.curl_easy_init(),
                                                          curl_impl::CurlEasyDeleter{api.curl_easy_cleanup});
   std::unique_ptr<CURLM, curl_impl::CurlMultiDeleter> multi(api.curl_multi_init(),
                                                             curl_impl::CurlMultiDeleter{api.curl_multi_cleanup});
   if (!easy || !multi)
     return failure<HttpResponse>(Errc::network, {"libcurl could not create a request handle (out of memory?)"});
-  Result<curl_impl::CurlHeaders> headers = curl_impl::curl_headers(api, request);
+  Result<curl_impl::CurlHeaders> headers = curl_impl::curl_headers(api, *sent);
   if (!headers) return headers.error();
   char errbuf[CURL_ERROR_SIZE];
   errbuf[0] = '\0';
-  Result<bool> configured =
-      curl_impl::configure(api, easy.get(), request, headers->get(), call, errbuf, connect_timeout_);
+  Result<bool> configured = curl_impl::configure(api, easy.get(), *sent, headers->get(), connect_to.get(), call,
+                                                 errbuf, connect_timeout_);
   if (!configured) return configured.error();
 
   curl_impl::CurlAttachment attachment;

@@ -30,7 +30,7 @@
 //   MI_IMPLEMENTATION        impl TU   compile the implementation here
 //   MI_NO_EXCEPTIONS         all TUs   never throw (auto-detected from -fno-exceptions);
 //                                      Result::value() on an error then aborts
-//   MI_USE_CURL              impl TU   HTTPS through libcurl (needed by Service Fabric);
+//   MI_USE_CURL              impl TU   HTTPS through libcurl (Service Fabric, workload identity);
 //                                      libcurl must use OpenSSL; builds with the libcurl
 //                                      and OpenSSL headers; libcurl is loaded with dlopen
 //                                      at the first HTTPS request (POSIX; -ldl on old glibc)
@@ -50,10 +50,13 @@
 // TRANSPORTS
 //   http:// endpoints (IMDS, App Service, Arc, Cloud Shell, Azure ML) use a small
 //   HTTP/1.1 client over POSIX or WinSock sockets: no proxy, no redirects, bounded
-//   sizes and times. https:// (Service Fabric) needs MI_USE_CURL. Any transport
-//   can be replaced with mi::WithHTTPClient(std::shared_ptr<mi::HttpClient>).
+//   sizes and times. https:// (Service Fabric, workload identity) needs MI_USE_CURL;
+//   only workload identity's Entra ID requests honour HTTPS_PROXY / NO_PROXY. Any
+//   transport can be replaced with mi::WithHTTPClient(std::shared_ptr<mi::HttpClient>).
 //
 // SOURCES (detected from the environment by mi::GetSource(), once per client)
+//   WorkloadIdentity  AZURE_FEDERATED_TOKEN_FILE + AZURE_TENANT_ID (AKS; checked first;
+//                  AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST, AZURE_KUBERNETES_TOKEN_PROXY)
 //   AppService     IDENTITY_ENDPOINT + IDENTITY_HEADER
 //   ServiceFabric  IDENTITY_ENDPOINT + IDENTITY_HEADER + IDENTITY_SERVER_THUMBPRINT
 //   AzureML        MSI_ENDPOINT + MSI_SECRET (+ DEFAULT_IDENTITY_CLIENT_ID)
@@ -73,7 +76,8 @@
 //
 // SECURITY NOTES
 //   Checked: Service Fabric's server certificate is pinned to
-//   IDENTITY_SERVER_THUMBPRINT during the handshake; Arc key files must be
+//   IDENTITY_SERVER_THUMBPRINT during the handshake; Entra ID's certificate chain
+//   and host name are validated (system store plus mi::WithCAFile); Arc key files must be
 //   regular files of at most 4096 bytes in the agent's token directory; every
 //   value put in a URL is percent-encoded; response sizes are bounded.
 //   Not checked: that a plain-http metadata endpoint is genuine (nothing can be).

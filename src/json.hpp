@@ -426,6 +426,53 @@ JsonStatus parse_json(std::string_view text, JsonKeep keep, JsonValue& out) {
   return JsonParser(text, keep).parse_document(out);
 }
 
+// `value` as compact JSON text: strings escaped as RFC 8259 requires (UTF-8 passes through,
+// the parser validated it), numbers exactly as written. Depth is bounded by the parser's.
+MI_DETAIL_COLD void write_json(const JsonValue& value, std::string& out) {
+  auto write_string = [&out](std::string_view text) {
+    static const char hex[] = "0123456789abcdef";
+    out.push_back('"');
+    for (char ch : text) {
+      unsigned char c = static_cast<unsigned char>(ch);
+      if (c == '"' || c == '\\') {
+        out.push_back('\\');
+        out.push_back(ch);
+      } else if (c < 0x20 || c == 0x7f) {
+        out += "\\u00";
+        out.push_back(hex[c >> 4]);
+        out.push_back(hex[c & 15]);
+      } else {
+        out.push_back(ch);
+      }
+    }
+    out.push_back('"');
+  };
+  switch (value.type) {
+    case JsonValue::Type::Null: out += "null"; return;
+    case JsonValue::Type::Bool: out += value.boolean ? "true" : "false"; return;
+    case JsonValue::Type::Number: out += value.text; return;
+    case JsonValue::Type::String: write_string(value.text); return;
+    case JsonValue::Type::Array:
+      out.push_back('[');
+      for (size_t i = 0; i < value.items.size(); ++i) {
+        if (i > 0) out.push_back(',');
+        write_json(value.items[i], out);
+      }
+      out.push_back(']');
+      return;
+    case JsonValue::Type::Object:
+      out.push_back('{');
+      for (size_t i = 0; i < value.members.size(); ++i) {
+        if (i > 0) out.push_back(',');
+        write_string(value.members[i].first);
+        out.push_back(':');
+        write_json(value.members[i].second, out);
+      }
+      out.push_back('}');
+      return;
+  }
+}
+
 }  // namespace
 }  // namespace detail
 }  // namespace v1

@@ -1,9 +1,10 @@
-// The six sources. Each is described once, by its entry in kSources below: how it is
+// The seven sources. Each is described once, by its entry in kSources below: how it is
 // detected (docs/protocol.md §1), its request (§2), its retry class (§8), its transport's
 // TLS mode (§4) and the hints its errors carry. Where a source's protocol truly differs
 // from the table, its entry names one function, defined in the source's section further
 // down: Azure ML's always-sent clientid, Service Fabric's revocation hash and
-// capabilities (and its pinned endpoint, fixed at New), the Azure Arc challenge (§3).
+// capabilities (and its pinned endpoint, fixed at New), the Azure Arc challenge (§3),
+// workload identity's inputs fixed at New and its client-credentials form (§12).
 // Adding a source is one entry, plus such a function where its protocol needs one.
 #pragma once
 #include "response.hpp"
@@ -20,6 +21,8 @@ constexpr const char* kImdsEndpoint = "http://169.254.169.254/metadata/identity/
 constexpr const char* kImdsPath = "/metadata/identity/oauth2/token";
 constexpr const char* kArcDefaultEndpoint = "http://127.0.0.1:40342/metadata/identity/oauth2/token";
 constexpr size_t kArcMaxKeyBytes = 4096;
+constexpr const char* kEntraAuthority = "https://login.microsoftonline.com/";
+constexpr size_t kMaxFederatedTokenBytes = 64 * 1024;
 
 // ---- what a source is ------------------------------------------------------------------
 
@@ -27,30 +30,38 @@ constexpr size_t kArcMaxKeyBytes = 4096;
 enum class TlsMode {
   plain,            // http:// through the built-in socket transport
   pinned,           // https:// whose leaf certificate must match a thumbprint fixed at New
-  chain_validated,  // https:// checked against the trust store (no source uses it yet)
+  chain_validated,  // https:// whose chain and host name are checked against the trust store
 };
 
-// A retry class (docs/protocol.md §8). Every class retries transport errors and 404, 408, 429.
+// A retry class (docs/protocol.md §8, §12). Every class retries transport errors, 408 and 429.
 struct RetryClass {
   bool every_5xx = false;      // 500-599; otherwise 500, 502, 503 and 504 only
   bool exponential = false;    // waits 1 s, 2 s, 4 s, ...; otherwise 1 s each
   bool imds_updating = false;  // 410 ("IMDS is being updated"): up to 7 retries, 10 s apart
+  bool not_found = true;       // 404: a managed identity still being assigned (never so for Entra ID)
 };
-constexpr RetryClass kImdsRetries{true, true, true};
+constexpr RetryClass kImdsRetries{true, true, true, true};
 constexpr RetryClass kStandardRetries{};
+constexpr RetryClass kEntraRetries{false, true, false, false};
 
 struct Header {
   const char* name = nullptr;
   const char* value = nullptr;
 };
 
-// Up to three names or headers in a table entry; unused slots stay null.
-template <class T>
-struct Three {
-  T at[3]{};
+// Up to N names or headers in a table entry; unused slots stay null.
+template <class T, size_t N>
+struct Slots {
+  T at[N]{};
   const T* begin() const { return at; }
-  const T* end() const { return at + 3; }
+  const T* end() const { return at + N; }
 };
+template <class T>
+using Three = Slots<T, 3>;
+
+}  // namespace
+struct WorkloadSetup;  // below, outside the unnamed namespace: ClientState holds one
+namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // What one acquisition adds to the request the table describes.
 struct RequestExtras {
@@ -58,6 +69,7 @@ struct RequestExtras {
   std::string_view claims;                                 // non-empty: a claims request (§7)
   const std::string* cached_token = nullptr;               // the token cached for the key, if any
   const std::vector<std::string>* capabilities = nullptr;  // the client's, not a copy
+  const WorkloadSetup* workload = nullptr;                 // workload identity: its inputs fixed at New
 };
 
 struct BuiltRequest {
@@ -74,6 +86,18 @@ struct PinnedEndpoint {
   std::string sha1_bytes;   // the same 20 bytes raw, for the built-in transport
 };
 
+// Workload identity's inputs, read and checked at New (docs/protocol.md §12). The token
+// file's contents are not among them: kubelet rotates the file, so it is read per request.
+struct WorkloadSetup {
+  std::string client_id;   // the user-assigned client ID, else AZURE_CLIENT_ID
+  std::string token_file;  // AZURE_FEDERATED_TOKEN_FILE
+  Url url;                 // {authority}{tenant}/oauth2/v2.0/token, through the token proxy if any
+  // The AKS token proxy (identity binding): its TLS trusts only its own CA, given as a
+  // file or as PEM text, and the certificate must name sni_name when that is set.
+  bool token_proxy = false;
+  std::string proxy_ca_file, proxy_ca_pem, sni_name;
+};
+
 namespace {  // internal linkage: nothing below is visible outside this translation unit
 
 // The functions entries name; each is defined in its source's section below.
@@ -82,6 +106,10 @@ void azure_ml_parameters(const ID& id, const RequestExtras& extras, StringPairs&
 void service_fabric_parameters(const ID& id, const RequestExtras& extras, StringPairs& params);
 Result<bool> arc_answer_challenge(const HttpResponse& leg1, BuiltRequest& built);
 Result<bool> arc_confirm_identity(const ID& id, const TokenEcho& echo);
+struct SourceSpec;
+Result<WorkloadSetup> workload_setup(const SourceSpec& spec, const ID& id);
+Result<bool> workload_request(std::string_view resource, const RequestExtras& extras, BuiltRequest& out);
+const char* entra_hint(const ErrorBody& body);
 
 struct SourceSpec {
   Source source = Source::DefaultToIMDS;
@@ -108,9 +136,14 @@ struct SourceSpec {
   const char* id_refusal = nullptr;
   const char* secret_variable = nullptr;  // read at every request, sent in secret_header
   const char* secret_header = nullptr;
-  Three<Header> headers;                    // fixed headers, after User-Agent and the secret
+  Slots<Header, 4> headers;                 // fixed headers, after User-Agent and the secret
   const char* request_id_header = nullptr;  // a new UUID per acquisition, also the errors' correlation id
   void (*add_parameters)(const ID&, const RequestExtras&, StringPairs&) = nullptr;
+  // Set: the source's inputs are read and checked at New (their failure fails New), and the
+  // request's URL and parameters come from own_request instead of the fields above (which
+  // then only describe the source, its headers and its refusals).
+  Result<WorkloadSetup> (*setup)(const SourceSpec&, const ID&) = nullptr;
+  Result<bool> (*own_request)(std::string_view resource, const RequestExtras&, BuiltRequest&) = nullptr;
 
   // Transport and retries (§4, §8).
   TlsMode tls = TlsMode::plain;
@@ -126,7 +159,40 @@ struct SourceSpec {
   const char* hint_400 = nullptr;
   const char* hint_401_403 = nullptr;
   const char* hint_not_json = nullptr;  // a 403, 502, 503 or 504 whose body is not JSON
+  const char* (*hint_for_body)(const ErrorBody&) = nullptr;  // ahead of the above, when it has one
 };
+
+// AKS workload identity: a projected service-account token, exchanged with Microsoft Entra
+// ID for an access token (docs/protocol.md §12). First, so that a pod that asked for it
+// never silently gets the node's identity instead.
+constexpr SourceSpec workload_identity_spec() {
+  SourceSpec s;
+  s.source = Source::WorkloadIdentity;
+  s.label = "Microsoft Entra ID";
+  s.detect_variables = {{"AZURE_FEDERATED_TOKEN_FILE", "AZURE_TENANT_ID"}};
+  s.method = "POST";
+  s.endpoint_variable = "AZURE_AUTHORITY_HOST";
+  s.endpoint_default = kEntraAuthority;
+  s.scheme = "https";
+  s.form_body = true;
+  s.client_id_parameter = "client_id";
+  s.id_refusal = "workload identity names the application by its client ID; use mi::UserAssignedClientID(), or "
+                 "mi::SystemAssigned() for AZURE_CLIENT_ID";
+  s.headers = {{{"Accept", "application/json"},
+                {"x-client-SKU", "managed-identity-cpp"},
+                {"x-client-Ver", MI_VERSION_STRING},
+                {"return-client-request-id", "true"}}};
+  s.request_id_header = "client-request-id";
+  s.setup = workload_setup;
+  s.own_request = workload_request;
+  s.tls = TlsMode::chain_validated;
+  s.retry = kEntraRetries;
+  s.hint_400 = "check AZURE_CLIENT_ID, AZURE_TENANT_ID and the application's federated identity credential";
+  s.hint_401_403 = "Microsoft Entra ID refused the service-account token; check the application's federated "
+                   "identity credential (issuer and subject) and AZURE_FEDERATED_TOKEN_FILE";
+  s.hint_for_body = entra_hint;
+  return s;
+}
 
 // Service Fabric: IDENTITY_ENDPOINT and IDENTITY_HEADER, with a certificate thumbprint.
 constexpr SourceSpec service_fabric_spec() {
@@ -239,8 +305,9 @@ constexpr SourceSpec imds_spec() {
 }
 
 // In detection order (docs/protocol.md §1): the first entry that matches is the source.
-constexpr SourceSpec kSources[] = {service_fabric_spec(), app_service_spec(), azure_ml_spec(),
-                                   cloud_shell_spec(),    azure_arc_spec(),   imds_spec()};
+constexpr SourceSpec kSources[] = {workload_identity_spec(), service_fabric_spec(), app_service_spec(),
+                                   azure_ml_spec(),          cloud_shell_spec(),    azure_arc_spec(),
+                                   imds_spec()};
 constexpr size_t kSourceCount = sizeof kSources / sizeof kSources[0];
 static_assert(kSources[kSourceCount - 1].source == Source::DefaultToIMDS, "IMDS is the fallback, tried last");
 
@@ -403,10 +470,17 @@ Result<bool> add_headers(const SourceSpec& spec, const RequestExtras& extras, Bu
 // pinned source fixed at New.
 Result<BuiltRequest> build_request(const SourceSpec& spec, const ID& id, std::string_view resource,
                                    const RequestExtras& extras, const PinnedEndpoint* pinned) {
-  Result<Url> url = request_url(spec, pinned);
-  if (!url) return url.error();
   BuiltRequest out;
   out.request.method = spec.method;
+  if (spec.own_request != nullptr) {
+    Result<bool> own = spec.own_request(resource, extras, out);
+    if (!own) return own.error();
+    Result<bool> headers = add_headers(spec, extras, out);
+    if (!headers) return headers.error();
+    return out;
+  }
+  Result<Url> url = request_url(spec, pinned);
+  if (!url) return url.error();
   StringPairs params = request_parameters(spec, id, resource, extras);
   if (spec.form_body) {
     out.request.body = form_encode(params);  // the URL is sent as configured
@@ -508,6 +582,281 @@ Result<PinnedEndpoint> pinned_endpoint(const SourceSpec& spec) {
   out.url = std::move(*url);
   out.pinned_sha1 = pin_hex(out.sha1_bytes);
   return out;
+}
+
+// ---- Workload identity (docs/protocol.md §12) -------------------------------------------------
+
+// A tenant goes into the token URL's path, so only a GUID or a domain name may: dot-separated
+// labels of 1 to 63 letters, digits or hyphens, none empty (a GUID is one such label).
+bool valid_domain_name(std::string_view name) noexcept {
+  if (name.empty()) return false;
+  size_t label = 0;
+  for (char c : name) {
+    if (c == '.') {
+      if (label == 0) return false;
+      label = 0;
+      continue;
+    }
+    const bool allowed = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+    if (!allowed || ++label > 63) return false;
+  }
+  return label > 0;
+}
+
+MI_DETAIL_COLD Error workload_error(std::initializer_list<std::string_view> message) {
+  return ErrorAccess::make(Errc::invalid_argument, cat(message), Source::WorkloadIdentity);
+}
+
+// AZURE_KUBERNETES_TOKEN_PROXY and its TLS settings (identity binding): the request goes to
+// the proxy's scheme, host and port, the proxy's path in front of the authority's.
+MI_DETAIL_COLD Result<bool> workload_token_proxy(const std::string& proxy, WorkloadSetup& out) {
+  if (has_control_char(proxy) || proxy.find('#') != std::string::npos)
+    return workload_error({"AZURE_KUBERNETES_TOKEN_PROXY must be an https URL without a query or fragment"});
+  Result<Url> url = endpoint_from(proxy, "AZURE_KUBERNETES_TOKEN_PROXY", "https", Source::WorkloadIdentity);
+  if (!url) return url.error();
+  if (!url->query.empty() || proxy.find('?') != std::string::npos)
+    return workload_error({"AZURE_KUBERNETES_TOKEN_PROXY must be an https URL without a query or fragment"});
+  std::string prefix = url->path;
+  while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
+  out.url.scheme = url->scheme;
+  out.url.host = url->host;
+  out.url.port = url->port;
+  out.url.path = cat({prefix, out.url.path});
+  out.proxy_ca_file = env("AZURE_KUBERNETES_CA_FILE");
+  out.proxy_ca_pem = env("AZURE_KUBERNETES_CA_DATA");
+  if (out.proxy_ca_file.empty() == out.proxy_ca_pem.empty())
+    return workload_error({"AZURE_KUBERNETES_TOKEN_PROXY is set, so exactly one of AZURE_KUBERNETES_CA_FILE and "
+                           "AZURE_KUBERNETES_CA_DATA must be set (the token proxy's CA)"});
+  out.sni_name = env("AZURE_KUBERNETES_SNI_NAME");
+  if (!out.sni_name.empty() && !valid_domain_name(out.sni_name))
+    return workload_error({"AZURE_KUBERNETES_SNI_NAME must be a host name (letters, digits, '-' and '.')"});
+  out.token_proxy = true;
+  return true;
+}
+
+// The inputs fixed at New: the client, the tenant, the token endpoint and its TLS trust.
+MI_DETAIL_COLD Result<WorkloadSetup> workload_setup(const SourceSpec& spec, const ID& id) {
+  WorkloadSetup out;
+  out.client_id = id.kind() == IDKind::ClientID ? id.value() : env("AZURE_CLIENT_ID");
+  if (out.client_id.empty())
+    return workload_error({"workload identity needs the application's client ID: set AZURE_CLIENT_ID (the workload "
+                           "identity webhook sets it from the service account's azure.workload.identity/client-id "
+                           "annotation) or pass mi::UserAssignedClientID()"});
+  const std::string tenant = env("AZURE_TENANT_ID");
+  if (!valid_domain_name(tenant))
+    return workload_error({"AZURE_TENANT_ID must be a tenant ID (a GUID) or a domain name"});
+  Result<Url> authority = endpoint_from(configured_endpoint(spec), spec.endpoint_variable, spec.scheme, spec.source);
+  if (!authority) return authority.error();
+  out.url = std::move(*authority);
+  if (out.url.path.back() != '/') out.url.path.push_back('/');
+  out.url.path = cat({out.url.path, tenant, "/oauth2/v2.0/token"});
+  out.token_file = env("AZURE_FEDERATED_TOKEN_FILE");
+  const std::string proxy = env("AZURE_KUBERNETES_TOKEN_PROXY");
+  if (!proxy.empty()) {
+    Result<bool> proxied = workload_token_proxy(proxy, out);
+    if (!proxied) return proxied.error();
+  }
+  return out;
+}
+
+MI_DETAIL_COLD Error token_file_error(const std::string& path, std::string_view rule) {
+  return workload_error({"AZURE_FEDERATED_TOKEN_FILE ('", path.size() > 200 ? path.substr(0, 200) : path, "') ",
+                         rule, "; nothing was sent"});
+}
+
+#if MI_DETAIL_WINDOWS
+// Opens the file (links followed), checks the open handle (a regular file within the limit)
+// and reads it.
+Result<std::string> read_token_file(const std::string& path) {
+  HANDLE file = CreateFileA(path.c_str(), GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                            nullptr, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, nullptr);
+  if (file == INVALID_HANDLE_VALUE) {
+    DWORD code = GetLastError();
+    if (code == ERROR_FILE_NOT_FOUND || code == ERROR_PATH_NOT_FOUND) return token_file_error(path, "does not exist");
+    return token_file_error(path, cat({"could not be opened (error ", num(static_cast<long long>(code)), ")"}));
+  }
+  BY_HANDLE_FILE_INFORMATION info;
+  bool regular = GetFileType(file) == FILE_TYPE_DISK && GetFileInformationByHandle(file, &info) &&
+                 (info.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY) == 0;
+  if (!regular) {
+    CloseHandle(file);
+    return token_file_error(path, "is not a regular file");
+  }
+  uint64_t size = (static_cast<uint64_t>(info.nFileSizeHigh) << 32) | info.nFileSizeLow;
+  if (size > kMaxFederatedTokenBytes) {
+    CloseHandle(file);
+    return token_file_error(path, "is larger than 64 KiB");
+  }
+  std::string text(static_cast<size_t>(size), '\0');
+  DWORD got = 0;
+  bool ok = size == 0 || (ReadFile(file, &text[0], static_cast<DWORD>(size), &got, nullptr) && got == size);
+  CloseHandle(file);
+  if (!ok) {
+    std::fill(text.begin(), text.end(), '\0');
+    return token_file_error(path, "could not be read");
+  }
+  return text;
+}
+#else
+// Opens the file without blocking (a FIFO must not hang the caller), following links (kubelet
+// rotates the token by swapping one), checks the open descriptor (a regular file within the
+// limit) and reads it.
+Result<std::string> read_token_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ENOENT) return token_file_error(path, "does not exist");
+    return token_file_error(path, cat({"could not be opened (", std::strerror(err), ")"}));
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return token_file_error(path, "is not a regular file");
+  }
+  if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) > kMaxFederatedTokenBytes) {
+    ::close(fd);
+    return token_file_error(path, "is larger than 64 KiB");
+  }
+  // Read at most one byte past the limit, in case the file grew after fstat.
+  std::string text(kMaxFederatedTokenBytes + 1, '\0');
+  size_t total = 0;
+  bool ok = true;
+  while (total < text.size()) {
+    ssize_t n = ::read(fd, &text[total], text.size() - total);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ok = false;
+      break;
+    }
+    if (n == 0) break;
+    total += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (!ok || total > kMaxFederatedTokenBytes) {
+    std::fill(text.begin(), text.end(), '\0');
+    return token_file_error(path, ok ? "is larger than 64 KiB" : "could not be read");
+  }
+  text.resize(total);
+  return text;
+}
+#endif
+
+// The client assertion: the file's text without surrounding white space, non-empty and
+// without a control character (it is a JWT; anything else is not what kubelet wrote).
+Result<std::string> read_assertion(const std::string& path) {
+  Result<std::string> text = read_token_file(path);
+  if (!text) return text;
+  std::string_view assertion = trim(*text);
+  const char* problem = assertion.empty() ? "is empty" : nullptr;
+  for (char ch : assertion)
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) problem = "holds a control character";
+  std::string out = problem == nullptr ? std::string(assertion) : std::string();
+  std::fill(text->begin(), text->end(), '\0');
+  if (problem != nullptr) return token_file_error(path, problem);
+  return out;
+}
+
+// The claims form field (docs/protocol.md §7, §12): the caller's claims object with the
+// client capabilities as access_token.xms_cc.values; "" when there is neither.
+MI_DETAIL_COLD Result<std::string> workload_claims(std::string_view claims, const std::vector<std::string>* caps) {
+  const bool have_caps = caps != nullptr && !caps->empty();
+  if (claims.empty() && !have_caps) return std::string();
+  JsonValue root;
+  root.type = JsonValue::Type::Object;
+  if (!claims.empty() && (!parse_json(claims, nullptr, root) || !root.is_object()))
+    return ErrorAccess::make(Errc::invalid_argument, "mi::WithClaims: the claims must be a JSON object",
+                             Source::WorkloadIdentity);
+  if (!have_caps) return std::string(claims);
+  // The named member, made an object if it is not one; later members of the same name are
+  // dropped so that the text sent has one meaning.
+  auto member = [](JsonValue& object, const char* name) -> JsonValue& {
+    JsonValue* found = nullptr;
+    auto& members = object.members;
+    for (size_t i = 0; i < members.size();) {
+      if (members[i].first != name) {
+        ++i;
+      } else if (found == nullptr) {
+        found = &members[i++].second;
+      } else {
+        members.erase(members.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+    }
+    if (found == nullptr) {
+      members.emplace_back(name, JsonValue());
+      found = &members.back().second;
+    }
+    return *found;
+  };
+  auto reset = [](JsonValue& value, JsonValue::Type type) {
+    value = JsonValue();
+    value.type = type;
+  };
+  JsonValue& access_token = member(root, "access_token");
+  if (!access_token.is_object()) reset(access_token, JsonValue::Type::Object);
+  JsonValue& xms_cc = member(access_token, "xms_cc");
+  if (!xms_cc.is_object()) reset(xms_cc, JsonValue::Type::Object);
+  JsonValue& values = member(xms_cc, "values");
+  reset(values, JsonValue::Type::Array);
+  for (const std::string& cap : *caps) {
+    JsonValue item;
+    item.type = JsonValue::Type::String;
+    item.text = cap;
+    values.items.push_back(std::move(item));
+  }
+  std::string out;
+  write_json(root, out);
+  return out;
+}
+
+// The client-credentials form with the token file as the client assertion, read now: kubelet
+// rotates the file. The assertion is a secret from here on.
+Result<bool> workload_request(std::string_view resource, const RequestExtras& extras, BuiltRequest& out) {
+  if (extras.workload == nullptr)
+    return ErrorAccess::make(Errc::invalid_argument, "workload identity's inputs were not set up by mi::New",
+                             Source::WorkloadIdentity);
+  const WorkloadSetup& setup = *extras.workload;
+  Result<std::string> claims = workload_claims(extras.claims, extras.capabilities);
+  if (!claims) return claims.error();
+  Result<std::string> assertion = read_assertion(setup.token_file);
+  if (!assertion) return assertion.error();
+  StringPairs form;
+  add_pair(form, "grant_type", "client_credentials");
+  add_pair(form, "client_id", setup.client_id);
+  add_pair(form, "scope", cat({resource, "/.default"}));
+  add_pair(form, "client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
+  add_pair(form, "client_assertion", *assertion);
+  if (!claims->empty()) add_pair(form, "claims", *claims);
+  out.request.url = setup.url.str();
+  out.request.body = form_encode(form);
+  for (auto& field : form)
+    if (field.first == "client_assertion") std::fill(field.second.begin(), field.second.end(), '\0');
+  out.secrets.push_back(std::move(*assertion));
+  return true;
+}
+
+// What to fix for the AADSTS codes a misconfigured pod meets; Entra's description starts
+// with the code ("AADSTS70021: No matching federated identity record found ...").
+MI_DETAIL_COLD const char* entra_hint(const ErrorBody& body) {
+  std::string_view text = trim(body.description);
+  const std::string_view prefix = "AADSTS";
+  if (!starts_with(text, prefix)) return nullptr;
+  text.remove_prefix(prefix.size());
+  std::string_view code = text.substr(0, text.find_first_not_of("0123456789"));
+  if (code == "70021")
+    return "no federated identity credential of the application matches the service-account token: check the "
+           "credential's issuer (the cluster's OIDC issuer URL) and subject "
+           "(system:serviceaccount:<namespace>:<service account>)";
+  if (code == "700016")
+    return "the client ID is not an application in this tenant: check AZURE_CLIENT_ID (or the ID given to "
+           "mi::UserAssignedClientID), the service account's azure.workload.identity/client-id annotation, and "
+           "AZURE_TENANT_ID";
+  if (code == "700024")
+    return "the service-account token in AZURE_FEDERATED_TOKEN_FILE has expired: check that kubelet still rotates "
+           "the projected token (the pod's token volume) and the node's clock";
+  if (code == "90002")
+    return "no such tenant: check AZURE_TENANT_ID, and that AZURE_AUTHORITY_HOST is the authority of the tenant's "
+           "cloud";
+  return nullptr;
 }
 
 // ---- Azure Arc (docs/protocol.md §1 step 4, §3) --------------------------------------------------

@@ -88,8 +88,8 @@ EVERYTHING = ["-Weverything", "-Wno-c++98-compat", "-Wno-c++98-compat-pedantic",
 # another translation unit. A symbol is accepted when its name mentions one of these.
 EXTERNAL_DETAIL_TYPES = ["detail::ContextState", "detail::ClientState", "detail::ClientConfig",
                          "detail::AcquireConfig", "detail::ErrorAccess",
-                         # members of ClientState: the pinned endpoint and its URL
-                         "detail::PinnedEndpoint", "detail::Url",
+                         # members of ClientState: the pinned endpoint, workload identity's inputs, their URL
+                         "detail::PinnedEndpoint", "detail::WorkloadSetup", "detail::Url",
                          # called from Result<T>'s inline members, in every translation unit
                          "detail::bad_result_access", "detail::bad_error_access"]
 

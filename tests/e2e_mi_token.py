@@ -45,7 +45,8 @@ KEEP_VARS = ("PATH", "SYSTEMROOT", "SystemRoot", "WINDIR", "TZ", "LANG", "LC_ALL
              "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS")
 
 SOURCE_NAMES = {"imds": "DefaultToIMDS", "appservice": "AppService", "azureml": "AzureML",
-                "cloudshell": "CloudShell", "arc": "AzureArc", "servicefabric": "ServiceFabric"}
+                "cloudshell": "CloudShell", "arc": "AzureArc", "servicefabric": "ServiceFabric",
+                "workload": "WorkloadIdentity"}
 SECRET_VARS = ("IDENTITY_HEADER", "MSI_SECRET")
 # mi-token's exit statuses (its --help and the README list them).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ENDPOINT, EXIT_REFUSED, EXIT_TRANSPORT = 0, 1, 2, 3, 4, 5
@@ -161,26 +162,62 @@ class Emulator:
         killer.start()
         self.exports = {}
         try:
+            pending = None  # a single-quoted value spanning lines (PEM text), until its closing quote
             for line in self.proc.stdout:
+                if pending is not None:
+                    name, value = pending
+                    value += line.rstrip("\n")
+                    if value.endswith("'"):
+                        self.exports[name] = value[1:-1]
+                        pending = None
+                    else:
+                        pending = (name, value + "\n")
+                    continue
                 line = line.strip()
                 if line == "READY":
                     break
                 if line.startswith("export "):
                     name, _, value = line[len("export "):].partition("=")
-                    self.exports[name] = value.strip("'")
+                    if value.startswith("'") and (len(value) == 1 or not value.endswith("'")):
+                        pending = (name, value + "\n")
+                    else:
+                        self.exports[name] = value.strip("'")
             else:
                 err = self.proc.stderr.read()
                 raise RuntimeError("emulator %s did not start: %s" % (source, err.strip()))
         finally:
             killer.cancel()
+        self.sni = self.exports.get("AZURE_KUBERNETES_SNI_NAME")
         if source == "imds":
             self.base = self.exports["AZURE_POD_IDENTITY_AUTHORITY_HOST"]
+        elif source == "workload":
+            url = self.exports.get("AZURE_KUBERNETES_TOKEN_PROXY") or self.exports["AZURE_AUTHORITY_HOST"]
+            self.base = re.match(r"^(https://[^/]+)", url).group(1)
         else:
             url = self.exports.get("IDENTITY_ENDPOINT") or self.exports.get("MSI_ENDPOINT")
             m = re.match(r"^(https?://[^/]+)", url)
             self.base = m.group(1)
 
+    def control(self, method, path):
+        """A control request (stats, rotation) to a workload emulator, with the SNI name it
+        insists on in token-proxy mode (urllib sends none to an address)."""
+        import http.client
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        host, port = self.base[len("https://"):].rsplit(":", 1)
+        conn = http.client.HTTPSConnection(host, int(port), timeout=10, context=ctx)
+        conn.sock = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=10),
+                                    server_hostname=self.sni or None)
+        try:
+            conn.request(method, path)
+            return json.loads(conn.getresponse().read().decode("utf-8"))
+        finally:
+            conn.close()
+
     def stats(self):
+        if self.source == "workload":
+            return self.control("GET", "/__emulator/stats")
         ctx = None
         if self.base.startswith("https:"):
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -203,7 +240,13 @@ class Emulator:
         return env
 
     def secrets(self):
-        return [self.exports[k] for k in SECRET_VARS if k in self.exports]
+        out = [self.exports[k] for k in SECRET_VARS if k in self.exports]
+        token_file = self.exports.get("AZURE_FEDERATED_TOKEN_FILE")
+        if token_file and os.path.exists(token_file):
+            with open(token_file) as f:
+                assertion = f.read().strip()
+            out += [assertion, assertion.split(".")[-1]] if assertion else []
+        return out
 
     def stop(self):
         if self.proc.poll() is None:
@@ -1480,7 +1523,159 @@ def probe():
             c.eq(run.stdout, "", "stdout of %r" % (args,))
 
 
-SOURCES = [imds, appservice, azureml, cloudshell, arc, servicefabric, cache, people, probe]
+# ---- AKS workload identity ----------------------------------------------------------------------
+
+WORKLOAD_LIFETIME = 3599
+
+
+def workload():
+    try:
+        subprocess.run(["openssl", "version"], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        print("SKIP workload: the openssl command-line tool is missing")
+        RESULTS.skipped += 1
+        return
+    with Emulator("workload") as emu:
+        probe = mi_token(["--no-retry", RESOURCE], emu.env())
+    if probe.rc != 0 and "code: tls" in probe.stderr and "MI_USE_CURL" in probe.stderr:
+        print("SKIP workload: mi-token was built without the libcurl HTTPS transport")
+        RESULTS.skipped += 1
+        return
+
+    def ca_args(emu):
+        return ["--ca-file", emu.exports["MI_EMULATOR_CA_FILE"]]
+
+    @case
+    def workload_system_assigned(c):
+        with Emulator("workload") as emu:
+            t0 = time.time()
+            run = mi_token(ca_args(emu) + ["--repeat", 2, "--verbose", RESOURCE + "/.default"], emu.env())
+            check_tokens(c, run, emu, "workload", t0=t0, lifetime=WORKLOAD_LIFETIME)
+            st = check_stats(c, emu, token_requests=1, tokens_issued=1)
+            last = st.get("last_token_request") or {}
+            c.eq(last.get("tenant"), emu.exports["AZURE_TENANT_ID"], "tenant in the path")
+            params = last.get("body_params") or {}
+            c.eq(params.get("client_id"), emu.exports["AZURE_CLIENT_ID"], "client_id")
+            c.eq(params.get("scope"), RESOURCE + "/.default", "scope")
+            headers = last.get("headers") or {}
+            c.eq(headers.get("return-client-request-id"), "true", "return-client-request-id")
+            c.eq(headers.get("x-client-sku"), "managed-identity-cpp", "x-client-SKU")
+            c.eq((last.get("assertion") or {}).get("jti"), (st.get("current_assertion") or {}).get("jti"),
+                 "the assertion sent is the token file's")
+            src = mi_token(["--source"], emu.env())
+            c.eq((src.rc, src.stdout.strip()), (0, "WorkloadIdentity"), "mi-token --source")
+
+    @case
+    def workload_untrusted_without_ca_file(c):
+        with Emulator("workload") as emu:
+            run = mi_token(["--no-retry", RESOURCE], emu.env())
+            c.eq(run.rc, EXIT_TRANSPORT, "exit status (%s)" % run.describe())
+            c.check("code: tls" in run.stderr, "stderr: %r" % run.stderr)
+            c.eq(emu.stats()["token_requests"], 0, "token requests that reached the emulator")
+            check_no_secrets(c, run, emu)
+
+    @case
+    def workload_object_id_unsupported(c):
+        with Emulator("workload") as emu:
+            run = mi_token(ca_args(emu) + ["--object-id", "some-id", RESOURCE], emu.env())
+            c.eq(run.rc, EXIT_FAILED, "exit status (%s)" % run.describe())
+            c.check("code: unsupported_identity" in run.stderr, "stderr: %r" % run.stderr)
+            c.eq(emu.stats()["requests"], 0, "emulator requests")
+
+    @case
+    def workload_no_client_id(c):
+        with Emulator("workload") as emu:
+            run = mi_token(ca_args(emu) + [RESOURCE], emu.env(AZURE_CLIENT_ID=None))
+            c.eq(run.rc, EXIT_FAILED, "exit status (%s)" % run.describe())
+            c.check("AZURE_CLIENT_ID" in run.stderr and "code: invalid_argument" in run.stderr,
+                    "stderr: %r" % run.stderr)
+
+    def aadsts(c, code, hint, *emu_args, mi_args=()):
+        with Emulator("workload", *emu_args) as emu:
+            run = mi_token(ca_args(emu) + list(mi_args) + [RESOURCE], emu.env())
+            c.eq(run.rc, EXIT_REFUSED, "exit status (%s)" % run.describe())
+            c.check("AADSTS%s" % code in run.stderr, "stderr names AADSTS%s: %r" % (code, run.stderr))
+            c.check(hint in run.stderr, "stderr says what to fix (%r): %r" % (hint, run.stderr))
+            c.check("correlation id: " in run.stderr, "stderr has a correlation id")
+            check_no_secrets(c, run, emu)
+            check_stats(c, emu, token_requests=1, tokens_issued=0)
+
+    @case
+    def workload_aadsts70021_wrong_issuer(c):
+        aadsts(c, "70021", "federated identity credential", "--wrong-issuer")
+
+    @case
+    def workload_aadsts700016_wrong_client(c):
+        aadsts(c, "700016", "not an application in this tenant", "--wrong-client-id")
+
+    @case
+    def workload_aadsts700016_client_id_option(c):
+        # --client-id overrides AZURE_CLIENT_ID: here with an ID the emulator does not know.
+        aadsts(c, "700016", "not an application", mi_args=("--client-id", "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"))
+
+    @case
+    def workload_aadsts700024_expired(c):
+        aadsts(c, "700024", "has expired", "--expired-assertion")
+
+    @case
+    def workload_aadsts90002_wrong_tenant(c):
+        aadsts(c, "90002", "no such tenant", "--wrong-tenant")
+
+    @case
+    def workload_rotated_token_file(c):
+        with Emulator("workload") as emu:
+            first = mi_token(ca_args(emu) + [RESOURCE], emu.env())
+            jti1 = ((emu.stats().get("last_token_request") or {}).get("assertion") or {}).get("jti")
+            rotated = emu.control("POST", "/__emulator/rotate")
+            second = mi_token(ca_args(emu) + [RESOURCE], emu.env())
+            jti2 = ((emu.stats().get("last_token_request") or {}).get("assertion") or {}).get("jti")
+            c.eq((first.rc, second.rc), (0, 0), "exit statuses (%s / %s)" % (first.describe(), second.describe()))
+            c.check(jti1 and jti1 != jti2, "the second request sent the rotated token (%r, %r)" % (jti1, jti2))
+            c.eq(jti2, (rotated.get("current_assertion") or {}).get("jti"), "the jti of the new token file")
+
+    @case
+    def workload_retry_fail_1(c):
+        with Emulator("workload", "--fail", 1, "--fail-status", 503) as emu:
+            run = mi_token(ca_args(emu) + [RESOURCE], emu.env())
+            c.eq(run.rc, 0, "exit status (%s)" % run.describe())
+            check_stats(c, emu, token_requests=2, tokens_issued=1, failures=1)
+
+    @case
+    def workload_claims(c):
+        with Emulator("workload") as emu:
+            claims = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'
+            run = mi_token(ca_args(emu) + ["--claims", claims, RESOURCE], emu.env())
+            c.eq(run.rc, 0, "exit status (%s)" % run.describe())
+            params = (emu.stats().get("last_token_request") or {}).get("body_params") or {}
+            c.eq(params.get("claims"), claims, "claims field")
+
+    @case
+    def workload_https_proxy_and_no_proxy(c):
+        with Emulator("workload") as emu:
+            closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            closed.bind(("127.0.0.1", 0))
+            dead = "http://127.0.0.1:%d" % closed.getsockname()[1]  # a proxy nothing listens on
+            closed.close()
+            via = mi_token(ca_args(emu) + ["--no-retry", RESOURCE], emu.env(HTTPS_PROXY=dead))
+            c.eq(via.rc, EXIT_NO_ENDPOINT, "through a dead HTTPS_PROXY (%s)" % via.describe())
+            c.eq(emu.stats()["token_requests"], 0, "token requests past the dead proxy")
+            bypass = mi_token(ca_args(emu) + ["--no-retry", RESOURCE],
+                              emu.env(HTTPS_PROXY=dead, NO_PROXY="127.0.0.1"))
+            c.eq(bypass.rc, 0, "NO_PROXY bypasses it (%s)" % bypass.describe())
+
+    for proxy_args in ([], ["--proxy-ca-data"]):
+        def workload_token_proxy(c, proxy_args=proxy_args):
+            with Emulator("workload", "--token-proxy", "--proxy-path", "/tokenproxy", *proxy_args) as emu:
+                t0 = time.time()
+                run = mi_token(["--repeat", 2, RESOURCE], emu.env())
+                check_tokens(c, run, emu, "workload", t0=t0, lifetime=WORKLOAD_LIFETIME)
+                st = check_stats(c, emu, token_requests=1, tokens_issued=1)
+                c.eq(st.get("tls_sni_rejected"), 0, "handshakes refused for their SNI")
+        workload_token_proxy.__name__ = "workload_token_proxy" + ("_ca_data" if proxy_args else "_ca_file")
+        case(workload_token_proxy)
+
+
+SOURCES = [imds, appservice, azureml, cloudshell, arc, servicefabric, workload, cache, people, probe]
 
 
 def main(argv):

@@ -16,8 +16,8 @@ using mi::detail::SourceSpec;
 using mi::detail::TlsMode;
 
 namespace {
-const Source kAll[] = {Source::DefaultToIMDS, Source::AppService, Source::AzureArc,
-                       Source::CloudShell,    Source::ServiceFabric, Source::AzureML};
+const Source kAll[] = {Source::DefaultToIMDS, Source::AppService,    Source::AzureArc,        Source::CloudShell,
+                       Source::ServiceFabric, Source::AzureML,       Source::WorkloadIdentity};
 }
 
 TEST_CASE("every source has exactly one entry, and source_spec finds it") {
@@ -31,7 +31,8 @@ TEST_CASE("every source has exactly one entry, and source_spec finds it") {
   CHECK(std::size(kSources) == std::size(kAll));
 }
 
-TEST_CASE("detection order: only the last entry (IMDS) matches without a variable") {
+TEST_CASE("detection order: workload identity first, and only the last entry (IMDS) matches without a variable") {
+  CHECK(kSources[0].source == Source::WorkloadIdentity);
   for (size_t i = 0; i + 1 < std::size(kSources); ++i)
     CHECK_MESSAGE(kSources[i].detect_variables.at[0] != nullptr, kSources[i].label);
   const SourceSpec& last = kSources[std::size(kSources) - 1];
@@ -55,5 +56,6 @@ TEST_CASE("each entry is complete") {
     CHECK((spec.tls == TlsMode::pinned) == (spec.pin_variable != nullptr));
     CHECK((std::string(spec.scheme) == "https") == (spec.tls != TlsMode::plain));
     for (const mi::detail::Header& header : spec.headers) CHECK((header.name == nullptr) == (header.value == nullptr));
+    CHECK((spec.setup == nullptr) == (spec.own_request == nullptr));
   }
 }

@@ -54,7 +54,11 @@ inline void remove_tree(const std::string& path) {
 inline const std::vector<const char*>& identity_variables() {
   static const std::vector<const char*> names = {
       "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET",
-      "IMDS_ENDPOINT",     "AZURE_POD_IDENTITY_AUTHORITY_HOST",              "DEFAULT_IDENTITY_CLIENT_ID"};
+      "IMDS_ENDPOINT",     "AZURE_POD_IDENTITY_AUTHORITY_HOST",              "DEFAULT_IDENTITY_CLIENT_ID",
+      // workload identity (docs/protocol.md §12), and the proxy variables its transport honours
+      "AZURE_FEDERATED_TOKEN_FILE", "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_AUTHORITY_HOST",
+      "AZURE_KUBERNETES_TOKEN_PROXY", "AZURE_KUBERNETES_CA_FILE", "AZURE_KUBERNETES_CA_DATA",
+      "AZURE_KUBERNETES_SNI_NAME", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"};
   return names;
 }
 

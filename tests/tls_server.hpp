@@ -16,6 +16,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/obj_mac.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -63,8 +64,10 @@ inline std::shared_ptr<EVP_PKEY> make_key() {
   return std::shared_ptr<EVP_PKEY>(key, EVP_PKEY_free);
 }
 
-// issuer == nullptr: self-signed.
-inline Identity make_identity(const std::string& common_name, const Identity* issuer = nullptr, bool ca = false) {
+// issuer == nullptr: self-signed. `alt_names`: subjectAltName entries such as
+// "DNS:localhost" or "IP:127.0.0.1" (none: the certificate names only its common name).
+inline Identity make_identity(const std::string& common_name, const Identity* issuer = nullptr, bool ca = false,
+                              const std::vector<std::string>& alt_names = {}) {
   Identity id;
   id.key = make_key();
   X509* x = X509_new();
@@ -90,12 +93,40 @@ inline Identity make_identity(const std::string& common_name, const Identity* is
     X509_add_ext(x, ext, -1);
     X509_EXTENSION_free(ext);
   }
+  if (!alt_names.empty()) {
+    std::string list;
+    for (const std::string& name : alt_names) list += (list.empty() ? "" : ",") + name;
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, issuer ? issuer->cert.get() : x, x, nullptr, nullptr, 0);
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, NID_subject_alt_name, list.c_str());
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+  }
   if (X509_sign(x, issuer ? issuer->key.get() : id.key.get(), EVP_sha256()) == 0) {
     std::fprintf(stderr, "tls_server: certificate signing failed\n");
     std::abort();
   }
   id.cert = std::shared_ptr<X509>(x, X509_free);
   return id;
+}
+
+// The certificate as PEM text, and written to a file.
+inline std::string pem(const Identity& id) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(bio, id.cert.get());
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio, &data);
+  std::string out(data, static_cast<size_t>(n));
+  BIO_free(bio);
+  return out;
+}
+inline void write_pem(const Identity& id, const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) std::abort();
+  std::string text = pem(id);
+  std::fwrite(text.data(), 1, text.size(), f);
+  std::fclose(f);
 }
 
 struct Options {
@@ -176,6 +207,11 @@ class Server {
   size_t handshakes_ok() const { return handshakes_ok_.load(); }
   size_t handshakes_failed() const { return handshakes_failed_.load(); }
   size_t app_bytes() const { return app_bytes_.load(); }  // bytes received after a handshake
+  // The TLS server name (SNI) of the last completed handshake, "" when the client sent none.
+  std::string last_sni() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return last_sni_;
+  }
   size_t request_count() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return requests_.size();
@@ -279,6 +315,11 @@ class Server {
       ++handshakes_failed_;
     } else {
       ++handshakes_ok_;
+      {
+        const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+        std::lock_guard<std::mutex> lock(mutex_);
+        last_sni_ = sni != nullptr ? sni : "";
+      }
       if (close_after_handshake_) ::shutdown(fd, SHUT_RDWR);
       else handle(ssl, fd);
     }
@@ -331,6 +372,7 @@ class Server {
   mutable std::mutex mutex_;
   std::vector<std::thread> workers_;
   std::vector<testsrv::Request> requests_;
+  std::string last_sni_;
 };
 
 // A port on 127.0.0.1 that nothing listens on (bound, read back, closed).

@@ -101,6 +101,7 @@ class Clients {
     if (!slot) {
       std::vector<mi::ClientOption> options;
       if (one_attempt) options.push_back(mi::WithRetryPolicyDisabled());
+      if (!opt_.ca_file.empty()) options.push_back(mi::WithCAFile(opt_.ca_file));
       if (opt_.verbose) options.push_back(stderr_logger());
       auto client = mi::New(make_id(opt_), options);
       if (!client) return client.error();

@@ -22,6 +22,8 @@ const char kUsage[] =
     "  --repeat N            acquire N times with one client (default 1)\n"
     "  --timeout-ms MS       deadline of each acquisition, in milliseconds\n"
     "  --no-retry            one attempt per acquisition (no retry policy)\n"
+    "  --ca-file PATH        also trust the CA certificates in this PEM file for\n"
+    "                        workload identity's HTTPS (e.g. a local emulator's CA)\n"
     "  --cache               keep tokens in a per-user file cache, so that separate\n"
     "                        mi-token runs share them (off by default; see below)\n"
     "  --no-cache            do not, even when MI_TOKEN_CACHE=1\n"
@@ -43,7 +45,8 @@ const char kUsage[] =
     "\n"
     "other modes:\n"
     "  --source              print the detected source (DefaultToIMDS, AppService,\n"
-    "                        AzureArc, CloudShell, ServiceFabric, AzureML) and exit\n"
+    "                        AzureArc, CloudShell, ServiceFabric, AzureML,\n"
+    "                        WorkloadIdentity) and exit\n"
     "  --probe               is a managed identity endpoint here? Prints the source and\n"
     "                        exits 0 if so, else exits 3 with the reason on stderr.\n"
     "                        Quick: a source set by environment variables without any\n"
@@ -64,6 +67,10 @@ const char kUsage[] =
     "                        select the source and its endpoint (see the README)\n"
     "  AZURE_POD_IDENTITY_AUTHORITY_HOST\n"
     "                        replaces the IMDS address (e.g. with a local emulator)\n"
+    "  AZURE_FEDERATED_TOKEN_FILE, AZURE_TENANT_ID, AZURE_CLIENT_ID,\n"
+    "  AZURE_AUTHORITY_HOST, AZURE_KUBERNETES_TOKEN_PROXY (and _CA_FILE, _CA_DATA,\n"
+    "  _SNI_NAME), HTTPS_PROXY, NO_PROXY\n"
+    "                        AKS workload identity (see the README)\n"
     "\n"
     "exit status:\n"
     "  0   success\n"
@@ -170,6 +177,8 @@ int parse_args(int argc, char** argv, Options& opt) {
       if (!take_value(text)) return usage_error("--timeout-ms needs a value");
       if (!parse_number(text, 1, 86400000LL * 365, opt.timeout_ms))
         return usage_error("--timeout-ms needs a positive whole number of milliseconds, not '" + text + "'");
+    } else if (name == "--ca-file") {
+      if (!take_value(opt.ca_file) || opt.ca_file.empty()) return usage_error("--ca-file needs a file name");
     } else if (name == "--no-retry") {
       status = flag(opt.no_retry);
     } else if (name == "--cache") {

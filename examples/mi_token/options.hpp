@@ -28,6 +28,7 @@ struct Options {
   long long repeat = 1;
   long long timeout_ms = 0;  // 0: no deadline
   bool no_retry = false;
+  std::string ca_file;  // --ca-file: extra trust anchors (mi::WithCAFile)
   bool verbose = false;
   OutputForm output = OutputForm::Json;
   bool output_given = false;
