@@ -38,6 +38,10 @@ struct ClientState {
   std::shared_ptr<HttpClient> transport;  // null only for an https source built without libcurl
   std::unique_ptr<const PinnedEndpoint> pinned;  // TlsMode::pinned: the endpoint and pin as read at New
   std::unique_ptr<const WorkloadSetup> workload;  // workload identity: its inputs as read at New
+  // The ID value the cache keys on: id.value(), except for workload identity, where the
+  // identity is the client ID and tenant read at New (a system-assigned ID has no value of
+  // its own), so clients made under different variables never share a token.
+  std::string cache_id;
 
   static Client make_client(std::shared_ptr<ClientState> state) { return Client(std::move(state)); }
 
@@ -529,7 +533,7 @@ Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, cons
 Result<AuthResult> acquire(const ClientState& st, const Context& ctx, std::string_view requested,
                            const AcquireConfig& options) {
   std::string_view resource = trim_default_scope(requested);
-  const CacheKeyView key{st.source, st.id.kind(), st.id.value(), resource};
+  const CacheKeyView key{st.source, st.id.kind(), st.cache_id, resource};
   TokenCache& cache = TokenCache::instance();
 
   // Claims: always fetch (docs/protocol.md §7), never coalesce; the new token is cached.
@@ -758,6 +762,8 @@ Result<Client> New(ID id, const std::vector<ClientOption>& options) {
     state->workload.reset(new detail::WorkloadSetup(std::move(*setup)));
   }
   state->id = std::move(id);
+  state->cache_id = state->workload ? detail::cat({state->workload->client_id, " ", state->workload->url.str()})
+                                    : state->id.value();
   for (const ClientOption& option : options) option.apply(state->config);
   Result<bool> transport = detail::choose_transport(spec, *state);
   if (!transport) return transport.error();

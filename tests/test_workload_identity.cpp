@@ -694,10 +694,45 @@ TEST_CASE("cache: a second call is served from the cache, keyed by WorkloadIdent
   CHECK(t2->token_source == mi::TokenSource::Cache);
   CHECK(t2->access_token == t1->access_token);
   CHECK(http->count() == 1);
-  CHECK(support::cached(mi::SystemAssigned(), "https://vault.azure.net"));
   // Even when the token file is gone, a cached token needs no request.
   std::remove(dir.file().c_str());
   CHECK(client->AcquireToken(mi::Context::Background(), "https://vault.azure.net"));
+}
+
+TEST_CASE("cache: clients made under different AZURE_CLIENT_ID or tenant never share a token") {
+  // The system-assigned identity here is whatever AZURE_CLIENT_ID and AZURE_TENANT_ID said at
+  // New: a second client made after they changed is another identity and must not get the
+  // first one's cached token.
+  CleanEnv env;
+  TokenDir dir;
+  workload_env(dir.file());
+  support::fresh_cache();
+  auto http = answering([](const mi::HttpRequest& r) {
+    return support::response(200, entra_token("token-for-" + field(r, "client_id") + "-" + r.url));
+  });
+  auto first = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(http));
+  REQUIRE(first);
+  set_env("AZURE_CLIENT_ID", "5a6b7c8d-0000-4000-8000-0000000000c2");
+  auto second = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(http));
+  REQUIRE(second);
+  set_env("AZURE_TENANT_ID", "contoso.example");
+  auto third = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(http));
+  REQUIRE(third);
+  auto t1 = first->AcquireToken(mi::Context::Background(), "https://vault.azure.net");
+  auto t2 = second->AcquireToken(mi::Context::Background(), "https://vault.azure.net");
+  auto t3 = third->AcquireToken(mi::Context::Background(), "https://vault.azure.net");
+  REQUIRE(t1);
+  REQUIRE(t2);
+  REQUIRE(t3);
+  CHECK(t2->token_source == mi::TokenSource::IdentityProvider);
+  CHECK(t3->token_source == mi::TokenSource::IdentityProvider);
+  CHECK(t1->access_token != t2->access_token);
+  CHECK(t2->access_token != t3->access_token);
+  CHECK(http->count() == 3);
+  // Each client still finds its own token in the cache.
+  CHECK(first->AcquireToken(mi::Context::Background(), "https://vault.azure.net")->access_token == t1->access_token);
+  CHECK(second->AcquireToken(mi::Context::Background(), "https://vault.azure.net")->access_token == t2->access_token);
+  CHECK(http->count() == 3);
 }
 
 TEST_CASE("cache: proactive refresh at refresh_in, one attempt, the cached token kept on failure") {
