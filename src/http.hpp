@@ -306,9 +306,9 @@ ResponseParser::Status ResponseParser::finish() {
     case State::chunk_size:
     case State::chunk_data:
     case State::chunk_data_end:
-    case State::trailer_line:
-      return fail(Errc::network, "the endpoint closed the connection before the response was complete");
+    case State::trailer_line: break;
   }
+  return fail(Errc::network, "the endpoint closed the connection before the response was complete");
 }
 
 ResponseParser::Status ResponseParser::on_line(std::string_view line) {
@@ -325,8 +325,9 @@ ResponseParser::Status ResponseParser::on_line(std::string_view line) {
     case State::close_body:
     case State::chunk_data:
     case State::done:
-    case State::failed: return invalid("internal parser state");
+    case State::failed: break;
   }
+  return invalid("internal parser state");
 }
 
 ResponseParser::Status ResponseParser::on_status_line(std::string_view line) {
