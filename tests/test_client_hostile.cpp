@@ -681,7 +681,7 @@ TEST_CASE("Azure Arc: the key file swapped between the challenge and the read") 
     std::function<void(ArcAgent&)> swap;
   };
   const std::vector<Case> cases = {
-#if !defined(_WIN32)  // Windows: no FIFOs, and Wine cannot create symbolic links (test_sources)
+#if !defined(_WIN32)  // Windows: no FIFOs, and Wine cannot create symbolic links (test_client_sources)
       {"replaced by a symlink to a file outside",
        [](ArcAgent& f) {
          write_file(f.dir.path + "-outside.key", "outside-secret");
