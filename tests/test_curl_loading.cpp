@@ -38,12 +38,6 @@ std::string sf_body(const std::string& token) {
          "\",\"expires_on\":" + std::to_string(support::now_unix() + 7200) + ",\"resource\":\"https://vault.azure.net/\"}";
 }
 
-void service_fabric_env(const std::string& endpoint, const std::string& thumbprint) {
-  set_env("IDENTITY_ENDPOINT", endpoint);
-  set_env("IDENTITY_HEADER", kSecret);
-  set_env("IDENTITY_SERVER_THUMBPRINT", thumbprint);
-}
-
 }  // namespace
 
 #if !defined(MI_CURL_LIBRARY)
@@ -78,7 +72,7 @@ TEST_CASE("libcurl is loaded by the first HTTPS request, not at start-up, by New
   // Service Fabric: New builds the HTTPS transport without loading libcurl...
   tlssrv::Identity identity = tlssrv::make_identity("sf-cluster");
   tlssrv::Server server(identity, [](const Request&) { return Reply::json(sf_body("sf-loaded")); });
-  service_fabric_env(server.url(), identity.sha1_hex());
+  support::service_fabric_env(server.url(), identity.sha1_hex(), kSecret);
   auto client = mi::New(mi::SystemAssigned());
   REQUIRE(client);
   CHECK(client->source() == mi::Source::ServiceFabric);
@@ -103,7 +97,7 @@ TEST_CASE("an unusable libcurl: Service Fabric fails with tls, says what and how
   support::fresh_cache();
   tlssrv::Identity identity = tlssrv::make_identity("sf-cluster");
   tlssrv::Server server(identity, [](const Request&) { return Reply::json(sf_body("never")); });
-  service_fabric_env(server.url(), identity.sha1_hex());
+  support::service_fabric_env(server.url(), identity.sha1_hex(), kSecret);
   auto client = mi::New(mi::SystemAssigned(), mi::WithRetryPolicyDisabled());
   REQUIRE(client);
   for (int attempt = 0; attempt < 2; ++attempt) {  // the outcome of the one load is kept

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -12,6 +13,8 @@
 
 #if defined(_WIN32)
 #include <filesystem>
+#else
+#include <stdlib.h>  // mkdtemp
 #endif
 
 #include "loopback_server.hpp"
@@ -170,5 +173,35 @@ struct SleepRecorder {
     return *waits;
   }
 };
+
+// A fresh directory (/tmp/<prefix>-XXXXXX, or under %TEMP%), removed with its contents at
+// the end of the scope. Paths are built by appending "/name": Windows takes either separator.
+struct TempDir {
+  std::string path;
+#if defined(_WIN32)
+  explicit TempDir(const std::string& prefix = "mi-test") : path(make_temp_dir(prefix)) {}
+  ~TempDir() { remove_tree(path); }
+#else
+  explicit TempDir(const std::string& prefix = "mi-test") {
+    std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
+    path = mkdtemp(&tmpl[0]);
+  }
+  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
+#endif
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+// Writes `content` to `path` byte for byte, replacing what was there.
+inline void write_file(const std::string& path, const std::string& content) {
+  std::ofstream(path, std::ios::binary) << content;
+}
+
+// Service Fabric's three variables (read at mi::New).
+inline void service_fabric_env(const std::string& endpoint, const std::string& thumbprint, const std::string& secret) {
+  set_env("IDENTITY_ENDPOINT", endpoint);
+  set_env("IDENTITY_HEADER", secret);
+  set_env("IDENTITY_SERVER_THUMBPRINT", thumbprint);
+}
 
 }  // namespace support

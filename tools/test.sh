@@ -17,8 +17,8 @@ python3 amalgamate.py --check
 echo "== 2. threaded tests under ThreadSanitizer"
 tsan="${MI_BUILD_DIR:-build}-tsan"
 cmake -S . -B "$tsan" -DCMAKE_BUILD_TYPE=Debug -DMI_USE_CURL=ON -DMI_SANITIZE=thread -DMI_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$tsan" -j"$jobs" --target test_imds test_sources test_http test_resolve test_cache_availability
-(cd "$tsan" && ctest --output-on-failure -j"$jobs" -R '^(imds|sources|http|resolve|cache_availability)$')
+cmake --build "$tsan" -j"$jobs" --target test_client_imds test_client_sources test_http test_socket_resolve test_cache_availability
+(cd "$tsan" && ctest --output-on-failure -j"$jobs" -R '^(client_imds|client_sources|http|socket_resolve|cache_availability)$')
 
 if [ "${MI_SKIP_WINDOWS:-0}" != 1 ] && [ -f tools/test_windows.sh ]; then
   echo "== 3. Windows (mingw-w64 + Wine)"

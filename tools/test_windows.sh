@@ -13,8 +13,8 @@
 #   - each Windows test program (doctest), minus the cases listed in `skips` below;
 #   - tests/e2e_mi_token.py with mi-token.exe and the examples for IMDS, App Service,
 #     Azure ML, Cloud Shell, Service Fabric's no-libcurl error and the command line (the
-#     emulator's Azure Arc key directory is a Linux path, so Arc runs in test_sources and
-#     test_hostile instead).
+#     emulator's Azure Arc key directory is a Linux path, so Arc runs in test_client_sources
+#     and test_client_hostile instead).
 # Built without libcurl: test_curl and Service Fabric's HTTPS cases are Linux only.
 # Prints `N passed, M failed` last and exits non-zero on any failure.
 set -euo pipefail
@@ -112,7 +112,8 @@ done
 
 # ---- 3. configure and build ----------------------------------------------------------------------
 echo "== Windows: building with $cxx"
-tests=(json response http imds api detection sources service_fabric hostile secrets resolve)
+tests=(json response http api sources_detection socket_resolve
+       client_imds client_sources client_service_fabric client_hostile client_secrets)
 targets=(mi-token system_assigned user_assigned)
 for t in "${tests[@]}"; do targets+=("test_$t"); done
 # Ninja: the Makefile generator builds several targets one after the other (.NOTPARALLEL),
@@ -145,7 +146,7 @@ fi
 # ---- 4. the tests under Wine ---------------------------------------------------------------------
 # Test cases Wine cannot run, as "program|doctest name pattern|reason".
 skips=(
-  "test_sources|*symbolic link named .key*|Wine 8's CreateSymbolicLink reports success but creates no link"
+  "test_client_sources|*symbolic link named .key*|Wine 8's CreateSymbolicLink reports success but creates no link"
 )
 
 # Runs one doctest program; pass = exit 0, doctest's SUCCESS line and no crash report.

@@ -11,8 +11,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
-std::string test_arc_token_dir();
-#define MI_AZURE_ARC_TOKEN_DIR test_arc_token_dir()
+#include "arc_token_dir.hpp"
 #define MI_AZURE_ARC_HIMDS_PATH "/nonexistent/mi-tests/himds"
 #define MI_IMPLEMENTATION
 #include "managed_identity.hpp"
@@ -32,16 +31,17 @@ std::string test_arc_token_dir();
 
 #include "test_support.hpp"
 #include "cache_support.hpp"
+#include "arc_agent.hpp"
 
 using namespace std::chrono_literals;
+using support::ArcAgent;
 using support::CleanEnv;
 using support::set_env;
+using support::TempDir;
+using support::write_file;
 using testsrv::Reply;
 using testsrv::Request;
 using testsrv::Server;
-
-std::string g_arc_dir;
-std::string test_arc_token_dir() { return g_arc_dir; }
 
 namespace {
 
@@ -608,63 +608,6 @@ TEST_CASE("hostile error bodies still give http_status with the status") {
 
 // ---- Azure Arc ----------------------------------------------------------------------------------
 
-namespace {
-
-struct TempDir {
-  std::string path;
-#if defined(_WIN32)
-  TempDir() : path(support::make_temp_dir("mi-hostile-arc")) {}
-  ~TempDir() { support::remove_tree(path); }
-#else
-  TempDir() {
-    char tmpl[] = "/tmp/mi-hostile-arc-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-#endif
-};
-
-void write_file(const std::string& path, const std::string& content) { std::ofstream(path) << content; }
-
-// An Arc agent whose challenge (leg 1) and answer (leg 2) the test controls.
-struct ArcFixture {
-  CleanEnv env;
-  TempDir dir;
-  std::string key = "arc-hostile-key-93ab";
-  std::string realm;                          // the WWW-Authenticate value
-  std::function<void()> before_challenge;     // runs just before the 401 goes out
-  std::function<Reply(const Request&)> leg2;  // default: a token
-  std::atomic<int> leg1_count{0}, leg2_count{0};
-  std::mutex mutex;
-  std::vector<std::string> authorizations;
-  Server server;
-
-  ArcFixture()
-      : server([this](const Request& r) {
-          if (!r.has_header("Authorization")) {
-            ++leg1_count;
-            if (before_challenge) before_challenge();
-            return Reply::http(401, "", {{"WWW-Authenticate", realm}});
-          }
-          ++leg2_count;
-          {
-            std::lock_guard<std::mutex> lock(mutex);
-            authorizations.push_back(r.header("Authorization"));
-          }
-          if (leg2) return leg2(r);
-          return Reply::json(token_body("arc-token"));
-        }) {
-    g_arc_dir = dir.path;
-    realm = "Basic realm=" + dir.path + "/agent.key";
-    write_file(dir.path + "/agent.key", key);
-    set_env("IDENTITY_ENDPOINT", server.url());
-    set_env("IMDS_ENDPOINT", server.base());
-    fresh_cache();
-  }
-};
-
-}  // namespace
-
 TEST_CASE("Azure Arc: realms that point outside the token directory are arc_challenge, no key sent") {
   struct Case {
     std::string name;
@@ -693,7 +636,7 @@ TEST_CASE("Azure Arc: realms that point outside the token directory are arc_chal
   };
   for (const Case& c : cases) {
     CAPTURE(c.name);
-    ArcFixture fx;
+    ArcAgent fx;
     fx.realm = c.realm(fx.dir.path);
     Outcome o = acquire();
     expect_error(o, mi::Errc::arc_challenge);
@@ -705,7 +648,7 @@ TEST_CASE("Azure Arc: realms that point outside the token directory are arc_chal
 TEST_CASE("Azure Arc: control characters in the realm are not valid HTTP: invalid_response") {
   for (std::string bad : {std::string("\0", 1), std::string("\x01"), std::string("\x7f"), std::string("\r")}) {
     CAPTURE(static_cast<int>(static_cast<unsigned char>(bad[0])));
-    ArcFixture fx;
+    ArcAgent fx;
     fx.realm = "Basic realm=" + fx.dir.path + "/agent" + bad + ".key";
     Outcome o = acquire();
     expect_error(o, mi::Errc::invalid_response);
@@ -715,14 +658,14 @@ TEST_CASE("Azure Arc: control characters in the realm are not valid HTTP: invali
 
 TEST_CASE("Azure Arc: a huge WWW-Authenticate header") {
   SUBCASE("over MI_MAX_HEADER_BYTES: invalid_response") {
-    ArcFixture fx;
+    ArcAgent fx;
     fx.realm = "Basic realm=" + fx.dir.path + "/" + std::string(MI_MAX_HEADER_BYTES, 'k') + ".key";
     Outcome o = acquire();
     expect_error(o, mi::Errc::invalid_response);
     CHECK(fx.leg2_count == 0);
   }
   SUBCASE("just under it: arc_challenge") {
-    ArcFixture fx;
+    ArcAgent fx;
     fx.realm = "Basic realm=" + fx.dir.path + "/" + std::string(MI_MAX_HEADER_BYTES - 2048, 'k') + ".key";
     Outcome o = acquire();
     expect_error(o, mi::Errc::arc_challenge);
@@ -735,35 +678,35 @@ TEST_CASE("Azure Arc: a huge WWW-Authenticate header") {
 TEST_CASE("Azure Arc: the key file swapped between the challenge and the read") {
   struct Case {
     std::string name;
-    std::function<void(ArcFixture&)> swap;
+    std::function<void(ArcAgent&)> swap;
   };
   const std::vector<Case> cases = {
-#if !defined(_WIN32)  // Windows: no FIFOs, and Wine cannot create symbolic links (test_sources)
+#if !defined(_WIN32)  // Windows: no FIFOs, and Wine cannot create symbolic links (test_client_sources)
       {"replaced by a symlink to a file outside",
-       [](ArcFixture& f) {
+       [](ArcAgent& f) {
          write_file(f.dir.path + "-outside.key", "outside-secret");
          std::remove((f.dir.path + "/agent.key").c_str());
          CHECK(symlink((f.dir.path + "-outside.key").c_str(), (f.dir.path + "/agent.key").c_str()) == 0);
        }},
       {"replaced by a symlink to /etc/passwd",
-       [](ArcFixture& f) {
+       [](ArcAgent& f) {
          std::remove((f.dir.path + "/agent.key").c_str());
          CHECK(symlink("/etc/passwd", (f.dir.path + "/agent.key").c_str()) == 0);
        }},
       {"replaced by a FIFO",
-       [](ArcFixture& f) {
+       [](ArcAgent& f) {
          std::remove((f.dir.path + "/agent.key").c_str());
          CHECK(mkfifo((f.dir.path + "/agent.key").c_str(), 0600) == 0);
        }},
 #endif
       {"grown to 1 MB",
-       [](ArcFixture& f) { write_file(f.dir.path + "/agent.key", std::string(1 << 20, 'g')); }},
-      {"removed", [](ArcFixture& f) { std::remove((f.dir.path + "/agent.key").c_str()); }},
+       [](ArcAgent& f) { write_file(f.dir.path + "/agent.key", std::string(1 << 20, 'g')); }},
+      {"removed", [](ArcAgent& f) { std::remove((f.dir.path + "/agent.key").c_str()); }},
   };
   for (const Case& c : cases) {
     CAPTURE(c.name);
-    ArcFixture fx;
-    ArcFixture* f = &fx;
+    ArcAgent fx;
+    ArcAgent* f = &fx;
     fx.before_challenge = [f, &c] { c.swap(*f); };
     Outcome o = acquire();
     expect_error(o, mi::Errc::arc_challenge);
@@ -773,7 +716,7 @@ TEST_CASE("Azure Arc: the key file swapped between the challenge and the read") 
 }
 
 TEST_CASE("Azure Arc: a challenge answered with another challenge ends at once in http_status") {
-  ArcFixture fx;
+  ArcAgent fx;
   TempDir other;
   write_file(other.path + "/second.key", "second-key");
   fx.leg2 = [&fx](const Request&) { return Reply::http(401, "", {{"WWW-Authenticate", fx.realm}}); };
@@ -785,7 +728,7 @@ TEST_CASE("Azure Arc: a challenge answered with another challenge ends at once i
 }
 
 TEST_CASE("Azure Arc: many challenges in a row, and many clients, each follow one challenge only") {
-  ArcFixture fx;
+  ArcAgent fx;
   fx.leg2 = [&fx](const Request&) { return Reply::http(401, "", {{"WWW-Authenticate", fx.realm}}); };
   auto client = mi::New(mi::SystemAssigned(), mi::WithSleep([](std::chrono::milliseconds) {}));
   REQUIRE(client);
@@ -801,7 +744,7 @@ TEST_CASE("Azure Arc: many challenges in a row, and many clients, each follow on
 
 TEST_CASE("Azure Arc: hostile framing on either leg") {
   SUBCASE("leg 1 never ends its header") {
-    ArcFixture fx;
+    ArcAgent fx;
     Server flood([](const Request&) { return Reply::stream("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=", std::string(16384, 'a')); });
     set_env("IDENTITY_ENDPOINT", flood.url());
     Outcome o = acquire();
@@ -809,7 +752,7 @@ TEST_CASE("Azure Arc: hostile framing on either leg") {
     CHECK(o.rss_growth_kb < kMemoryBoundKb);
   }
   SUBCASE("leg 2 resets") {
-    ArcFixture fx;
+    ArcAgent fx;
     fx.leg2 = [](const Request&) {
       Reply r = Reply::json(token_body("reset"));
       r.reset_after = 20;
@@ -821,7 +764,7 @@ TEST_CASE("Azure Arc: hostile framing on either leg") {
     CHECK(fx.leg1_count == 1);  // the key is read once per acquisition
   }
   SUBCASE("leg 2 never answers") {
-    ArcFixture fx;
+    ArcAgent fx;
     fx.leg2 = [](const Request&) {
       Reply r;
       r.hang = true;
@@ -841,13 +784,6 @@ TEST_CASE("Azure Arc: hostile framing on either leg") {
 namespace {
 
 const char* const kSfSecret = "sf-hostile-secret-51d0";
-
-void service_fabric_env(const std::string& endpoint, const std::string& thumbprint) {
-  set_env("IDENTITY_ENDPOINT", endpoint);
-  set_env("IDENTITY_HEADER", kSfSecret);
-  set_env("IDENTITY_SERVER_THUMBPRINT", thumbprint);
-  fresh_cache();
-}
 
 // Answers every connection with fixed bytes after reading what the client sends first
 // (for a TLS client: its ClientHello), then closes. Records what it read.
@@ -918,7 +854,8 @@ TEST_CASE("Service Fabric: a chain where only the issuer matches the thumbprint 
   tlssrv::Options options;
   options.extra_chain = {ca};
   tlssrv::Server server(leaf, [](const Request&) { return Reply::json(token_body("sf-never")); }, options);
-  service_fabric_env(server.url(), ca.sha1_hex());
+  support::service_fabric_env(server.url(), ca.sha1_hex(), kSfSecret);
+  fresh_cache();
   Outcome o = acquire();
   expect_error(o, mi::Errc::tls);
   CHECK(o.result.error().message().find(kSfSecret) == std::string::npos);
@@ -930,7 +867,8 @@ TEST_CASE("Service Fabric: a chain where only the issuer matches the thumbprint 
 TEST_CASE("Service Fabric: a TLS peer that stalls the handshake: timeout at the deadline") {
   CleanEnv env;
   tlssrv::SilentListener silent;
-  service_fabric_env(silent.url(), tlssrv::make_identity("x").sha1_hex());
+  support::service_fabric_env(silent.url(), tlssrv::make_identity("x").sha1_hex(), kSfSecret);
+  fresh_cache();
   Outcome o = acquire(mi::SystemAssigned(), 800ms);
   expect_error(o, mi::Errc::timeout);
   CHECK(o.took < 5s);
@@ -940,7 +878,8 @@ TEST_CASE("Service Fabric: a plaintext HTTP server on the https port: tls or net
   CleanEnv env;
   RawResponder plain("HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 53\r\n"
                      "Connection: close\r\n\r\nThe plain HTTP request was sent to HTTPS port. sorry!");
-  service_fabric_env(plain.url(), tlssrv::make_identity("x").sha1_hex());
+  support::service_fabric_env(plain.url(), tlssrv::make_identity("x").sha1_hex(), kSfSecret);
+  fresh_cache();
   Outcome o = acquire();
   REQUIRE_FALSE(o.result);
   CAPTURE(o.result.error().message());
@@ -984,7 +923,8 @@ TEST_CASE("Service Fabric: hostile responses over pinned TLS") {
   for (const Case& c : cases) {
     CAPTURE(c.name);
     tlssrv::Server server(id, [&c](const Request&) { return c.reply; });
-    service_fabric_env(server.url(), id.sha1_hex());
+    support::service_fabric_env(server.url(), id.sha1_hex(), kSfSecret);
+    fresh_cache();
     Outcome o = acquire();
     expect_error(o, c.code);
     CHECK(o.result.error().message().find(kSfSecret) == std::string::npos);

@@ -5,8 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
-std::string test_arc_token_dir();
-#define MI_AZURE_ARC_TOKEN_DIR test_arc_token_dir()
+#include "arc_token_dir.hpp"
 #define MI_AZURE_ARC_HIMDS_PATH "/nonexistent/mi-tests/himds"
 #define MI_IMPLEMENTATION
 #include "managed_identity.hpp"
@@ -24,16 +23,17 @@ std::string test_arc_token_dir();
 
 #include "test_support.hpp"
 #include "cache_support.hpp"
+#include "arc_agent.hpp"
 
 using namespace std::chrono_literals;
+using support::ArcAgent;
 using support::CleanEnv;
 using support::set_env;
+using support::TempDir;
+using support::write_file;
 using testsrv::Reply;
 using testsrv::Request;
 using testsrv::Server;
-
-std::string g_arc_dir;
-std::string test_arc_token_dir() { return g_arc_dir; }
 
 namespace {
 
@@ -265,56 +265,17 @@ TEST_CASE("Cloud Shell: a form POST with Content-Length, retried with the same b
 
 namespace {
 
-struct TempDir {
-  std::string path;
-#if defined(_WIN32)
-  // The cases append "/name.key": Windows takes either separator, and so does the library.
-  TempDir() : path(support::make_temp_dir("mi-arc-test")) {}
-  ~TempDir() { support::remove_tree(path); }
-#else
-  TempDir() {
-    char tmpl[] = "/tmp/mi-arc-test-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-#endif
-};
-
-// An Arc agent: leg 1 challenges with `realm`, leg 2 checks the key and answers `success`.
-struct ArcFixture {
-  CleanEnv env;
-  TempDir dir;
-  std::string key = "arc-key-6b1f0d";
-  std::string realm;  // WWW-Authenticate value; default: Basic realm=<dir>/agent.key
-  std::function<Reply(const Request&)> leg2;
-  std::atomic<int> leg1_count{0}, leg2_count{0};
-  Server server;
-
-  ArcFixture()
-      : server([this](const Request& r) {
-          if (!r.has_header("Authorization")) {
-            ++leg1_count;
-            return Reply::http(401, "", {{"WWW-Authenticate", realm}});
-          }
-          ++leg2_count;
-          if (r.header("Authorization") != "Basic " + key) return Reply::http(401, "{\"error\":\"bad key\"}");
-          if (leg2) return leg2(r);
-          return Reply::json(support::imds_body("arc-token"));
-        }) {
-    g_arc_dir = dir.path;
-    realm = "Basic realm=" + dir.path + "/agent.key";
-    write(dir.path + "/agent.key", key);
-    set_env("IDENTITY_ENDPOINT", server.url());
-    set_env("IMDS_ENDPOINT", server.base());
-    fresh_cache();
-  }
-  static void write(const std::string& path, const std::string& content) { std::ofstream(path) << content; }
-};
+// Leg 2 checks the key, as the agent does: another key than the file's is a 401.
+ArcAgent::Options checking_key() {
+  ArcAgent::Options o;
+  o.check_key = true;
+  return o;
+}
 
 }  // namespace
 
 TEST_CASE("Azure Arc: both legs, exactly, for system-assigned and then the cache") {
-  ArcFixture fx;
+  ArcAgent fx(checking_key());
   auto client = mi::New(mi::SystemAssigned());
   REQUIRE(client);
   CHECK(client->source() == mi::Source::AzureArc);
@@ -337,7 +298,7 @@ TEST_CASE("Azure Arc: both legs, exactly, for system-assigned and then the cache
 }
 
 TEST_CASE("Azure Arc: the realm may be quoted and followed by parameters") {
-  ArcFixture fx;
+  ArcAgent fx(checking_key());
   fx.realm = "Basic realm=\"" + fx.dir.path + "/agent.key\", charset=\"UTF-8\"";
   auto client = mi::New(mi::SystemAssigned());
   CHECK(client->AcquireToken(mi::Context::Background(), "https://quoted"));
@@ -361,7 +322,7 @@ TEST_CASE("Azure Arc: user-assigned identities are sent and must be echoed") {
   };
   for (const Case& c : cases) {
     CAPTURE(c.echo);
-    ArcFixture fx;
+    ArcAgent fx(checking_key());
     std::string echo = c.echo;
     fx.leg2 = [echo](const Request&) {
       // imds_body echoes a client_id of its own: use a body without it.
@@ -387,7 +348,7 @@ TEST_CASE("Azure Arc: user-assigned identities are sent and must be echoed") {
 }
 
 TEST_CASE("Azure Arc: the client_id echo of a client ID is accepted") {
-  ArcFixture fx;
+  ArcAgent fx(checking_key());
   fx.leg2 = [](const Request&) {
     return Reply::json("{\"access_token\":\"arc-c\",\"expires_in\":\"3600\",\"client_id\":\"cid-2\"}");
   };
@@ -398,69 +359,69 @@ TEST_CASE("Azure Arc: the client_id echo of a client ID is accepted") {
 TEST_CASE("Azure Arc: key-file rules, each failing with arc_challenge and no second leg") {
   struct Case {
     const char* name;
-    std::function<void(ArcFixture&)> setup;
+    std::function<void(ArcAgent&)> setup;
     const char* expect;  // a word of the message
   };
   std::vector<Case> cases = {
-      {"missing header", [](ArcFixture& f) { f.realm = ""; }, "WWW-Authenticate"},
-      {"no Basic realm=", [](ArcFixture& f) { f.realm = "Bearer realm=" + f.dir.path + "/agent.key"; }, "realm"},
+      {"missing header", [](ArcAgent& f) { f.realm = ""; }, "WWW-Authenticate"},
+      {"no Basic realm=", [](ArcAgent& f) { f.realm = "Bearer realm=" + f.dir.path + "/agent.key"; }, "realm"},
       {"wrong extension",
-       [](ArcFixture& f) {
-         ArcFixture::write(f.dir.path + "/agent.txt", f.key);
+       [](ArcAgent& f) {
+         write_file(f.dir.path + "/agent.txt", f.key);
          f.realm = "Basic realm=" + f.dir.path + "/agent.txt";
        },
        ".key"},
       {"wrong directory",
-       [](ArcFixture& f) {
+       [](ArcAgent& f) {
          TempDir other;
          f.realm = "Basic realm=" + other.path + "/agent.key";
        },
        "directory"},
-      {"double slash", [](ArcFixture& f) { f.realm = "Basic realm=" + f.dir.path + "//agent.key"; }, "directory"},
+      {"double slash", [](ArcAgent& f) { f.realm = "Basic realm=" + f.dir.path + "//agent.key"; }, "directory"},
       {"dot-dot",
-       [](ArcFixture& f) { f.realm = "Basic realm=" + f.dir.path + "/../" + f.dir.path.substr(5) + "/agent.key"; },
+       [](ArcAgent& f) { f.realm = "Basic realm=" + f.dir.path + "/../" + f.dir.path.substr(5) + "/agent.key"; },
        ".."},
 #if defined(_WIN32)
       // Symbolic links: a test case of their own below. No FIFO case: Windows has none in
       // the file system (named pipes live under \\.\pipe\).
       {"directory named .key",
-       [](ArcFixture& f) {
+       [](ArcAgent& f) {
          CHECK(std::filesystem::create_directory(f.dir.path + "/dir.key"));
          f.realm = "Basic realm=" + f.dir.path + "/dir.key";
        },
        "regular"},
 #else
       {"symlink to a file outside",
-       [](ArcFixture& f) {
-         ArcFixture::write(f.dir.path + "-outside.key", "outside-secret");
+       [](ArcAgent& f) {
+         write_file(f.dir.path + "-outside.key", "outside-secret");
          CHECK(symlink((f.dir.path + "-outside.key").c_str(), (f.dir.path + "/link.key").c_str()) == 0);
          f.realm = "Basic realm=" + f.dir.path + "/link.key";
        },
        "link"},
       {"FIFO",
-       [](ArcFixture& f) {
+       [](ArcAgent& f) {
          CHECK(mkfifo((f.dir.path + "/fifo.key").c_str(), 0600) == 0);
          f.realm = "Basic realm=" + f.dir.path + "/fifo.key";
        },
        "regular"},
       {"directory named .key",
-       [](ArcFixture& f) {
+       [](ArcAgent& f) {
          CHECK(mkdir((f.dir.path + "/dir.key").c_str(), 0700) == 0);
          f.realm = "Basic realm=" + f.dir.path + "/dir.key";
        },
        "regular"},
 #endif
       {"5000-byte file",
-       [](ArcFixture& f) {
-         ArcFixture::write(f.dir.path + "/big.key", std::string(5000, 'k'));
+       [](ArcAgent& f) {
+         write_file(f.dir.path + "/big.key", std::string(5000, 'k'));
          f.realm = "Basic realm=" + f.dir.path + "/big.key";
        },
        "4096"},
-      {"missing file", [](ArcFixture& f) { f.realm = "Basic realm=" + f.dir.path + "/absent.key"; }, "does not exist"},
+      {"missing file", [](ArcAgent& f) { f.realm = "Basic realm=" + f.dir.path + "/absent.key"; }, "does not exist"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.name);
-    ArcFixture fx;
+    ArcAgent fx(checking_key());
     c.setup(fx);
     auto client = mi::New(mi::SystemAssigned());
     auto start = std::chrono::steady_clock::now();
@@ -480,9 +441,9 @@ TEST_CASE("Azure Arc: key-file rules, each failing with arc_challenge and no sec
 // Creating one needs developer mode or the privilege; Wine 8's CreateSymbolicLink reports
 // success and creates nothing, so tools/test_windows.sh excludes this case under Wine.
 TEST_CASE("Azure Arc: a symbolic link named .key is refused (Windows)") {
-  ArcFixture fx;
+  ArcAgent fx(checking_key());
   const std::string outside = fx.dir.path + "-outside.key", link = fx.dir.path + "\\link.key";
-  ArcFixture::write(outside, "outside-secret");
+  write_file(outside, "outside-secret");
   struct Remove {
     std::string path;
     ~Remove() { std::remove(path.c_str()); }
@@ -500,11 +461,50 @@ TEST_CASE("Azure Arc: a symbolic link named .key is refused (Windows)") {
 #endif
 
 TEST_CASE("Azure Arc: a 4096-byte key is accepted") {
-  ArcFixture fx;
+  ArcAgent fx(checking_key());
   fx.key = std::string(4096, 'a');
-  ArcFixture::write(fx.dir.path + "/agent.key", fx.key);
+  write_file(fx.dir.path + "/agent.key", fx.key);
   auto client = mi::New(mi::SystemAssigned());
   CHECK(client->AcquireToken(mi::Context::Background(), "https://arc-4096"));
+}
+
+TEST_CASE("Azure Arc: an empty key file or a byte outside printable ASCII is arc_challenge; nothing is sent") {
+  struct Case {
+    const char* name;
+    std::string content;
+    const char* expect;
+  };
+  const std::vector<Case> cases = {
+      {"empty", "", "is empty"},
+      {"trailing newline", "arc-key-6b1f0d\n", "printable ASCII"},
+      {"trailing CRLF", "arc-key-6b1f0d\r\n", "printable ASCII"},
+      {"a tab", "arc\tkey", "printable ASCII"},
+      {"a NUL", std::string("arc\0key", 7), "printable ASCII"},
+      {"DEL", "arc\x7fkey", "printable ASCII"},
+      {"UTF-8", "arc-k\xc3\xa9y", "printable ASCII"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    ArcAgent agent;  // no key check: leg 2 is counted whatever it sends
+    agent.write_key(c.content);
+    auto client = mi::New(mi::SystemAssigned());
+    REQUIRE(client);
+    REQUIRE(client->source() == mi::Source::AzureArc);
+    auto token = client->AcquireToken(mi::Context::Background(), "https://arc-key-rules");
+    REQUIRE_FALSE(token);
+    CHECK(token.error().code() == mi::Errc::arc_challenge);
+    CHECK(token.error().message().find(c.expect) != std::string::npos);
+    CHECK(token.error().message().find("arc-key") == std::string::npos);  // never the contents
+    CHECK(agent.leg2_count == 0);
+  }
+  // Printable ASCII, spaces included, is sent as it is.
+  ArcAgent agent;
+  agent.key = "arc key ~!";
+  agent.write_key(agent.key);
+  auto token = mi::New(mi::SystemAssigned())->AcquireToken(mi::Context::Background(), "https://arc-key-rules");
+  REQUIRE_MESSAGE(token, (token ? "" : token.error().message()));
+  CHECK(agent.leg2_count == 1);
+  CHECK(agent.last_authorization() == "Basic arc key ~!");
 }
 
 TEST_CASE("Azure Arc: a success on leg 1 is arc_challenge; another status is http_status") {
@@ -512,7 +512,7 @@ TEST_CASE("Azure Arc: a success on leg 1 is arc_challenge; another status is htt
     CleanEnv env;
     fresh_cache();
     TempDir dir;
-    g_arc_dir = dir.path;
+    support::set_arc_token_dir(dir.path);
     Server server([](const Request&) { return Reply::json(support::imds_body("unchallenged")); });
     set_env("IDENTITY_ENDPOINT", server.url());
     set_env("IMDS_ENDPOINT", server.base());
@@ -535,7 +535,7 @@ TEST_CASE("Azure Arc: a success on leg 1 is arc_challenge; another status is htt
 }
 
 TEST_CASE("Azure Arc: leg 1 is retried on 503; a 404 on leg 2 is http_status") {
-  ArcFixture fx;
+  ArcAgent fx(checking_key());
   auto first = std::make_shared<std::atomic<bool>>(true);
   Server flaky([&fx, first](const Request& r) {
     if (first->exchange(false)) return Reply::http(503, "");
@@ -556,7 +556,7 @@ TEST_CASE("Azure Arc: leg 1 is retried on 503; a 404 on leg 2 is http_status") {
 }
 
 TEST_CASE("Azure Arc: the key contents never appear in errors or logs") {
-  ArcFixture fx;
+  ArcAgent fx(checking_key());
   fx.leg2 = [&fx](const Request&) {
     return Reply::http(500, "{\"error\":\"oops\",\"error_description\":\"bad key " + fx.key + "\"}");
   };

@@ -1,6 +1,6 @@
 // Limits on what a response or the machine can make the library do: dates beyond the
-// clock's range, the random state after fork(), Arc key files with bytes that cannot
-// be sent, and the memory a hostile JSON body may cost.
+// clock's range, the random state after fork(), and the memory a hostile JSON body may
+// cost. (Arc key files with bytes that cannot be sent: test_client_sources.cpp.)
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -70,8 +70,6 @@ void operator delete[](void* p, size_t) noexcept { heap::release(p); }
 void operator delete(void* p, const std::nothrow_t&) noexcept { heap::release(p); }
 void operator delete[](void* p, const std::nothrow_t&) noexcept { heap::release(p); }
 
-std::string test_arc_token_dir();
-#define MI_AZURE_ARC_TOKEN_DIR test_arc_token_dir()
 #define MI_AZURE_ARC_HIMDS_PATH "/nonexistent/mi-tests/himds"
 #define MI_IMPLEMENTATION
 #include "managed_identity.hpp"
@@ -86,9 +84,6 @@ std::string test_arc_token_dir();
 
 #include "test_support.hpp"
 #include "cache_support.hpp"
-
-std::string g_arc_dir;
-std::string test_arc_token_dir() { return g_arc_dir; }
 
 using mi::detail::SysClock;
 
@@ -183,97 +178,6 @@ TEST_CASE("after fork(), parent and child draw different request ids and jitter"
   CHECK(child.substr(37) != parent.substr(37));        // the jitter draws
 }
 #endif
-
-// ---- Arc key files -----------------------------------------------------------------------------
-
-namespace {
-struct ArcAgent {
-  support::CleanEnv env;
-  std::string dir;
-  std::string key = "arc-key-6b1f0d";
-  std::atomic<int> leg2_count{0};
-  std::string last_authorization;
-  std::mutex mutex;
-  testsrv::Server server;
-
-  ArcAgent()
-      : dir(make_dir()),
-        server([this](const testsrv::Request& r) {
-          if (!r.has_header("Authorization"))
-            return testsrv::Reply::http(401, "", {{"WWW-Authenticate", "Basic realm=" + dir + "/agent.key"}});
-          ++leg2_count;
-          {
-            std::lock_guard<std::mutex> lock(mutex);
-            last_authorization = r.header("Authorization");
-          }
-          return testsrv::Reply::json(support::imds_body("arc-token"));
-        }) {
-    g_arc_dir = dir;
-    support::set_env("IDENTITY_ENDPOINT", server.url());
-    support::set_env("IMDS_ENDPOINT", server.base());
-    support::fresh_cache();
-  }
-  ~ArcAgent() {
-    std::remove((dir + "/agent.key").c_str());
-#if defined(_WIN32)
-    support::remove_tree(dir);
-#else
-    ::rmdir(dir.c_str());
-#endif
-  }
-  static std::string make_dir() {
-#if defined(_WIN32)
-    return support::make_temp_dir("mi-limits-arc");
-#else
-    char tmpl[] = "/tmp/mi-limits-arc-XXXXXX";
-    return mkdtemp(tmpl);
-#endif
-  }
-  void write_key(const std::string& content) {
-    std::ofstream(dir + "/agent.key", std::ios::binary) << content;
-  }
-};
-}  // namespace
-
-TEST_CASE("Azure Arc: an empty key file or a byte outside printable ASCII is arc_challenge; nothing is sent") {
-  struct Case {
-    const char* name;
-    std::string content;
-    const char* expect;
-  };
-  const std::vector<Case> cases = {
-      {"empty", "", "is empty"},
-      {"trailing newline", "arc-key-6b1f0d\n", "printable ASCII"},
-      {"trailing CRLF", "arc-key-6b1f0d\r\n", "printable ASCII"},
-      {"a tab", "arc\tkey", "printable ASCII"},
-      {"a NUL", std::string("arc\0key", 7), "printable ASCII"},
-      {"DEL", "arc\x7fkey", "printable ASCII"},
-      {"UTF-8", "arc-k\xc3\xa9y", "printable ASCII"},
-  };
-  for (const Case& c : cases) {
-    CAPTURE(c.name);
-    ArcAgent agent;
-    agent.write_key(c.content);
-    auto client = mi::New(mi::SystemAssigned());
-    REQUIRE(client);
-    REQUIRE(client->source() == mi::Source::AzureArc);
-    auto token = client->AcquireToken(mi::Context::Background(), "https://arc-key-rules");
-    REQUIRE_FALSE(token);
-    CHECK(token.error().code() == mi::Errc::arc_challenge);
-    CHECK(token.error().message().find(c.expect) != std::string::npos);
-    CHECK(token.error().message().find("arc-key") == std::string::npos);  // never the contents
-    CHECK(agent.leg2_count == 0);
-  }
-  // Printable ASCII, spaces included, is sent as it is.
-  ArcAgent agent;
-  agent.key = "arc key ~!";
-  agent.write_key(agent.key);
-  auto token = mi::New(mi::SystemAssigned())->AcquireToken(mi::Context::Background(), "https://arc-key-rules");
-  REQUIRE_MESSAGE(token, (token ? "" : token.error().message()));
-  CHECK(agent.leg2_count == 1);
-  std::lock_guard<std::mutex> lock(agent.mutex);
-  CHECK(agent.last_authorization == "Basic arc key ~!");
-}
 
 // ---- memory for hostile JSON bodies ------------------------------------------------------------
 

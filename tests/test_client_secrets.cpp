@@ -14,8 +14,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
-std::string test_arc_token_dir();
-#define MI_AZURE_ARC_TOKEN_DIR test_arc_token_dir()
+#include "arc_token_dir.hpp"
 #define MI_AZURE_ARC_HIMDS_PATH "/nonexistent/mi-tests/himds"
 #define MI_IMPLEMENTATION
 #include "managed_identity.hpp"
@@ -32,6 +31,7 @@ std::string test_arc_token_dir();
 
 #include "test_support.hpp"
 #include "cache_support.hpp"
+#include "arc_agent.hpp"
 
 #if defined(MI_USE_CURL)
 #include "tls_server.hpp"
@@ -43,9 +43,6 @@ using support::set_env;
 using testsrv::Reply;
 using testsrv::Request;
 using testsrv::Server;
-
-std::string g_arc_dir;
-std::string test_arc_token_dir() { return g_arc_dir; }
 
 namespace {
 
@@ -134,20 +131,6 @@ std::vector<Src> all_sources() {
   return out;
 }
 
-struct TempDir {
-  std::string path;
-#if defined(_WIN32)
-  TempDir() : path(support::make_temp_dir("mi-secrets-arc")) {}
-  ~TempDir() { support::remove_tree(path); }
-#else
-  TempDir() {
-    char tmpl[] = "/tmp/mi-secrets-arc-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-#endif
-};
-
 std::string token_body(const std::string& token, long long expires_in = 3600, const std::string& extra = "") {
   return "{\"access_token\":\"" + token + "\",\"expires_in\":\"" + std::to_string(expires_in) +
          "\",\"expires_on\":\"" + std::to_string(support::now_unix() + expires_in) +
@@ -189,8 +172,6 @@ class Endpoint {
     handler_ = [](const Request&) { return Reply::json(token_body(kToken)); };
     auto dispatch = [this](const Request& r) {
       ++requests_;
-      if (src_ == Src::AzureArc && !r.has_header("Authorization"))
-        return Reply::http(401, "", {{"WWW-Authenticate", "Basic realm=" + dir_.path + "/agent.key"}});
       Handler h;
       {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -201,11 +182,14 @@ class Endpoint {
 #if defined(MI_USE_CURL)
     if (src == Src::ServiceFabric) tls_ = std::make_unique<tlssrv::Server>(sf_identity(), dispatch);
 #endif
-    if (!tls_) plain_ = std::make_unique<Server>(dispatch);
     if (src == Src::AzureArc) {
-      g_arc_dir = dir_.path;
-      std::ofstream(dir_.path + "/agent.key") << kArcKey;
+      // The agent answers leg 1 (its challenge counted in requests()); leg 2 comes here.
+      support::ArcAgent::Options o;
+      o.key = kArcKey;
+      arc_ = std::make_unique<support::ArcAgent>(o);
+      arc_->leg2 = dispatch;
     }
+    if (!tls_ && !arc_) plain_ = std::make_unique<Server>(dispatch);
     point_at(url());
   }
 
@@ -213,6 +197,7 @@ class Endpoint {
 #if defined(MI_USE_CURL)
     if (tls_) return tls_->url("/msi/token");
 #endif
+    if (arc_) return arc_->server.url("/msi/token");
     return plain_->url("/msi/token");
   }
   std::string closed_url() const {
@@ -259,9 +244,10 @@ class Endpoint {
 
   std::string secret() const { return secret_of(src_); }
   Src src() const { return src_; }
-  int requests() const { return requests_; }
+  int requests() const { return requests_ + (arc_ ? arc_->leg1_count.load() : 0); }
   void stop() {
     if (plain_) plain_->stop();
+    if (arc_) arc_->server.stop();
 #if defined(MI_USE_CURL)
     if (tls_) tls_->stop();
 #endif
@@ -270,7 +256,6 @@ class Endpoint {
  private:
   Src src_;
   CleanEnv env_;
-  TempDir dir_;
   std::mutex mutex_;
   Handler handler_;
   std::atomic<int> requests_{0};
@@ -280,6 +265,7 @@ class Endpoint {
 #else
   std::unique_ptr<Server> tls_;  // never set
 #endif
+  std::unique_ptr<support::ArcAgent> arc_;  // Azure Arc only
 };
 
 const std::vector<std::string> kEverySecret = {kToken, kIdentityHeader, kMsiSecret, kArcKey};

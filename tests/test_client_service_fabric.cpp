@@ -22,11 +22,7 @@ using Params = std::vector<std::pair<std::string, std::string>>;
 
 using support::fresh_cache;
 
-void service_fabric_env(const std::string& endpoint, const std::string& thumbprint) {
-  set_env("IDENTITY_ENDPOINT", endpoint);
-  set_env("IDENTITY_HEADER", "sf-secret-0c4e");
-  set_env("IDENTITY_SERVER_THUMBPRINT", thumbprint);
-}
+const std::string kSfSecret = "sf-secret-0c4e";
 }  // namespace
 
 TEST_CASE("Service Fabric: New refuses an http:// endpoint and malformed thumbprints") {
@@ -34,7 +30,7 @@ TEST_CASE("Service Fabric: New refuses an http:// endpoint and malformed thumbpr
   const std::string good = "0123456789abcdef0123456789ABCDEF01234567";
   for (const char* endpoint : {"http://127.0.0.1:2377/token", "https://", "not a url", "https://host:99999/x"}) {
     CAPTURE(endpoint);
-    service_fabric_env(endpoint, good);
+    support::service_fabric_env(endpoint, good, kSfSecret);
     auto client = mi::New(mi::SystemAssigned());
     REQUIRE_FALSE(client);
     CHECK(client.error().code() == mi::Errc::invalid_argument);
@@ -43,18 +39,19 @@ TEST_CASE("Service Fabric: New refuses an http:// endpoint and malformed thumbpr
   for (const char* thumb : {"0123", "0123456789abcdef0123456789abcdef012345678", "zz23456789abcdef0123456789abcdef01234567",
                             "0123456789abcdef0123456789abcdef0123456"}) {
     CAPTURE(thumb);
-    service_fabric_env("https://127.0.0.1:2377/token", thumb);
+    support::service_fabric_env("https://127.0.0.1:2377/token", thumb, kSfSecret);
     auto client = mi::New(mi::SystemAssigned());
     REQUIRE_FALSE(client);
     CHECK(client.error().code() == mi::Errc::invalid_argument);
     CHECK(client.error().message().find("IDENTITY_SERVER_THUMBPRINT") != std::string::npos);
   }
-  service_fabric_env("https://127.0.0.1:2377/token", "01:23:45:67:89:ab:cd:ef:01:23:45:67:89:AB:CD:EF:01:23:45:67");
+  support::service_fabric_env("https://127.0.0.1:2377/token", "01:23:45:67:89:ab:cd:ef:01:23:45:67:89:AB:CD:EF:01:23:45:67",
+                              kSfSecret);
   CHECK(mi::New(mi::SystemAssigned()));
-  service_fabric_env("https://127.0.0.1:2377/token", " 0123456789abcdef 0123456789abcdef01234567 ");
+  support::service_fabric_env("https://127.0.0.1:2377/token", " 0123456789abcdef 0123456789abcdef01234567 ", kSfSecret);
   CHECK(mi::New(mi::SystemAssigned()));
   // As pasted from Windows' certificate dialog: a U+200E mark in front.
-  service_fabric_env("https://127.0.0.1:2377/token", "\xE2\x80\x8E" + good);
+  support::service_fabric_env("https://127.0.0.1:2377/token", "\xE2\x80\x8E" + good, kSfSecret);
   CHECK(mi::New(mi::SystemAssigned()));
 }
 
@@ -74,7 +71,8 @@ TEST_CASE("Service Fabric: the exact request over pinned TLS, then the cache") {
   tlssrv::Identity identity = tlssrv::make_identity("sf-cluster");
   support::TokenMint mint("sf");
   tlssrv::Server server(identity, [&](const Request&) { return Reply::json(sf_body(mint.next())); });
-  service_fabric_env(server.url("/metadata/identity/oauth2/token?keep=1"), identity.sha1_hex());
+  support::service_fabric_env(server.url("/metadata/identity/oauth2/token?keep=1"), identity.sha1_hex(),
+                              kSfSecret);
   auto client = mi::New(mi::SystemAssigned());
   REQUIRE(client);
   CHECK(client->source() == mi::Source::ServiceFabric);
@@ -97,7 +95,7 @@ TEST_CASE("Service Fabric: the endpoint is fixed at New, the secret read per req
   fresh_cache();
   tlssrv::Identity identity = tlssrv::make_identity("sf-cluster");
   tlssrv::Server server(identity, [](const Request&) { return Reply::json(sf_body("sf-fixed")); });
-  service_fabric_env(server.url(), identity.sha1_hex());
+  support::service_fabric_env(server.url(), identity.sha1_hex(), kSfSecret);
   auto client = mi::New(mi::SystemAssigned());
   REQUIRE(client);
   set_env("IDENTITY_ENDPOINT", "https://127.0.0.1:1/elsewhere");
@@ -113,7 +111,7 @@ TEST_CASE("Service Fabric: a wrong thumbprint fails with tls and the server gets
   tlssrv::Identity identity = tlssrv::make_identity("sf-cluster");
   tlssrv::Identity other = tlssrv::make_identity("someone-else");
   tlssrv::Server server(identity, [](const Request&) { return Reply::json(sf_body("never")); });
-  service_fabric_env(server.url(), other.sha1_hex());
+  support::service_fabric_env(server.url(), other.sha1_hex(), kSfSecret);
   auto client = mi::New(mi::SystemAssigned(), mi::WithRetryPolicyDisabled());
   REQUIRE(client);
   auto token = client->AcquireToken(mi::Context::Background(), "https://pinned");
@@ -134,7 +132,7 @@ TEST_CASE("Service Fabric: a redirect is refused and its target gets no request"
   tlssrv::Server server(identity, [&target](const Request&) {
     return Reply::http(307, "", {{"Location", target.url()}});
   });
-  service_fabric_env(server.url(), identity.sha1_hex());
+  support::service_fabric_env(server.url(), identity.sha1_hex(), kSfSecret);
   auto client = mi::New(mi::SystemAssigned());
   auto token = client->AcquireToken(mi::Context::Background(), "https://redirect");
   REQUIRE_FALSE(token);
@@ -149,7 +147,7 @@ TEST_CASE("Service Fabric: claims send token_sha256_to_refresh of the cached tok
   tlssrv::Identity identity = tlssrv::make_identity("sf-cluster");
   support::TokenMint mint("sf-revoked");
   tlssrv::Server server(identity, [&](const Request&) { return Reply::json(sf_body(mint.next())); });
-  service_fabric_env(server.url(), identity.sha1_hex());
+  support::service_fabric_env(server.url(), identity.sha1_hex(), kSfSecret);
   auto client = mi::New(mi::SystemAssigned(), mi::WithClientCapabilities({"cp1", " llt ", ""}));
   REQUIRE(client);
   auto first = client->AcquireToken(mi::Context::Background(), "https://revocation");
@@ -189,7 +187,7 @@ TEST_CASE("SHA-256 of the library matches OpenSSL") {
 TEST_CASE("Service Fabric without MI_USE_CURL: a tls error that says how to enable HTTPS") {
   CleanEnv env;
   fresh_cache();
-  service_fabric_env("https://127.0.0.1:2377/token", "0123456789abcdef0123456789abcdef01234567");
+  support::service_fabric_env("https://127.0.0.1:2377/token", "0123456789abcdef0123456789abcdef01234567", kSfSecret);
   auto client = mi::New(mi::SystemAssigned());
   REQUIRE(client);
   auto token = client->AcquireToken(mi::Context::Background(), "https://no-curl");

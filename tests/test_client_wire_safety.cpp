@@ -28,10 +28,9 @@ using support::fresh_cache;
 
 const std::string kThumbprint = "0123456789abcdef0123456789ABCDEF01234567";
 
-void service_fabric_env(const std::string& thumbprint = kThumbprint) {
-  set_env("IDENTITY_ENDPOINT", "https://127.0.0.1:2377/metadata/identity/oauth2/token");
-  set_env("IDENTITY_HEADER", "sf-wire-secret-3b8e");
-  set_env("IDENTITY_SERVER_THUMBPRINT", thumbprint);
+// Service Fabric's variables with `thumbprint`, and an empty cache.
+void sf_env(const std::string& thumbprint = kThumbprint) {
+  support::service_fabric_env("https://127.0.0.1:2377/metadata/identity/oauth2/token", thumbprint, "sf-wire-secret-3b8e");
   fresh_cache();
 }
 
@@ -99,7 +98,7 @@ bool contains(const std::string& text, const std::string& part) { return text.fi
 
 TEST_CASE("Service Fabric: New refuses a custom transport that does not check the certificate pin") {
   CleanEnv env;
-  service_fabric_env();
+  sf_env();
   auto http = answering(200, "{}");
   auto client = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(http));
   REQUIRE_FALSE(client);
@@ -144,7 +143,7 @@ TEST_CASE("Service Fabric: a pinning transport gets every request with the norma
        {kThumbprint, std::string("01:23:45:67:89:ab:cd:ef:01:23:45:67:89:AB:CD:EF:01:23:45:67"),
         std::string(" 0123456789abcdef 0123456789abcdef01234567\t"), "\xE2\x80\x8E" + kThumbprint}) {
     CAPTURE(spelling);
-    service_fabric_env(spelling);
+    sf_env(spelling);
     support::TokenMint mint("sf-pinned");
     auto http = std::make_shared<PinningHttpClient>(
         [&mint](const mi::HttpRequest&) { return support::response(200, sf_body(mint.next())); });
