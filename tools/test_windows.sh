@@ -113,7 +113,8 @@ done
 # ---- 3. configure and build ----------------------------------------------------------------------
 echo "== Windows: building with $cxx"
 tests=(json response http api sources_detection socket_resolve
-       client_imds client_sources client_service_fabric client_hostile client_secrets)
+       client_imds client_sources client_service_fabric client_hostile client_secrets
+       client_probe client_workload_identity)
 targets=(mi-token system_assigned user_assigned)
 for t in "${tests[@]}"; do targets+=("test_$t"); done
 # Ninja: the Makefile generator builds several targets one after the other (.NOTPARALLEL),
