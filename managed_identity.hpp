@@ -9,8 +9,8 @@
 //
 // Gets OAuth access tokens for the managed identity of the Azure resource the
 // program runs on (VM, App Service, Functions, Arc server, Cloud Shell, Service
-// Fabric, Azure ML), with no secret in the program. Mirrors MSAL for Go's
-// `apps/managedidentity` package.
+// Fabric, Azure ML, AKS pod with workload identity), with no secret in the program.
+// Mirrors MSAL for Go's `apps/managedidentity` package.
 //
 // USING THE HEADER
 //   In exactly ONE .cpp file of the program (never in a header):
@@ -56,14 +56,17 @@
 //   http:// endpoints (IMDS, App Service, Arc, Cloud Shell, Azure ML) use a small
 //   HTTP/1.1 client over POSIX or WinSock sockets: no proxy, no redirects, bounded
 //   sizes and times. https:// (Service Fabric, workload identity) needs MI_USE_CURL;
-//   only workload identity's Entra ID requests honour HTTPS_PROXY / NO_PROXY. Any
-//   transport can be replaced with mi::WithHTTPClient(std::shared_ptr<mi::HttpClient>).
+//   only workload identity's Entra ID requests honour HTTPS_PROXY / NO_PROXY, and
+//   mi::WithCAFile("ca.pem") adds trust anchors to the system store for them (a
+//   TLS-inspecting proxy's CA, a local emulator's). Any transport can be replaced
+//   with mi::WithHTTPClient(std::shared_ptr<mi::HttpClient>).
 //
-// SOURCES (detected from the environment by mi::GetSource(), once per client)
+// SOURCES (seven; detected from the environment by mi::GetSource(), once per
+// client; the first that matches, in this order)
 //   WorkloadIdentity  AZURE_FEDERATED_TOKEN_FILE + AZURE_TENANT_ID (AKS; checked first;
 //                  AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST, AZURE_KUBERNETES_TOKEN_PROXY)
-//   AppService     IDENTITY_ENDPOINT + IDENTITY_HEADER
 //   ServiceFabric  IDENTITY_ENDPOINT + IDENTITY_HEADER + IDENTITY_SERVER_THUMBPRINT
+//   AppService     IDENTITY_ENDPOINT + IDENTITY_HEADER
 //   AzureML        MSI_ENDPOINT + MSI_SECRET (+ DEFAULT_IDENTITY_CLIENT_ID)
 //   CloudShell     MSI_ENDPOINT
 //   AzureArc       IDENTITY_ENDPOINT + IMDS_ENDPOINT, or the Arc agent installed
