@@ -85,7 +85,9 @@ void workload_env(const std::string& token_file) {
   set_env("AZURE_FEDERATED_TOKEN_FILE", token_file);
   set_env("AZURE_TENANT_ID", kTenant);
   set_env("AZURE_CLIENT_ID", kClient);
-  set_env("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/");
+  // A closed loopback port: a test that forgot to inject its transport fails here instead of
+  // reaching a real Entra host. The default authority is checked through a recording client.
+  set_env("AZURE_AUTHORITY_HOST", "https://127.0.0.1:9/");
 }
 
 std::string entra_token(const std::string& token, long long expires_in = 3599, const std::string& extra = "") {
@@ -243,7 +245,7 @@ TEST_CASE("tenant: a GUID or a domain name; anything else is invalid_argument at
     auto client = mi::New(mi::SystemAssigned(), mi::WithHTTPClient(http));
     REQUIRE(client);
     REQUIRE(client->AcquireToken(mi::Context::Background(), "https://vault.azure.net"));
-    CHECK(http->requests()[0].url == "https://login.microsoftonline.com/" + good + "/oauth2/v2.0/token");
+    CHECK(http->requests()[0].url == "https://127.0.0.1:9/" + good + "/oauth2/v2.0/token");
   }
   for (const std::string bad :
        {std::string(".."), std::string("a..b"), std::string(".contoso.com"), std::string("contoso.com."),
