@@ -15,6 +15,7 @@
 #include <filesystem>
 #else
 #include <stdlib.h>  // mkdtemp
+#include <unistd.h>
 #endif
 
 #include "loopback_server.hpp"
