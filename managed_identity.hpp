@@ -3804,8 +3804,10 @@ void set_trust_options(CurlOptions& o, CurlCall& call) {
     }
     o.set(CURLOPT_CAPATH, static_cast<const char*>(nullptr));
   } else if (!trust.extra_ca_file.empty()) {
-    // The store libcurl caches holds these anchors too; it lives in this transport's own
-    // multi handles (CurlTransport::PooledMulti), which no other trust shares.
+#if LIBCURL_VERSION_NUM >= 0x075700
+    // A cached store would be shared beyond this transfer: the anchors go into a fresh one.
+    if (o.api.version_num >= 0x075700) o.set(CURLOPT_CA_CACHE_TIMEOUT, 0L);
+#endif
     o.set(CURLOPT_SSL_CTX_FUNCTION, &CurlCall::on_ssl_ctx_anchors);
     o.set(CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call));
   }
@@ -3905,50 +3907,13 @@ class CurlTransport final : public HttpClient {
   // libcurl is not touched (nor loaded) before the first request.
   CurlTransport(std::string pinned_sha1, Millis connect_timeout, CurlTrust trust = CurlTrust())
       : pin_(std::move(pinned_sha1)), connect_timeout_(connect_timeout), trust_(std::move(trust)) {}
-  CurlTransport(const CurlTransport&) = delete;
-  CurlTransport& operator=(const CurlTransport&) = delete;
-  ~CurlTransport() override {
-    for (CURLM* multi : idle_multis_) curl_impl::curl_api().curl_multi_cleanup(multi);
-  }
   Result<HttpResponse> Do(const Context& ctx, const HttpRequest& request) override;
   bool PinsServerCertificate() const noexcept override { return true; }
 
  private:
-  // A multi handle lent to one request at a time and kept afterwards: libcurl caches the
-  // CA store it parsed in the multi handle, so a later request of this transport does not
-  // read the system's bundle again (about 40 ms). Connections are never reused
-  // (CURLOPT_FORBID_REUSE), so every request still makes and checks its own handshake.
-  class PooledMulti {
-   public:
-    explicit PooledMulti(CurlTransport& owner) : owner_(owner) {
-      std::lock_guard<std::mutex> lock(owner_.pool_mutex_);
-      if (!owner_.idle_multis_.empty()) {
-        multi_ = owner_.idle_multis_.back();
-        owner_.idle_multis_.pop_back();
-      }
-    }
-    PooledMulti(const PooledMulti&) = delete;
-    PooledMulti& operator=(const PooledMulti&) = delete;
-    ~PooledMulti() {
-      if (multi_ == nullptr) return;
-      std::lock_guard<std::mutex> lock(owner_.pool_mutex_);
-      owner_.idle_multis_.push_back(multi_);
-    }
-    CURLM* get(const curl_impl::CurlApi& api) {
-      if (multi_ == nullptr) multi_ = api.curl_multi_init();
-      return multi_;
-    }
-
-   private:
-    CurlTransport& owner_;
-    CURLM* multi_ = nullptr;
-  };
-
   std::string pin_;
   Millis connect_timeout_;
   CurlTrust trust_;
-  std::mutex pool_mutex_;
-  std::vector<CURLM*> idle_multis_;  // only ever filled after curl_api() was loaded
 };
 
 namespace curl_impl {
@@ -4009,9 +3974,9 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   }
   std::unique_ptr<CURL, curl_impl::CurlEasyDeleter> easy(api.curl_easy_init(),
                                                          curl_impl::CurlEasyDeleter{api.curl_easy_cleanup});
-  PooledMulti pooled(*this);  // returned to the pool after the easy handle has left it
-  CURLM* multi = pooled.get(api);
-  if (!easy || multi == nullptr)
+  std::unique_ptr<CURLM, curl_impl::CurlMultiDeleter> multi(api.curl_multi_init(),
+                                                            curl_impl::CurlMultiDeleter{api.curl_multi_cleanup});
+  if (!easy || !multi)
     return failure<HttpResponse>(Errc::network, {"libcurl could not create a request handle (out of memory?)"});
   Result<curl_impl::CurlHeaders> headers = curl_impl::curl_headers(api, *sent);
   if (!headers) return headers.error();
@@ -4023,11 +3988,11 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
 
   curl_impl::CurlAttachment attachment;
   attachment.remove = api.curl_multi_remove_handle;
-  if (api.curl_multi_add_handle(multi, easy.get()) != CURLM_OK)
+  if (api.curl_multi_add_handle(multi.get(), easy.get()) != CURLM_OK)
     return failure<HttpResponse>(Errc::network, {"libcurl could not start the request"});
-  attachment.multi = multi;
+  attachment.multi = multi.get();
   attachment.easy = easy.get();
-  Result<CURLcode> result = curl_impl::drive(api, multi, easy.get(), call);
+  Result<CURLcode> result = curl_impl::drive(api, multi.get(), easy.get(), call);
   if (!result) return result.error();
   if (*result != CURLE_OK) return curl_impl::curl_failure(*result, call, ctx, errbuf);
   return curl_impl::finish(api, easy.get(), call);
