@@ -115,6 +115,7 @@ def cmake_consumer(args, project, extra_defs, executables):
 # What an install holds, by file name (the directories follow GNUInstallDirs: lib or lib64...).
 INSTALLED = {
     "managed_identity.hpp": "the header",
+    "LICENSE": "the license the header names",
     "managed_identityConfig.cmake": "the CMake package config",
     "managed_identityConfigVersion.cmake": "the CMake package version file",
     "managed_identityTargets.cmake": "the exported targets",
