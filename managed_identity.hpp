@@ -624,11 +624,12 @@ Result<Source> Probe(const Context& ctx, First&& first, Rest&&... rest) {
 
 // Helpers that build messages stay out of line (MI_DETAIL_NOINLINE). Functions that run
 // only on failures, retries or the Azure Arc challenge, or once per client (New, options,
-// detection), are cold (MI_DETAIL_COLD): GCC then optimises them for size and inlines
-// nothing into them, which saves compile time where speed does not matter.
+// detection), are cold (MI_DETAIL_COLD): GCC optimises them for size and moves them, and
+// whatever it inlines of them, out of the hot path. Cold alone, without noinline, gives the
+// smaller binary (4 KB less stripped mi-token, bench/build_cost.sh; BENCHMARKS.md).
 #if defined(__GNUC__) || defined(__clang__)
 #define MI_DETAIL_NOINLINE __attribute__((noinline))
-#define MI_DETAIL_COLD __attribute__((noinline, cold))
+#define MI_DETAIL_COLD __attribute__((cold))
 #elif defined(_MSC_VER)
 #define MI_DETAIL_NOINLINE __declspec(noinline)
 #define MI_DETAIL_COLD __declspec(noinline)
@@ -1693,6 +1694,15 @@ Result<Url> parse_url(std::string_view text) {
   return url;
 }
 
+// Appends a pair and moves it back past the names that sort after it: the list stays sorted by
+// name and stable (a repeated name keeps its order: the endpoint's first, then ours). A query
+// has a handful of pairs; std::stable_sort would add 12 KB of instantiations for them
+// (bench/build_cost.sh).
+void add_pair_sorted(StringPairs& pairs, std::string_view name, std::string_view value) {
+  add_pair(pairs, name, value);
+  for (size_t i = pairs.size() - 1; i > 0 && pairs[i].first < pairs[i - 1].first; --i) pairs[i].swap(pairs[i - 1]);
+}
+
 std::string merge_query(std::string_view existing_raw,
                         const std::vector<std::pair<std::string, std::string>>& params) {
   StringPairs pairs;
@@ -1708,17 +1718,12 @@ std::string merge_query(std::string_view existing_raw,
       bool replaced = false;
       for (const auto& p : params)
         if (p.first == name) replaced = true;
-      if (!replaced) add_pair(pairs, name, value);
+      if (!replaced) add_pair_sorted(pairs, name, value);
     }
     if (amp == std::string_view::npos) break;
     pos = amp + 1;
   }
-  for (const auto& p : params) add_pair(pairs, p.first, p.second);
-  // By name; stable, so repeated names keep their order (endpoint's first, then ours).
-  std::stable_sort(pairs.begin(), pairs.end(),
-                   [](const std::pair<std::string, std::string>& a, const std::pair<std::string, std::string>& b) {
-                     return a.first < b.first;
-                   });
+  for (const auto& p : params) add_pair_sorted(pairs, p.first, p.second);
   std::string out;
   for (const auto& p : pairs) {
     if (!out.empty()) out.push_back('&');
