@@ -12,10 +12,20 @@
 // this; any other TLS backend fails closed with a tls error.
 //
 // Chain validation (CurlTrust): libcurl's own chain and host-name checks against the
-// system's trust store, plus extra anchors added to the connection's OpenSSL store
-// (mi::WithCAFile); or, for the AKS token proxy, against its CA alone, with a chosen TLS
-// server name (the URL names it, CURLOPT_CONNECT_TO reaches the proxy's address). Only
-// such transfers may go through the HTTPS_PROXY the environment names.
+// system's trust store plus extra anchors (mi::WithCAFile); or, for the AKS token proxy,
+// against its CA alone, with a chosen TLS server name (the URL names it, CURLOPT_CONNECT_TO
+// reaches the proxy's address). Only such transfers may go through the HTTPS_PROXY the
+// environment names.
+//
+// Trust store: left to itself, libcurl parses the system's CA bundle for every connection
+// (its own cache of the parsed store is off when it also has a default CA directory, as
+// Debian's has, and lives in a multi handle): tens of milliseconds, ten times a handshake.
+// So each transport builds one OpenSSL store (CurlTrustStore) at its first request, from
+// the files libcurl would read (CURLINFO_CAINFO, CURLINFO_CAPATH) plus mi::WithCAFile,
+// tells libcurl to load nothing, and puts that store on every connection's SSL_CTX;
+// libcurl's chain and host-name checks are unchanged. Without what this needs (libcurl
+// 7.84, its OpenSSL backend, a default bundle or directory), libcurl loads the system's
+// anchors itself as before.
 //
 // Loading: every libcurl and OpenSSL function is called through a table (CurlApi),
 // filled once at the first HTTPS request: from libcurl loaded with dlopen (the
@@ -34,6 +44,7 @@
 #endif
 #endif
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/opensslv.h>
 #include <openssl/ssl.h>
@@ -60,6 +71,12 @@ struct CurlTrust {
   std::string only_ca_pem;    // ... or PEM text
   std::string sni_name;       // sent as the TLS server name and matched by the certificate
   bool use_proxy = false;     // HTTPS_PROXY / NO_PROXY from the environment apply
+  // The system's anchors: libcurl's defaults unless `system_anchors_given`, when these two
+  // (either may be empty) stand in for them. Tests set them, since they cannot write the
+  // system's store.
+  bool system_anchors_given = false;
+  std::string system_ca_file;  // a PEM bundle, loaded whole
+  std::string system_ca_dir;   // a directory of <subject hash>.N files, read as chains need them
 };
 
 // Compares without an early exit, so the time taken does not depend on where the
@@ -172,7 +189,8 @@ namespace curl_impl {
 #define MI_DETAIL_OPENSSL_FUNCTIONS(X)                                                                    \
   X(OpenSSL_version_num) X(X509_STORE_CTX_get0_cert) X(X509_digest) X(EVP_sha1)                          \
   X(X509_STORE_CTX_set_error) X(SSL_CTX_set_verify) X(SSL_CTX_set_cert_verify_callback)                \
-  X(SSL_CTX_load_verify_locations)
+  X(SSL_CTX_load_verify_locations) X(X509_STORE_new) X(X509_STORE_free) X(X509_STORE_up_ref)             \
+  X(X509_STORE_set_flags) X(X509_STORE_load_locations) X(SSL_CTX_set_cert_store) X(ERR_clear_error)
 
 struct CurlApi {
 #define MI_DETAIL_CURL_MEMBER(name) decltype(&::name) name = nullptr;
@@ -313,12 +331,119 @@ const CurlApi& curl_api() {
   return api;
 }
 
+struct CurlStoreDeleter {
+  decltype(&::X509_STORE_free) free = nullptr;
+  void operator()(X509_STORE* store) const noexcept { free(store); }
+};
+// One reference to an OpenSSL store.
+using CurlStoreRef = std::unique_ptr<X509_STORE, CurlStoreDeleter>;
+
+// How long a transport uses the store it built before building it again from the files
+// (the next request after that does it). libcurl keeps its own cached store 24 hours
+// (CURLOPT_CA_CACHE_TIMEOUT's default), so an updated system bundle or mi::WithCAFile file
+// is taken up as soon as libcurl itself would with its cache.
+constexpr std::chrono::hours kTrustStoreLifetime(24);
+
+// The files libcurl would load the system's anchors from: its defaults, as an easy handle
+// it has not been told otherwise reports them, or the stand-ins the trust gives. False
+// when they are not known (libcurl before 7.84, or none compiled in): libcurl must load
+// whatever it would itself.
+bool system_anchor_files(const CurlApi& api, const CurlTrust& trust, CURL* easy, std::string& file,
+                         std::string& dir) {
+  if (trust.system_anchors_given) {
+    file = trust.system_ca_file;
+    dir = trust.system_ca_dir;
+    return true;
+  }
+#if LIBCURL_VERSION_NUM >= 0x075400
+  if (easy == nullptr || api.version_num < 0x075400) return false;
+  char* cainfo = nullptr;
+  char* capath = nullptr;
+  if ((api.curl_easy_getinfo)(easy, CURLINFO_CAINFO, &cainfo) != CURLE_OK ||
+      (api.curl_easy_getinfo)(easy, CURLINFO_CAPATH, &capath) != CURLE_OK)
+    return false;
+  file = cainfo != nullptr ? cainfo : "";
+  dir = capath != nullptr ? capath : "";
+  return !file.empty() || !dir.empty();
+#else
+  (void)api;
+  (void)easy;
+  return false;
+#endif
+}
+
+// A new store as libcurl would fill one for CURLOPT_CAINFO and CURLOPT_CAPATH (the bundle
+// loaded whole, the directory searched by subject hash when a chain needs it, the same
+// flags), plus mi::WithCAFile's anchors. A file that cannot be loaded is a tls error that
+// names it: nothing is sent.
+Result<CurlStoreRef> build_trust_store(const CurlApi& api, const std::string& system_file,
+                                       const std::string& system_dir, const std::string& extra_file) {
+  CurlStoreRef store(api.X509_STORE_new(), CurlStoreDeleter{api.X509_STORE_free});
+  if (!store) return failure<CurlStoreRef>(Errc::network, {"OpenSSL could not create a certificate store (out of memory?)"});
+  auto load = [&api, &store](const std::string& file, const std::string& dir) {
+    if (api.X509_STORE_load_locations(store.get(), file.empty() ? nullptr : file.c_str(),
+                                      dir.empty() ? nullptr : dir.c_str()) == 1)
+      return true;
+    api.ERR_clear_error();  // OpenSSL's reasons are not this thread's caller's business
+    return false;
+  };
+  if (!system_file.empty() && !load(system_file, std::string()))
+    return failure<CurlStoreRef>(Errc::tls, {"the system's CA bundle '", system_file,
+                                             "' (libcurl's default) could not be loaded as PEM certificates, so the "
+                                             "request was not sent"});
+  if (!system_dir.empty() && !load(std::string(), system_dir))
+    return failure<CurlStoreRef>(Errc::tls, {"the system's CA directory '", system_dir,
+                                             "' (libcurl's default) could not be used, so the request was not sent"});
+  if (!extra_file.empty() && !load(extra_file, std::string()))
+    return failure<CurlStoreRef>(Errc::tls, {"mi::WithCAFile: '", extra_file,
+                                             "' could not be loaded as PEM certificates, so the request was not sent"});
+  // libcurl's: issuers from the store before those the server sent, and a certificate in
+  // the store is an anchor even when it is not self-signed.
+  api.X509_STORE_set_flags(store.get(), X509_V_FLAG_TRUSTED_FIRST | X509_V_FLAG_PARTIAL_CHAIN);
+  return store;
+}
+
+// The store of one transport: built by its first chain-validated request, then shared by
+// every connection (a store is made to be shared between SSL_CTXs and threads: OpenSSL
+// locks what a lookup changes; libcurl shares its own cached one the same way), and built
+// again after kTrustStoreLifetime. Requests that arrive while it is built wait for it.
+class CurlTrustStore {
+ public:
+  CurlTrustStore() = default;
+  CurlTrustStore(const CurlTrustStore&) = delete;
+  CurlTrustStore& operator=(const CurlTrustStore&) = delete;
+
+  // A reference for one transfer; an empty one when libcurl must load the system's
+  // anchors itself (system_anchor_files). Needs the OpenSSL functions (no pinning_problem).
+  Result<CurlStoreRef> get(const CurlApi& api, const CurlTrust& trust, CURL* easy,
+                           std::chrono::steady_clock::time_point now) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!store_ || now - built_ >= kTrustStoreLifetime) {
+      std::string file, dir;
+      if (!system_anchor_files(api, trust, easy, file, dir)) return CurlStoreRef(nullptr, CurlStoreDeleter{});
+      Result<CurlStoreRef> built = build_trust_store(api, file, dir, trust.extra_ca_file);
+      if (!built) return built;  // tried again by the next request
+      store_ = std::move(*built);
+      built_ = now;
+    }
+    if (api.X509_STORE_up_ref(store_.get()) != 1)
+      return failure<CurlStoreRef>(Errc::network, {"OpenSSL could not share the certificate store"});
+    return CurlStoreRef(store_.get(), CurlStoreDeleter{api.X509_STORE_free});
+  }
+
+ private:
+  std::mutex mutex_;
+  CurlStoreRef store_{nullptr, CurlStoreDeleter{}};
+  std::chrono::steady_clock::time_point built_;
+};
+
 // State of one request, shared with libcurl's callbacks (all run on the calling thread).
 struct CurlCall {
   const CurlApi* api = nullptr;
   const Context* ctx = nullptr;
   std::string_view pin;         // 20 bytes, or empty for "no pin"
   const CurlTrust* trust = nullptr;  // without a pin: how the chain is checked
+  X509_STORE* store = nullptr;       // the transport's store (CurlTrustStore), held by CurlTransport::Do
   bool anchors_unreadable = false;   // the extra CA file could not be loaded
   bool pin_installed = false;   // the OpenSSL callback was put on the connection's SSL_CTX
   bool pin_matched = false;     // the leaf certificate matched
@@ -367,8 +492,20 @@ struct CurlCall {
     return CURLE_OK;
   }
 
-  // Adds mi::WithCAFile's anchors to the store libcurl filled from the system's (libcurl
-  // sets the store up before it calls this), so both are trusted.
+  // Puts the transport's store in place of the empty one libcurl made (it fills its store
+  // before it calls this). The SSL_CTX takes a reference of its own.
+  static CURLcode on_ssl_ctx_store(CURL*, void* ssl_ctx, void* arg) {
+    CurlCall* call = static_cast<CurlCall*>(arg);
+    SSL_CTX* tls = static_cast<SSL_CTX*>(ssl_ctx);
+    if (tls == nullptr || call->store == nullptr || call->api->X509_STORE_up_ref(call->store) != 1)
+      return CURLE_SSL_CONNECT_ERROR;
+    call->api->SSL_CTX_set_cert_store(tls, call->store);
+    return CURLE_OK;
+  }
+
+  // Without the transport's store: adds mi::WithCAFile's anchors to the store libcurl
+  // filled from the system's (libcurl sets the store up before it calls this), so both are
+  // trusted.
   static CURLcode on_ssl_ctx_anchors(CURL*, void* ssl_ctx, void* arg) {
     CurlCall* call = static_cast<CurlCall*>(arg);
     SSL_CTX* tls = static_cast<SSL_CTX*>(ssl_ctx);
@@ -795,7 +932,8 @@ void set_request_options(CurlOptions& o, const HttpRequest& request, curl_slist*
 }
 
 // Without a pin, which anchors libcurl's own check trusts: the token proxy's CA alone (the
-// system's directory turned off too), or the system's plus mi::WithCAFile's.
+// system's directory turned off too), or the system's plus mi::WithCAFile's: the
+// transport's store, else libcurl's loading plus on_ssl_ctx_anchors.
 void set_trust_options(CurlOptions& o, CurlCall& call) {
   const CurlTrust& trust = *call.trust;
   if (!trust.only_ca_file.empty() || !trust.only_ca_pem.empty()) {
@@ -806,6 +944,13 @@ void set_trust_options(CurlOptions& o, CurlCall& call) {
       o.set(CURLOPT_CAINFO_BLOB, &blob);
     }
     o.set(CURLOPT_CAPATH, static_cast<const char*>(nullptr));
+  } else if (call.store != nullptr) {
+    // The transport's store has the system's anchors and WithCAFile's: libcurl loads
+    // nothing (CAINFO and CAPATH unset), on_ssl_ctx_store installs it.
+    o.set(CURLOPT_CAINFO, static_cast<const char*>(nullptr));
+    o.set(CURLOPT_CAPATH, static_cast<const char*>(nullptr));
+    o.set(CURLOPT_SSL_CTX_FUNCTION, &CurlCall::on_ssl_ctx_store);
+    o.set(CURLOPT_SSL_CTX_DATA, static_cast<void*>(&call));
   } else if (!trust.extra_ca_file.empty()) {
 #if LIBCURL_VERSION_NUM >= 0x075700
     // A cached store would be shared beyond this transfer: the anchors go into a fresh one.
@@ -917,6 +1062,7 @@ class CurlTransport final : public HttpClient {
   std::string pin_;
   Millis connect_timeout_;
   CurlTrust trust_;
+  curl_impl::CurlTrustStore trust_store_;  // for chain-validated requests outside the token proxy
 };
 
 namespace curl_impl {
@@ -966,6 +1112,7 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
   call.pin = *pin;
   call.trust = pin->empty() ? &trust_ : nullptr;
   // Declared before the handles, so they outlive the transfer that points at them.
+  curl_impl::CurlStoreRef store(nullptr, curl_impl::CurlStoreDeleter{});
   HttpRequest routed;
   const HttpRequest* sent = &request;
   curl_impl::CurlHeaders connect_to(nullptr, curl_impl::CurlSlistDeleter{api.curl_slist_free_all});
@@ -981,6 +1128,13 @@ Result<HttpResponse> CurlTransport::Do(const Context& ctx, const HttpRequest& re
                                                             curl_impl::CurlMultiDeleter{api.curl_multi_cleanup});
   if (!easy || !multi)
     return failure<HttpResponse>(Errc::network, {"libcurl could not create a request handle (out of memory?)"});
+  if (call.trust != nullptr && trust_.only_ca_file.empty() && trust_.only_ca_pem.empty() &&
+      api.pinning_problem.empty()) {
+    Result<curl_impl::CurlStoreRef> shared = trust_store_.get(api, trust_, easy.get(), std::chrono::steady_clock::now());
+    if (!shared) return shared.error();
+    store = std::move(*shared);
+    call.store = store.get();
+  }
   Result<curl_impl::CurlHeaders> headers = curl_impl::curl_headers(api, *sent);
   if (!headers) return headers.error();
   char errbuf[CURL_ERROR_SIZE];

@@ -67,8 +67,9 @@ class Scratch {
 struct Pki {
   tlssrv::Identity ca = tlssrv::make_identity("mi-test workload CA", nullptr, true);
   tlssrv::Identity other_ca = tlssrv::make_identity("mi-test other CA", nullptr, true);
-  tlssrv::Identity leaf(const std::vector<std::string>& names, const tlssrv::Identity* issuer = nullptr) {
-    return tlssrv::make_identity("mi-test server", issuer != nullptr ? issuer : &ca, false, names);
+  tlssrv::Identity leaf(const std::vector<std::string>& names, const tlssrv::Identity* issuer = nullptr,
+                        tlssrv::Validity validity = tlssrv::Validity()) {
+    return tlssrv::make_identity("mi-test server", issuer != nullptr ? issuer : &ca, false, names, validity);
   }
 };
 
@@ -247,6 +248,8 @@ TEST_CASE("TLS: failures are tls and send nothing: unknown CA, wrong host name, 
        "TLS handshake"},
       {"self-signed", tlssrv::make_identity("self", nullptr, false, {"IP:127.0.0.1"}), scratch.path("ca.pem"),
        "TLS handshake"},
+      {"expired, from the trusted CA", pki.leaf({"IP:127.0.0.1"}, nullptr, tlssrv::expired()), scratch.path("ca.pem"),
+       "expired"},
       {"a CA file that does not exist", pki.leaf({"IP:127.0.0.1"}), scratch.path("missing.pem"), "mi::WithCAFile"},
       {"a CA file without certificates", pki.leaf({"IP:127.0.0.1"}), scratch.path("junk.pem"), "mi::WithCAFile"},
   };
@@ -266,6 +269,95 @@ TEST_CASE("TLS: failures are tls and send nothing: unknown CA, wrong host name, 
     CHECK(server.app_bytes() == 0);
     CHECK(server.request_count() == 0);
   }
+}
+
+// The transport builds its trust store (the system's anchors and WithCAFile's) once and
+// shares it between requests: every handshake must still check the chain, the dates and the
+// host name, on a client's first request and on later ones alike.
+TEST_CASE("TLS: one client, many cold acquisitions; a bad certificate fails on the first and on a later request") {
+  CleanEnv env;
+  Scratch scratch;
+  Pki pki;
+  tlssrv::write_pem(pki.ca, scratch.path("ca.pem"));
+  const tlssrv::Identity good = pki.leaf({"IP:127.0.0.1"});
+  tlssrv::Server server(good, [](const Request&) { return Reply::json(entra_token("many")); });
+  workload_env(scratch, server.port());
+  support::fresh_cache();
+  const std::vector<mi::ClientOption> options = {mi::WithCAFile(scratch.path("ca.pem")), mi::WithRetryPolicyDisabled()};
+  auto client = mi::New(mi::SystemAssigned(), options);
+  REQUIRE(client);
+  int resources = 0;
+  auto acquire_new = [&resources](mi::Client& c) {  // a resource not cached yet: a request
+    return c.AcquireToken(mi::Context::Background().WithTimeout(std::chrono::seconds(30)),
+                          "https://r" + std::to_string(++resources) + ".example");
+  };
+  for (int i = 0; i < 3; ++i) {
+    auto token = acquire_new(*client);
+    REQUIRE_MESSAGE(token, token.error().message());
+    CHECK(token->token_source == mi::TokenSource::IdentityProvider);
+  }
+  CHECK(server.request_count() == 3);
+  CHECK(server.handshakes_ok() == 3);
+
+  struct Case {
+    const char* name;
+    tlssrv::Identity identity;
+    const char* says;  // libcurl's (OpenSSL's) reason, in the message
+  };
+  const std::vector<Case> cases = {
+      {"a name that is not the host", pki.leaf({"DNS:login.example", "IP:10.9.8.7"}), "subject name"},
+      {"an untrusted CA", pki.leaf({"IP:127.0.0.1"}, &pki.other_ca), "unable to get local issuer certificate"},
+      {"expired", pki.leaf({"IP:127.0.0.1"}, nullptr, tlssrv::expired()), "expired"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    server.present(c.identity);
+    const size_t requests = server.request_count();
+    auto fresh = mi::New(mi::SystemAssigned(), options);  // its first request builds its store
+    REQUIRE(fresh);
+    for (mi::Client* which : {&*fresh, &*client}) {
+      CAPTURE(which == &*client ? "later request" : "first request");
+      auto token = acquire_new(*which);
+      REQUIRE_FALSE(token);
+      CHECK(token.error().code() == mi::Errc::tls);
+      CHECK(token.error().message().find(c.says) != std::string::npos);
+      REQUIRE(server.idle());
+      CHECK(server.request_count() == requests);
+    }
+  }
+  server.present(good);
+  auto again = acquire_new(*client);
+  REQUIRE_MESSAGE(again, again.error().message());
+  CHECK(server.request_count() == 4);
+}
+
+// The store is kept for 24 hours, as libcurl keeps its own cached one: the anchors file is
+// read when the client's store is built, not at every request.
+TEST_CASE("TLS: WithCAFile is read once per client, not at every request") {
+  CleanEnv env;
+  Scratch scratch;
+  Pki pki;
+  tlssrv::write_pem(pki.ca, scratch.path("ca.pem"));
+  tlssrv::Server server(pki.leaf({"IP:127.0.0.1"}), [](const Request&) { return Reply::json(entra_token("once")); });
+  workload_env(scratch, server.port());
+  support::fresh_cache();
+  auto client = mi::New(mi::SystemAssigned(), mi::WithCAFile(scratch.path("ca.pem")), mi::WithRetryPolicyDisabled());
+  REQUIRE(client);
+  auto ctx = mi::Context::Background().WithTimeout(std::chrono::seconds(30));
+  auto first = client->AcquireToken(ctx, "https://first.example");
+  REQUIRE_MESSAGE(first, first.error().message());
+  std::ofstream(scratch.path("ca.pem"), std::ios::trunc) << "not a certificate any more\n";
+  auto second = client->AcquireToken(ctx, "https://second.example");
+  REQUIRE_MESSAGE(second, second.error().message());
+  CHECK(server.request_count() == 2);
+  // A new client reads the file again.
+  auto other = mi::New(mi::SystemAssigned(), mi::WithCAFile(scratch.path("ca.pem")), mi::WithRetryPolicyDisabled());
+  REQUIRE(other);
+  auto refused = other->AcquireToken(ctx, "https://third.example");
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code() == mi::Errc::tls);
+  CHECK(refused.error().message().find("mi::WithCAFile") != std::string::npos);
+  CHECK(server.request_count() == 2);
 }
 
 TEST_CASE("TLS: a redirect is an http_status error, never followed") {

@@ -4,6 +4,9 @@
 #include "managed_identity.hpp"
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <string>
 #include <thread>
 
@@ -744,6 +747,185 @@ TEST_CASE("curl: proxy variables in the environment are ignored") {
   CHECK(result->status == 200);
   CHECK(proxy.connection_count() == 0);
   CHECK(server.request_count() == 1);
+}
+
+// ---- the trust store a chain-validated transport builds once ----------------------------------
+// The system's store cannot be written by a test: CurlTrust's system anchors stand in for
+// libcurl's defaults (CURLINFO_CAINFO, CURLINFO_CAPATH).
+
+namespace {
+
+// A scratch directory, removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/mi-curl-trust-XXXXXX";
+    const char* made = ::mkdtemp(tmpl);
+    REQUIRE(made != nullptr);
+    dir_ = made;
+  }
+  ~TempDir() { (void)std::system(("rm -rf '" + dir_ + "'").c_str()); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+
+ private:
+  std::string dir_;
+};
+
+mi::HttpRequest token_post(const std::string& url) {
+  mi::HttpRequest r;
+  r.method = "POST";
+  r.url = url;
+  r.headers = {{"Content-Type", "application/x-www-form-urlencoded"}};
+  r.body = "grant_type=client_credentials";
+  return r;
+}
+
+// Three CAs: A stands for the system's, B for WithCAFile's, C is trusted by nobody.
+struct ThreeCas {
+  tlssrv::Identity a = tlssrv::make_identity("mi-test system CA", nullptr, true);
+  tlssrv::Identity b = tlssrv::make_identity("mi-test WithCAFile CA", nullptr, true);
+  tlssrv::Identity c = tlssrv::make_identity("mi-test unknown CA", nullptr, true);
+  static tlssrv::Identity leaf(const tlssrv::Identity& issuer, const std::vector<std::string>& names = {"IP:127.0.0.1"}) {
+    return tlssrv::make_identity("mi-test server", &issuer, false, names);
+  }
+};
+
+// One request through `transport` to a server presenting `identity`: its outcome, and
+// whether the server received any byte after the handshake.
+mi::Result<mi::HttpResponse> post_to(CurlTransport& transport, const tlssrv::Identity& identity, size_t* app_bytes) {
+  tlssrv::Server server(identity, [](const Request&) { return Reply::json(kToken); });
+  auto result = transport.Do(mi::Context::Background().WithTimeout(std::chrono::seconds(30)), token_post(server.url()));
+  server.idle();
+  *app_bytes = server.app_bytes();
+  return result;
+}
+
+// Writes `id` as `<subject hash>.0`, as c_rehash lays out /etc/ssl/certs.
+void write_hashed(const tlssrv::Identity& id, const TempDir& dir) {
+  char name[32];
+  std::snprintf(name, sizeof name, "%08lx.0", X509_subject_name_hash(id.cert.get()));
+  tlssrv::write_pem(id, dir.path(name));
+}
+
+}  // namespace
+
+TEST_CASE("curl trust store: the system's anchors apply beside WithCAFile's, an unknown CA does not") {
+  ThreeCas cas;
+  TempDir dir;
+  tlssrv::write_pem(cas.a, dir.path("system.pem"));
+  tlssrv::write_pem(cas.b, dir.path("extra.pem"));
+  TempDir hashed;
+  write_hashed(cas.a, hashed);
+  struct Layout {
+    const char* name;
+    std::string file, dir;
+  };
+  for (const Layout& layout : {Layout{"system bundle file", dir.path("system.pem"), ""},
+                               Layout{"system hashed directory", "", hashed.path("")}}) {
+    CAPTURE(layout.name);
+    mi::detail::CurlTrust trust;
+    trust.extra_ca_file = dir.path("extra.pem");
+    trust.system_anchors_given = true;
+    trust.system_ca_file = layout.file;
+    trust.system_ca_dir = layout.dir;
+    CurlTransport transport("", std::chrono::milliseconds(5000), trust);
+    size_t app_bytes = 0;
+    for (int round = 0; round < 2; ++round) {  // the store built by the first request, then reused
+      CAPTURE(round);
+      auto by_system = post_to(transport, ThreeCas::leaf(cas.a), &app_bytes);
+      CHECK_MESSAGE(by_system.ok(), (by_system.ok() ? "" : by_system.error().message()));
+      auto by_extra = post_to(transport, ThreeCas::leaf(cas.b), &app_bytes);
+      CHECK_MESSAGE(by_extra.ok(), (by_extra.ok() ? "" : by_extra.error().message()));
+      auto unknown = post_to(transport, ThreeCas::leaf(cas.c), &app_bytes);
+      REQUIRE_FALSE(unknown.ok());
+      CHECK(unknown.error().code() == Errc::tls);
+      CHECK(app_bytes == 0);
+      auto wrong_name = post_to(transport, ThreeCas::leaf(cas.a, {"DNS:login.example"}), &app_bytes);
+      REQUIRE_FALSE(wrong_name.ok());
+      CHECK(wrong_name.error().code() == Errc::tls);
+      CHECK(app_bytes == 0);
+    }
+  }
+  SUBCASE("without WithCAFile, the system's anchors alone") {
+    mi::detail::CurlTrust trust;
+    trust.system_anchors_given = true;
+    trust.system_ca_file = dir.path("system.pem");
+    CurlTransport transport("", std::chrono::milliseconds(5000), trust);
+    size_t app_bytes = 0;
+    auto by_system = post_to(transport, ThreeCas::leaf(cas.a), &app_bytes);
+    CHECK_MESSAGE(by_system.ok(), (by_system.ok() ? "" : by_system.error().message()));
+    auto by_extra = post_to(transport, ThreeCas::leaf(cas.b), &app_bytes);
+    REQUIRE_FALSE(by_extra.ok());
+    CHECK(by_extra.error().code() == Errc::tls);
+    CHECK(app_bytes == 0);
+  }
+}
+
+TEST_CASE("curl trust store: an unreadable system bundle or WithCAFile is tls naming the file, nothing sent") {
+  ThreeCas cas;
+  TempDir dir;
+  tlssrv::write_pem(cas.a, dir.path("system.pem"));
+  std::ofstream(dir.path("junk.pem")) << "not a certificate\n";
+  struct Case {
+    const char* name;
+    std::string system, extra, says;
+  };
+  for (const Case& c : {Case{"system bundle missing", dir.path("missing.pem"), "", dir.path("missing.pem")},
+                        Case{"system bundle without certificates", dir.path("junk.pem"), "", dir.path("junk.pem")},
+                        Case{"WithCAFile missing", dir.path("system.pem"), dir.path("missing.pem"), "mi::WithCAFile"},
+                        Case{"WithCAFile without certificates", dir.path("system.pem"), dir.path("junk.pem"),
+                             "mi::WithCAFile"}}) {
+    CAPTURE(c.name);
+    mi::detail::CurlTrust trust;
+    trust.extra_ca_file = c.extra;
+    trust.system_anchors_given = true;
+    trust.system_ca_file = c.system;
+    CurlTransport transport("", std::chrono::milliseconds(5000), trust);
+    tlssrv::Server server(ThreeCas::leaf(cas.a), [](const Request&) { return Reply::json(kToken); });
+    auto result =
+        transport.Do(mi::Context::Background().WithTimeout(std::chrono::seconds(30)), token_post(server.url()));
+    REQUIRE_FALSE(result.ok());
+    CHECK(result.error().code() == Errc::tls);
+    CHECK(result.error().message().find(c.says) != std::string::npos);
+    server.idle();
+    CHECK(server.app_bytes() == 0);
+    CHECK(server.request_count() == 0);
+  }
+}
+
+TEST_CASE("curl trust store: built once, shared, and built again from the files after 24 hours") {
+  using mi::detail::curl_impl::CurlTrustStore;
+  const mi::detail::curl_impl::CurlApi& api = mi::detail::curl_impl::curl_api();
+  REQUIRE(api.problem.empty());
+  REQUIRE(api.pinning_problem.empty());
+  ThreeCas cas;
+  TempDir dir;
+  tlssrv::write_pem(cas.a, dir.path("system.pem"));
+  tlssrv::write_pem(cas.b, dir.path("extra.pem"));
+  mi::detail::CurlTrust trust;
+  trust.extra_ca_file = dir.path("extra.pem");
+  trust.system_anchors_given = true;
+  trust.system_ca_file = dir.path("system.pem");
+  CurlTrustStore holder;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto first = holder.get(api, trust, nullptr, t0);
+  REQUIRE(first.ok());
+  REQUIRE(first->get() != nullptr);
+  std::ofstream(dir.path("extra.pem"), std::ios::trunc) << "not a certificate\n";
+  auto later = holder.get(api, trust, nullptr, t0 + std::chrono::hours(23));
+  REQUIRE(later.ok());
+  CHECK(later->get() == first->get());  // the same store, the file not read again
+  auto next_day = holder.get(api, trust, nullptr, t0 + std::chrono::hours(25));
+  REQUIRE_FALSE(next_day.ok());  // built again: the file's new content is refused
+  CHECK(next_day.error().code() == Errc::tls);
+  CHECK(next_day.error().message().find(dir.path("extra.pem")) != std::string::npos);
+  tlssrv::write_pem(cas.b, dir.path("extra.pem"));
+  auto rebuilt = holder.get(api, trust, nullptr, t0 + std::chrono::hours(26));
+  REQUIRE(rebuilt.ok());
+  CHECK(rebuilt->get() != nullptr);
+  CHECK(rebuilt->get() != first->get());  // the old one lives on while a transfer holds it
 }
 
 #endif  // MI_USE_CURL

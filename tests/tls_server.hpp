@@ -64,10 +64,18 @@ inline std::shared_ptr<EVP_PKEY> make_key() {
   return std::shared_ptr<EVP_PKEY>(key, EVP_PKEY_free);
 }
 
+// When a certificate is valid, in seconds from now (notBefore, notAfter).
+struct Validity {
+  long from = -3600;
+  long until = 24L * 3600;
+};
+// Valid from two days ago until yesterday.
+inline Validity expired() { return Validity{-2L * 24 * 3600, -24L * 3600}; }
+
 // issuer == nullptr: self-signed. `alt_names`: subjectAltName entries such as
 // "DNS:localhost" or "IP:127.0.0.1" (none: the certificate names only its common name).
 inline Identity make_identity(const std::string& common_name, const Identity* issuer = nullptr, bool ca = false,
-                              const std::vector<std::string>& alt_names = {}) {
+                              const std::vector<std::string>& alt_names = {}, Validity validity = Validity()) {
   Identity id;
   id.key = make_key();
   X509* x = X509_new();
@@ -78,8 +86,8 @@ inline Identity make_identity(const std::string& common_name, const Identity* is
   BIGNUM* bn = BN_bin2bn(serial, sizeof serial, nullptr);
   BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
   BN_free(bn);
-  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(x), 24L * 3600);
+  X509_gmtime_adj(X509_getm_notBefore(x), validity.from);
+  X509_gmtime_adj(X509_getm_notAfter(x), validity.until);
   X509_set_pubkey(x, id.key.get());
   X509_NAME* name = X509_get_subject_name(x);
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(common_name.c_str()), -1,
@@ -150,19 +158,8 @@ class Server {
   using Handler = std::function<testsrv::Reply(const testsrv::Request&)>;
 
   Server(const Identity& identity, Handler handler, Options options = Options())
-      : handler_(std::move(handler)), close_after_handshake_(options.close_after_handshake) {
-    ctx_ = SSL_CTX_new(TLS_server_method());
-    if (ctx_ == nullptr || SSL_CTX_use_certificate(ctx_, identity.cert.get()) != 1 ||
-        SSL_CTX_use_PrivateKey(ctx_, identity.key.get()) != 1) {
-      std::fprintf(stderr, "tls_server: SSL_CTX setup failed\n");
-      std::abort();
-    }
-    SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
-    if (options.max_version != 0) SSL_CTX_set_max_proto_version(ctx_, options.max_version);
-    for (const Identity& extra : options.extra_chain) {
-      X509_up_ref(extra.cert.get());
-      SSL_CTX_add_extra_chain_cert(ctx_, extra.cert.get());
-    }
+      : handler_(std::move(handler)), options_(std::move(options)) {
+    ctx_ = make_ctx(identity);
     listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -184,6 +181,15 @@ class Server {
   ~Server() {
     stop();
     SSL_CTX_free(ctx_);
+  }
+
+  // Later handshakes present `identity` instead (the same options); one in progress keeps
+  // the one it started with.
+  void present(const Identity& identity) {
+    SSL_CTX* next = make_ctx(identity);
+    std::lock_guard<std::mutex> lock(mutex_);
+    SSL_CTX_free(ctx_);  // connections hold their own reference (SSL_new)
+    ctx_ = next;
   }
 
   void stop() {
@@ -231,6 +237,22 @@ class Server {
   }
 
  private:
+  SSL_CTX* make_ctx(const Identity& identity) const {
+    SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == nullptr || SSL_CTX_use_certificate(ctx, identity.cert.get()) != 1 ||
+        SSL_CTX_use_PrivateKey(ctx, identity.key.get()) != 1) {
+      std::fprintf(stderr, "tls_server: SSL_CTX setup failed\n");
+      std::abort();
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (options_.max_version != 0) SSL_CTX_set_max_proto_version(ctx, options_.max_version);
+    for (const Identity& extra : options_.extra_chain) {
+      X509_up_ref(extra.cert.get());
+      SSL_CTX_add_extra_chain_cert(ctx, extra.cert.get());
+    }
+    return ctx;
+  }
+
   void accept_loop() {
     block_sigpipe_in_this_thread();  // inherited by the connection threads
     while (!stopping_) {
@@ -299,7 +321,11 @@ class Server {
 
   void serve(int fd) {
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
-    SSL* ssl = SSL_new(ctx_);
+    SSL* ssl = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ssl = SSL_new(ctx_);
+    }
     SSL_set_fd(ssl, fd);
     bool ok = false;
     for (;;) {
@@ -320,7 +346,7 @@ class Server {
         std::lock_guard<std::mutex> lock(mutex_);
         last_sni_ = sni != nullptr ? sni : "";
       }
-      if (close_after_handshake_) ::shutdown(fd, SHUT_RDWR);
+      if (options_.close_after_handshake) ::shutdown(fd, SHUT_RDWR);
       else handle(ssl, fd);
     }
     SSL_free(ssl);
@@ -362,8 +388,8 @@ class Server {
   }
 
   Handler handler_;
-  bool close_after_handshake_ = false;
-  SSL_CTX* ctx_ = nullptr;
+  Options options_;
+  SSL_CTX* ctx_ = nullptr;  // guarded by mutex_ (present() replaces it)
   int listener_ = -1;
   uint16_t port_ = 0;
   std::atomic<bool> stopping_{false};
