@@ -84,13 +84,6 @@ class TokenCache {
   // Moves the generation, so that no thread's copy of a cache that lived at this address
   // before matches this one.
   TokenCache() noexcept { generation_.fetch_add(1, std::memory_order_release); }
-  ~TokenCache() {
-    while (newest_ != nullptr) {
-      Entry* next = newest_->next;
-      delete newest_;
-      newest_ = next;
-    }
-  }
   TokenCache(const TokenCache&) = delete;
   TokenCache& operator=(const TokenCache&) = delete;
 
@@ -167,8 +160,8 @@ class TokenCache {
     std::unique_lock<std::shared_mutex> lock(mutex_);
     Entry* entry = lookup(key);
     if (entry == nullptr) {
-      entry = new Entry(CacheKey::from(key), newest_);
-      newest_ = entry;
+      entries_.push_back(std::unique_ptr<Entry>(new Entry(CacheKey::from(key))));
+      entry = entries_.back().get();
     }
     entry->token = token;
     entry->refresh_failures = 0;  // a new token ends any cool-down
@@ -218,14 +211,13 @@ class TokenCache {
 
  private:
   struct Entry {
-    Entry(CacheKey k, Entry* after) : key(std::move(k)), hash(key_hash(key)), next(after) {}
+    explicit Entry(CacheKey k) : key(std::move(k)), hash(key_hash(key)) {}
     const CacheKey key;
     const uint64_t hash;
     Token token;
     std::atomic<bool> refreshing{false};
     int refresh_failures = 0;              // proactive refreshes failed in a row
     SysClock::time_point cool_down_until;  // no proactive refresh before this
-    Entry* const next;                     // the entry stored before this one
   };
   // A thread's copy of an entry of `cache`, valid only while generation_ has not moved.
   struct LocalCopy {
@@ -297,8 +289,8 @@ class TokenCache {
 
   Entry* lookup(const CacheKeyView& key) const noexcept {
     const uint64_t h = key_hash(key);
-    for (Entry* e = newest_; e != nullptr; e = e->next)
-      if (e->hash == h && same_key(e->key, key)) return e;
+    for (const std::unique_ptr<Entry>& e : entries_)
+      if (e->hash == h && same_key(e->key, key)) return e.get();
     return nullptr;
   }
 
@@ -321,10 +313,7 @@ class TokenCache {
   }
 
   mutable std::shared_mutex mutex_;
-  // The entries, newest first, under mutex_. A list the cache owns, not a vector of
-  // unique_ptr: an Entry holds an atomic, so it must not move, and the vector's and
-  // unique_ptr's instantiations cost 4 % of the implementation's compile (bench/compile_instructions.sh).
-  Entry* newest_ = nullptr;
+  std::vector<std::unique_ptr<Entry>> entries_;  // under mutex_ (behind pointers: an Entry holds an atomic)
   // Moves on every store, cool-down and new cache. One counter for the process, so that a
   // cache built where another was destroyed never matches that one's copies.
   static inline std::atomic<uint64_t> generation_{1};
