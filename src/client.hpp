@@ -513,7 +513,7 @@ class RefreshClaim {
 // A hit past its refresh time whose caller won the refresh (docs/protocol.md §6). A valid token is in
 // hand, so one attempt without retry waits; if it fails, the cached token is returned and
 // the key cools down before its next proactive attempt.
-Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, const CacheKeyView& key,
+MI_DETAIL_NOINLINE Result<AuthResult> refresh_token(const ClientState& st, const Context& ctx, const CacheKeyView& key,
                                  const AcquireConfig& options, AuthResult cached, SysClock::time_point now) {
   TokenCache& cache = TokenCache::instance();
   RefreshClaim claim(cache, key, now);

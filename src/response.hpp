@@ -244,7 +244,7 @@ bool token_member(int depth, std::string_view name) noexcept {
   return false;
 }
 
-Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time_point now) {
+MI_DETAIL_NOINLINE Result<TokenResponse> parse_token_response(std::string_view body, SysClock::time_point now) {
   if (trim(body).empty())
     return make_error(Errc::invalid_response, "the token response is empty (a success status with no body)");
   JsonValue root;

@@ -586,7 +586,7 @@ Result<bool> send_all(const Context& ctx, socket_handle s, std::string_view data
 }
 
 // Reads until the parser has one complete response, the peer closes, or the context stops.
-Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const std::string& where) {
+MI_DETAIL_NOINLINE Result<HttpResponse> receive_response(const Context& ctx, socket_handle s, const std::string& where) {
   ResponseParser parser;
   char buffer[16 * 1024];
   for (;;) {

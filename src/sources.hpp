@@ -468,7 +468,7 @@ Result<bool> add_headers(const SourceSpec& spec, const RequestExtras& extras, Bu
 
 // The one request of an acquisition (Azure Arc: leg 1). `pinned` is the endpoint and pin a
 // pinned source fixed at New.
-Result<BuiltRequest> build_request(const SourceSpec& spec, const ID& id, std::string_view resource,
+MI_DETAIL_NOINLINE Result<BuiltRequest> build_request(const SourceSpec& spec, const ID& id, std::string_view resource,
                                    const RequestExtras& extras, const PinnedEndpoint* pinned) {
   BuiltRequest out;
   out.request.method = spec.method;
@@ -569,7 +569,7 @@ std::string pin_hex(std::string_view sha1_bytes) {
 }
 
 // A pinned source's endpoint and pin, fixed at New: an https URL, and a SHA-1 thumbprint.
-Result<PinnedEndpoint> pinned_endpoint(const SourceSpec& spec) {
+MI_DETAIL_NOINLINE Result<PinnedEndpoint> pinned_endpoint(const SourceSpec& spec) {
   Result<Url> url = endpoint_from(env(spec.endpoint_variable), spec.endpoint_variable, spec.scheme, spec.source);
   if (!url) return url.error();
   PinnedEndpoint out;
@@ -1076,7 +1076,7 @@ Result<std::string> arc_read_key(const std::string& path) {
 // Leg 1's answer must be the 401 challenge: its key file's contents go into leg 2's
 // Authorization header. A success means the agent did not challenge; any other status is
 // final (an ordinary http_status error).
-Result<bool> arc_answer_challenge(const HttpResponse& leg1, BuiltRequest& built) {
+MI_DETAIL_NOINLINE Result<bool> arc_answer_challenge(const HttpResponse& leg1, BuiltRequest& built) {
   if (leg1.status == 200 || leg1.status == 202)
     return arc_error({"the agent answered the first request with HTTP ", num(leg1.status),
                       " instead of the 401 challenge; check that IDENTITY_ENDPOINT is the Arc agent"});
